@@ -1,0 +1,1 @@
+"""Audio: the Oobleck WaveVAE and audio transforms."""

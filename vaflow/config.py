@@ -1,0 +1,288 @@
+"""Typed pipeline parameters: one section per stage, validated, with derived lengths computed once.
+
+`params.yaml` is the embedded default and is exactly `Params()` written out (see `vaflow preset`).
+Presets in `configs/` are overlays: only the keys they change, merged onto the defaults.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A params file that does not validate; the message names every bad key."""
+
+
+class Section(BaseModel):
+    """Base of every params section: unknown keys and wrong types are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Clip geometry shared by every stage
+# --------------------------------------------------------------------------------------------
+
+
+class ClipConfig(Section):
+    """The audio-visual clip every stage works on."""
+
+    # Seconds per clip. The paper uses 10 s VGGSound windows; 2 s keeps the CPU default fast.
+    duration: float = Field(2.0, gt=0)
+    # Audio rate of the pipeline (the WaveVAE's rate). SAO 1.0 runs at 44.1 kHz; 16 kHz suffices for the toy world.
+    sample_rate: int = Field(16000, ge=4000)
+
+    @property
+    def n_samples(self) -> int:
+        """Audio samples per clip."""
+        return round(self.duration * self.sample_rate)
+
+    def n_frames(self, fps: float) -> int:
+        """Video frames per clip at `fps` (a visual encoder's rate: CLIP 10 fps, CAVP 4 fps)."""
+        return max(1, round(self.duration * fps))
+
+    def latent_length(self, hop: int) -> int:
+        """`T_a`: WaveVAE latent frames per clip for a VAE that down-samples by `hop` (SAO: 2048 → 215 for 10 s)."""
+        return self.n_samples // hop
+
+    def padded_samples(self, hop: int) -> int:
+        """Samples that encode to exactly `latent_length(hop)` frames; audio is trimmed or zero-padded to this."""
+        return self.latent_length(hop) * hop
+
+
+# --------------------------------------------------------------------------------------------
+# prepare: sources and the synthetic world
+# --------------------------------------------------------------------------------------------
+
+SPLITS = ("train", "val", "test")
+
+
+class SynthConfig(Section):
+    """The synthetic audio-visual world (DESIGN §3): sound caused by what is visible."""
+
+    # Seed of the whole world; every clip derives its own seed from it and its index.
+    seed: int = 0
+    # Clips per split: 256 train clips is enough for the toy models to learn all classes in CPU minutes.
+    clips_per_split: dict[str, int] = Field(default_factory=lambda: {"train": 256, "val": 32, "test": 64})
+    # Square frame side in pixels; 64 keeps encode/decode cheap and objects still legible.
+    size: int = Field(64, ge=16)
+    # Video frame rate; 20 fps resolves events to 50 ms, finer than every visual encoder's rate.
+    fps: int = Field(20, ge=1)
+    # Clip length in seconds; must cover `clip.duration`.
+    duration: float = Field(2.0, gt=0)
+    # Audio rate of the written files.
+    sample_rate: int = Field(16000, ge=4000)
+    # Probability that a second object of another class shares the clip.
+    second_object_p: float = Field(0.2, ge=0, le=1)
+    # Probability of moving background distractors (silent).
+    distractor_p: float = Field(0.5, ge=0, le=1)
+    # Processes that render clips in parallel (0 = one per core).
+    workers: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _known_splits(self) -> SynthConfig:
+        unknown = sorted(set(self.clips_per_split) - set(SPLITS))
+        if unknown:
+            raise ValueError(f"clips_per_split has unknown split(s) {unknown}; valid: {list(SPLITS)}")
+        return self
+
+
+class FolderSource(Section):
+    """Any directory of videos."""
+
+    # Directory searched recursively for video files.
+    root: str = ""
+    # Optional CSV with columns `file` (relative to root) and `label`, and optionally `split`.
+    labels_csv: str = ""
+    # Fraction of unlabelled-split clips assigned to the test split (deterministic by id hash).
+    test_fraction: float = Field(0.1, ge=0, lt=1)
+
+
+class VGGSoundSource(Section):
+    """VGGSound: the official CSV (YouTube id, start seconds, label, split) plus a local video directory."""
+
+    csv: str = ""
+    # Videos named `<ytid>_<start:06d>.mp4` (the common release layout) or `<ytid>.mp4`.
+    video_dir: str = ""
+    # Fetch missing 10 s windows with yt-dlp (off by default: the pipeline never downloads implicitly).
+    download: bool = False
+    # Cap on clips per split (0 = all); handy for a first run on a subset.
+    limit: int = Field(0, ge=0)
+
+
+class AudioSetV2ASource(Section):
+    """AudioSet-V2A: an id list (one `<ytid>_<start>` or `<ytid>` per line) plus a local video directory."""
+
+    ids: str = ""
+    video_dir: str = ""
+    # AudioSet-V2A is used for training only (paper §4.1).
+    split: Literal["train", "val", "test"] = "train"
+    limit: int = Field(0, ge=0)
+
+
+class PrepareConfig(Section):
+    """The `prepare` stage: a source turned into a checked manifest."""
+
+    source: Literal["synth", "folder", "vggsound", "audioset_v2a"] = "synth"
+    folder: FolderSource = FolderSource()
+    vggsound: VGGSoundSource = VGGSoundSource()
+    audioset_v2a: AudioSetV2ASource = AudioSetV2ASource()
+    # `decode` fully decodes every file once (catches truncated media); `probe` only reads headers (fast).
+    verify: Literal["probe", "decode"] = "decode"
+    # Seconds a probe or decode may take before the file is rejected as unreadable.
+    timeout: float = Field(120.0, gt=0)
+    # Processes that check files in parallel (0 = one per core).
+    workers: int = Field(0, ge=0)
+
+
+# --------------------------------------------------------------------------------------------
+# The whole file
+# --------------------------------------------------------------------------------------------
+
+
+class Params(Section):
+    """All of `params.yaml`."""
+
+    clip: ClipConfig = ClipConfig()
+    synth: SynthConfig = SynthConfig()
+    prepare: PrepareConfig = PrepareConfig()
+
+    @model_validator(mode="after")
+    def _synth_covers_clip(self) -> Params:
+        if self.prepare.source == "synth" and self.synth.duration < self.clip.duration:
+            raise ValueError(
+                f"synth.duration ({self.synth.duration}) is shorter than clip.duration ({self.clip.duration}):"
+                " every synthetic clip would be rejected"
+            )
+        return self
+
+
+# --------------------------------------------------------------------------------------------
+# Loading, validation messages, presets
+# --------------------------------------------------------------------------------------------
+
+
+def _valid_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The field names valid at `loc` (the parent of a bad key) inside `model`."""
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        ann = field.annotation if field else None
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        else:
+            return []
+    return list(model.model_fields)
+
+
+def _format_errors(err: ValidationError, model: type[BaseModel], source: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        key = ".".join(str(p) for p in loc) or "<root>"
+        if e["type"] == "extra_forbidden":
+            valid = _valid_keys(model, loc[:-1])
+            near = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+            hint = f" (did you mean '{near[0]}'?)" if near else f" (valid keys: {', '.join(valid)})"
+            lines.append(f"{source}: {key}: unknown key{hint}")
+        else:
+            value = e.get("input")
+            shown = "" if isinstance(value, dict) else f" (got {value!r})"
+            lines.append(f"{source}: {key}: {e['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def validate(data: dict[str, Any] | None, source: str = "params") -> Params:
+    """Validate a params mapping; raises ConfigError naming each bad key (and the nearest valid key for typos)."""
+    try:
+        return Params.model_validate(data or {})
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, Params, source)) from None
+
+
+def load(path: str | Path = "params.yaml") -> Params:
+    """Read and validate a params file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    return validate(data, str(path))
+
+
+def deep_merge(base: dict, overlay: dict) -> dict:
+    """`overlay` merged into a copy of `base`, recursing into nested mappings."""
+    out = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def presets() -> list[str]:
+    """Names of the presets shipped in `configs/` plus `default`."""
+    return ["default", *sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))]
+
+
+def preset(name: str) -> Params:
+    """The defaults with the overlay `configs/<name>.yaml` applied (`default` applies none)."""
+    base = Params().model_dump(mode="json")
+    if name == "default":
+        return validate(base, "defaults")
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.is_file():
+        near = difflib.get_close_matches(name, presets(), n=1)
+        hint = f" (did you mean '{near[0]}'?)" if near else ""
+        raise ConfigError(f"unknown preset '{name}'{hint}; available: {', '.join(presets())}")
+    overlay = yaml.safe_load(path.read_text()) or {}
+    return validate(deep_merge(base, overlay), str(path))
+
+
+def dump(params: Params) -> str:
+    """`params` as the YAML text of a full params file."""
+    header = "# vaflow parameters: the embedded default. Switch presets with `vaflow preset NAME`.\n"
+    return header + yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False)
+
+
+def section_dict(params: Params, name: str) -> dict[str, Any]:
+    """One section as a flat {dotted.key: value} mapping (for MLflow params)."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            flat[prefix] = value
+
+    walk(name, getattr(params, name).model_dump(mode="json"))
+    return flat
+
+
+__all__ = [
+    "SPLITS",
+    "ClipConfig",
+    "ConfigError",
+    "Params",
+    "PrepareConfig",
+    "Section",
+    "SynthConfig",
+    "deep_merge",
+    "dump",
+    "load",
+    "preset",
+    "presets",
+    "validate",
+]

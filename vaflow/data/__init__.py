@@ -1,0 +1,1 @@
+"""Data: sources (synthetic world, VGGSound, folders), media I/O, manifest, shards."""

@@ -1,0 +1,1 @@
+"""Evaluation: pure metrics, evaluators, reports."""

@@ -1,0 +1,1 @@
+"""Models: alignment VAE, DiT velocity estimator, size registry."""

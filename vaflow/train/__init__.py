@@ -1,0 +1,1 @@
+"""The one shared trainer: DDP, AMP, EMA, checkpoints, tracking."""

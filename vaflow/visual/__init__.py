@@ -1,0 +1,1 @@
+"""Visual encoders: open_clip CLIP, CAVP-style, pixels."""
