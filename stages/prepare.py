@@ -30,7 +30,9 @@ def main(argv: list[str] | None = None) -> None:
     Path(args.metrics).parent.mkdir(parents=True, exist_ok=True)
     Path(args.metrics).write_text(json.dumps(counts, indent=2) + "\n")
     if report.manifest.empty:
-        raise config.ConfigError(f"no usable clip in the source '{params.prepare.source}'; see {report.rejected_path}")
+        raise config.ConfigError(
+            f"no usable clip in the source '{params.prepare.source}'; see {report.rejected_path}"
+        )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,8 @@ from pathlib import Path
 from vaflow.config import SPLITS, AudioSetV2ASource, FolderSource, Params, SynthConfig, VGGSoundSource
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
+# Audio-only files in a video folder are listed too, so that they are reported as rejected rather than ignored.
+MEDIA_EXTENSIONS = (*VIDEO_EXTENSIONS, ".m4a", ".mp3", ".wav", ".flac", ".ogg", ".opus")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 MAX_ID_LENGTH = 120
 
@@ -44,9 +47,11 @@ class SourceItem:
 def sanitize_id(raw: str) -> str:
     """A clip id safe as a file name and a webdataset key: only `[A-Za-z0-9_-]`, no dots, no path traversal.
 
-    Unsafe characters become `_`; overly long ids keep a prefix plus a hash so they stay unique.
+    Accents are folded to ASCII (`é` → `e`), other unsafe characters become `_`, and overly long ids keep a
+    prefix plus a hash so they stay unique.
     """
-    text = _UNSAFE.sub("_", raw.strip()).strip("_-")
+    folded = unicodedata.normalize("NFKD", raw.strip()).encode("ascii", "ignore").decode()
+    text = _UNSAFE.sub("_", folded).strip("_-")
     if not text:
         raise SourceError(f"clip id {raw!r} has no usable characters")
     if len(text) > MAX_ID_LENGTH:
@@ -104,7 +109,9 @@ def folder_items(cfg: FolderSource) -> Iterator[SourceItem]:
         rows = _read_csv(Path(cfg.labels_csv).expanduser(), "prepare.folder.labels_csv")
         missing = {"file", "label"} - set(rows[0] if rows else {})
         if missing:
-            raise SourceError(f"{cfg.labels_csv}: missing column(s) {sorted(missing)}; expected file,label[,split]")
+            raise SourceError(
+                f"{cfg.labels_csv}: missing column(s) {sorted(missing)}; expected file,label[,split]"
+            )
         for row in rows:
             rel = row["file"]
             clip_id = sanitize_id(str(Path(rel).with_suffix("")))
@@ -116,7 +123,7 @@ def folder_items(cfg: FolderSource) -> Iterator[SourceItem]:
             yield SourceItem(clip_id, split, row["label"], str(path), problem=problem, raw_id=rel)
         return
     for path in sorted(root.rglob("*")):
-        if path.suffix.lower() not in VIDEO_EXTENSIONS or not path.is_file():
+        if path.suffix.lower() not in MEDIA_EXTENSIONS or not path.is_file():
             continue
         rel = path.relative_to(root)
         clip_id = sanitize_id(str(rel.with_suffix("")))
@@ -157,7 +164,9 @@ def _vggsound_file(video_dir: Path, ytid: str, start: int) -> tuple[Path, float]
     return video_dir / f"{ytid}_{start:06d}.mp4", 0.0
 
 
-def download_window(ytid: str, start: float, duration: float, out: Path, timeout: float = 300.0) -> str | None:
+def download_window(
+    ytid: str, start: float, duration: float, out: Path, timeout: float = 300.0
+) -> str | None:
     """Fetch one window of a YouTube video with the `yt-dlp` on PATH; returns None or the failure reason."""
     exe = shutil.which("yt-dlp")
     if exe is None:

@@ -1,0 +1,89 @@
+"""Params validation, derived lengths and presets."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vaflow import cli, config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_defaults_validate_and_params_yaml_is_the_default():
+    on_disk = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert config.validate(on_disk) == config.Params()
+    assert on_disk == config.Params().model_dump(mode="json"), (
+        "params.yaml drifted: run `vaflow preset default`"
+    )
+
+
+def test_unknown_key_names_key_and_nearest_valid_key():
+    with pytest.raises(config.ConfigError) as err:
+        config.validate({"synth": {"fsp": 10}})
+    msg = str(err.value)
+    assert "synth.fsp" in msg and "did you mean 'fps'" in msg
+
+
+def test_unknown_section_and_nested_typo():
+    with pytest.raises(config.ConfigError, match=r"prepar: unknown key \(did you mean 'prepare'\?\)"):
+        config.validate({"prepar": {}})
+    with pytest.raises(
+        config.ConfigError, match=r"prepare\.vggsound\.csvv: unknown key \(did you mean 'csv'\?\)"
+    ):
+        config.validate({"prepare": {"vggsound": {"csvv": "x"}}})
+
+
+def test_wrong_type_and_range_name_the_key_and_value():
+    with pytest.raises(config.ConfigError, match=r"clip\.duration: .*got 'long'"):
+        config.validate({"clip": {"duration": "long"}})
+    with pytest.raises(config.ConfigError, match=r"synth\.size: .*greater than or equal to 16"):
+        config.validate({"synth": {"size": 4}})
+    with pytest.raises(config.ConfigError, match=r"prepare\.source: .*got 'youtube'"):
+        config.validate({"prepare": {"source": "youtube"}})
+    with pytest.raises(config.ConfigError, match="unknown split"):
+        config.validate({"synth": {"clips_per_split": {"training": 3}}})
+
+
+def test_synth_shorter_than_clip_is_rejected():
+    with pytest.raises(config.ConfigError, match="synth.duration"):
+        config.validate({"clip": {"duration": 3.0}})
+
+
+def test_derived_lengths():
+    clip = config.ClipConfig(duration=10.0, sample_rate=44100)
+    assert clip.n_samples == 441000
+    assert clip.latent_length(2048) == 215  # the paper's 215 x 64 SAO latents for 10 s
+    assert clip.padded_samples(2048) == 215 * 2048
+    assert clip.n_frames(10) == 100 and clip.n_frames(4) == 40
+
+
+def test_presets_validate_and_differ():
+    micro, vgg = config.preset("micro"), config.preset("vggsound")
+    assert micro.clip.duration < config.Params().clip.duration
+    assert vgg.clip.sample_rate == 44100 and vgg.prepare.source == "vggsound"
+    with pytest.raises(config.ConfigError, match="did you mean 'micro'"):
+        config.preset("mikro")
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(config.ConfigError, match="not found"):
+        config.load(tmp_path / "none.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("clip: [1, 2\n")
+    with pytest.raises(config.ConfigError, match="not valid YAML"):
+        config.load(bad)
+    bad.write_text("- 1\n")
+    with pytest.raises(config.ConfigError, match="expected a mapping"):
+        config.load(bad)
+
+
+def test_cli_preset_writes_a_valid_file_and_check_reports_errors(tmp_path, capsys):
+    target = tmp_path / "params.yaml"
+    cli.main(["preset", "micro", "--params", str(target)])
+    assert config.load(target) == config.preset("micro")
+    target.write_text("clip:\n  duraton: 1\n")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["check", str(target)])
+    assert exit_info.value.code == 2
+    assert "clip.duraton: unknown key (did you mean 'duration'?)" in capsys.readouterr().err
