@@ -26,6 +26,11 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
+# The shared trainer's section is embedded in every training stage's section. It is imported here, after
+# `Section`, because its module builds on `Section` (a deliberate, import-order-safe cycle).
+from vaflow.train.config import TrainerConfig  # noqa: E402
+
+
 # --------------------------------------------------------------------------------------------
 # Clip geometry shared by every stage
 # --------------------------------------------------------------------------------------------
@@ -91,6 +96,8 @@ class SynthConfig(Section):
         unknown = sorted(set(self.clips_per_split) - set(SPLITS))
         if unknown:
             raise ValueError(f"clips_per_split has unknown split(s) {unknown}; valid: {list(SPLITS)}")
+        if self.size % 2:
+            raise ValueError(f"size: H.264 (yuv420p) needs an even frame size, got {self.size}")
         return self
 
 
@@ -143,6 +150,143 @@ class PrepareConfig(Section):
 
 
 # --------------------------------------------------------------------------------------------
+# Audio side: the WaveVAE and the latents
+# --------------------------------------------------------------------------------------------
+
+
+class AudioVAEConfig(Section):
+    """The `audio_vae` stage: train a small Oobleck WaveVAE, or import Stable Audio Open's."""
+
+    # `train` inside the pipeline (the embedded default), or `import` a checkpoint (paper scale: SAO 1.0).
+    mode: Literal["train", "import"] = "train"
+    # A name from `vaflow.audio.wavevae.SIZES`: `small` trains in CPU minutes; `sao` is exactly SAO 1.0.
+    size: str = "small"
+    # `import` mode: the local checkpoint (SAO `model.ckpt` / `model.safetensors`, or a bare VAE state dict).
+    checkpoint: str = ""
+    # Seconds per random training crop; 0.5 s holds several events and keeps a CPU step short.
+    segment: float = Field(0.5, gt=0)
+    # Loss weights: multi-resolution STFT and mel L1 carry the reconstruction; a small KL keeps the latent
+    # smooth without collapsing it (SAO trains with 1e-4).
+    stft_weight: float = Field(1.0, ge=0)
+    mel_weight: float = Field(1.0, ge=0)
+    wave_weight: float = Field(0.0, ge=0)
+    kl_weight: float = Field(1e-4, ge=0)
+    trainer: TrainerConfig = TrainerConfig(
+        steps=1200,
+        batch_size=16,
+        lr=1e-3,
+        warmup_steps=50,
+        checkpoint_every=200,
+        log_every=50,
+        ema_decay=0.99,
+    )
+
+    @model_validator(mode="after")
+    def _known_size(self) -> AudioVAEConfig:
+        from vaflow.audio.wavevae import SIZES
+
+        if self.size not in SIZES:
+            near = difflib.get_close_matches(self.size, list(SIZES), n=1)
+            hint = f" (did you mean '{near[0]}'?)" if near else ""
+            raise ValueError(f"size: unknown WaveVAE size {self.size!r}{hint}; known: {sorted(SIZES)}")
+        if self.mode == "import" and not self.checkpoint:
+            raise ValueError("checkpoint: mode 'import' needs the path of the WaveVAE checkpoint")
+        return self
+
+    @property
+    def hop(self) -> int:
+        """Audio samples per latent frame of the chosen size."""
+        from vaflow.audio.wavevae import SIZES
+
+        return SIZES[self.size].hop
+
+
+class EncodeAudioConfig(Section):
+    """The `encode_audio` stage: media → shards of WaveVAE posterior (mean, std)."""
+
+    # Clips encoded per forward pass.
+    batch_size: int = Field(16, ge=1)
+    # Clips per shard; 256 keeps shards a few MB at the default size.
+    per_shard: int = Field(256, ge=1)
+    # `python`, or `torchrun --nproc-per-node=N` to split the clips across processes.
+    launcher: str = Field("python", min_length=1)
+
+
+# --------------------------------------------------------------------------------------------
+# Visual side: the encoder and the features
+# --------------------------------------------------------------------------------------------
+
+
+class CLIPOptions(Section):
+    """open_clip settings (paper §4.5: CLIP per frame at 10 fps)."""
+
+    model_name: str = "ViT-B-32"
+    # Local open_clip weight file (never downloaded); required when kind is `clip`.
+    weights: str = ""
+    # L2-normalise each frame embedding, as CLIP's own similarity does.
+    normalize: bool = True
+
+
+class CAVPOptions(Section):
+    """CAVP-style encoder settings (Diff-Foley's contrastive audio-visual pre-training, 4 fps)."""
+
+    # `import` mode: a checkpoint of the same model saved by this stage.
+    checkpoint: str = ""
+    # Feature width D_v; 64 separates the synthetic world's classes and keeps extraction fast.
+    embed_dim: int = Field(64, ge=8)
+
+
+class PixelOptions(Section):
+    """Down-sampled raw frames: the reconstruction-type stand-in."""
+
+    # Side of the down-sampled frame; 8×8×3 = 192 features per frame.
+    side: int = Field(8, ge=2)
+
+
+class VisualEncoderConfig(Section):
+    """The `visual_encoder` stage: which visual features feed the flow (paper §4.5)."""
+
+    # `cavp` (trained here, temporally aware), `clip` (open_clip, imported) or `pixels` (no weights).
+    kind: Literal["clip", "cavp", "pixels"] = "cavp"
+    # `train` (cavp), `import` (clip, cavp) or `none` (pixels).
+    mode: Literal["train", "import", "none"] = "train"
+    # Frames per second fed to the encoder; 0 = the kind's paper rate (clip 10, cavp 4, pixels 10).
+    fps: float = Field(0, ge=0)
+    clip: CLIPOptions = CLIPOptions()
+    cavp: CAVPOptions = CAVPOptions()
+    pixels: PixelOptions = PixelOptions()
+    trainer: TrainerConfig = TrainerConfig(
+        steps=600, batch_size=32, lr=1e-3, warmup_steps=50, checkpoint_every=200, log_every=50, ema_decay=0.99
+    )
+
+    @model_validator(mode="after")
+    def _mode_fits_kind(self) -> VisualEncoderConfig:
+        allowed = {"clip": ("import",), "cavp": ("train", "import"), "pixels": ("none",)}[self.kind]
+        if self.mode not in allowed:
+            raise ValueError(
+                f"mode: kind '{self.kind}' supports mode {' or '.join(allowed)}, got '{self.mode}'"
+            )
+        if self.kind == "clip" and not self.clip.weights:
+            raise ValueError("clip.weights: kind 'clip' needs a local open_clip weight file")
+        if self.kind == "cavp" and self.mode == "import" and not self.cavp.checkpoint:
+            raise ValueError("cavp.checkpoint: mode 'import' needs the path of a CAVP checkpoint")
+        return self
+
+    @property
+    def frame_rate(self) -> float:
+        """The encoder's input frame rate (the kind's paper rate unless `fps` is set)."""
+        return self.fps or {"clip": 10.0, "cavp": 4.0, "pixels": 10.0}[self.kind]
+
+
+class ExtractVisualConfig(Section):
+    """The `extract_visual` stage: media → visual-feature shards in the audio latents' clip order."""
+
+    batch_size: int = Field(16, ge=1)
+    per_shard: int = Field(256, ge=1)
+    launcher: str = Field("python", min_length=1)
+
+
+# --------------------------------------------------------------------------------------------
 # The whole file
 # --------------------------------------------------------------------------------------------
 
@@ -153,6 +297,25 @@ class Params(Section):
     clip: ClipConfig = ClipConfig()
     synth: SynthConfig = SynthConfig()
     prepare: PrepareConfig = PrepareConfig()
+    audio_vae: AudioVAEConfig = AudioVAEConfig()
+    encode_audio: EncodeAudioConfig = EncodeAudioConfig()
+    visual_encoder: VisualEncoderConfig = VisualEncoderConfig()
+    extract_visual: ExtractVisualConfig = ExtractVisualConfig()
+
+    @model_validator(mode="after")
+    def _vae_rate_matches_clip(self) -> Params:
+        # A trained VAE learns at clip.sample_rate; an imported one has its rate baked into its weights.
+        if self.audio_vae.mode != "import":
+            return self
+        from vaflow.audio.wavevae import SIZES
+
+        rate = SIZES[self.audio_vae.size].sample_rate
+        if rate != self.clip.sample_rate:
+            raise ValueError(
+                f"audio_vae.size '{self.audio_vae.size}' runs at {rate} Hz but clip.sample_rate is"
+                f" {self.clip.sample_rate}: set clip.sample_rate to {rate} or pick another size"
+            )
+        return self
 
     @model_validator(mode="after")
     def _synth_covers_clip(self) -> Params:
