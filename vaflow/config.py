@@ -30,7 +30,6 @@ class Section(BaseModel):
 # `Section`, because its module builds on `Section` (a deliberate, import-order-safe cycle).
 from vaflow.train.config import TrainerConfig  # noqa: E402
 
-
 # --------------------------------------------------------------------------------------------
 # Clip geometry shared by every stage
 # --------------------------------------------------------------------------------------------
