@@ -87,3 +87,17 @@ def test_cli_preset_writes_a_valid_file_and_check_reports_errors(tmp_path, capsy
         cli.main(["check", str(target)])
     assert exit_info.value.code == 2
     assert "clip.duraton: unknown key (did you mean 'duration'?)" in capsys.readouterr().err
+
+
+def test_user_errors_are_recognised_by_name():
+    from vaflow.data.media import FFmpegNotFoundError, MediaError
+
+    assert cli.is_user_error(FFmpegNotFoundError("x", "y"))  # a subclass counts
+    assert cli.is_user_error(MediaError("x", "y")) and cli.is_user_error(FileNotFoundError("x"))
+    assert not cli.is_user_error(KeyError("x"))
+    # every listed name exists, so a rename cannot silently turn an error into a traceback
+    import importlib
+
+    for entry in cli.USER_ERRORS:
+        module, name = entry.split(":")
+        assert isinstance(getattr(importlib.import_module(module), name), type), entry

@@ -10,16 +10,29 @@ from pathlib import Path
 
 from vaflow import config
 
-# Errors that are the user's input, not a bug: shown as one clear message, without a traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (config.ConfigError, FileNotFoundError)
+# Errors that name a bad input (params, files, media, checkpoints, a server) rather than a bug: a stage shows them
+# as one clear message without a traceback. Listed by name so that checking needs no heavy import.
+USER_ERRORS = frozenset(
+    {
+        "vaflow.config:ConfigError",
+        "vaflow.data.sources:SourceError",
+        "vaflow.data.media:MediaError",
+        "vaflow.data.shards:ShardError",
+        "vaflow.audio.wavevae:CheckpointError",
+        "vaflow.visual.base:WeightsError",
+        "vaflow.train.checkpoint:CheckpointError",
+        "vaflow.train.checkpoint:ConfigMismatchError",
+        "vaflow.train.trainer:NonFiniteError",
+        "vaflow.train.trainer:EmptyStreamError",
+        "vaflow.tracking:TrackingError",
+        "builtins:FileNotFoundError",
+    }
+)
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Every error type that names a bad input (params, files, media, checkpoints)."""
-    from vaflow.data.media import MediaError
-    from vaflow.data.sources import SourceError
-
-    return (*USER_ERRORS, MediaError, SourceError)
+def is_user_error(err: BaseException) -> bool:
+    """Whether `err` (or one of its base classes) is one of USER_ERRORS."""
+    return any(f"{cls.__module__}:{cls.__qualname__}" in USER_ERRORS for cls in type(err).__mro__)
 
 
 def exit_on_user_error(main: Callable[..., object]) -> Callable[..., object]:
@@ -29,7 +42,9 @@ def exit_on_user_error(main: Callable[..., object]) -> Callable[..., object]:
     def wrapped(*args, **kwargs):
         try:
             return main(*args, **kwargs)
-        except user_errors() as err:
+        except Exception as err:
+            if not is_user_error(err):
+                raise
             print(f"error: {err}", file=sys.stderr)
             raise SystemExit(2) from None
 
