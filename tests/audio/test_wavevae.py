@@ -2,6 +2,7 @@
 
 import copy
 import json
+import os
 import zipfile
 from pathlib import Path
 
@@ -23,9 +24,8 @@ from vaflow.audio.wavevae import (
     weights_hash,
 )
 
-FIXTURES = Path("/work/shared/fixtures")
-if not FIXTURES.is_dir():  # the same fixtures inside the repository, when present there
-    FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+# The reference fixtures live in `shared/` beside the repository (DESIGN §10); VAFLOW_FIXTURES overrides.
+FIXTURES = Path(os.environ.get("VAFLOW_FIXTURES", Path(__file__).resolve().parents[3] / "shared" / "fixtures"))
 
 
 @pytest.fixture(scope="module")
