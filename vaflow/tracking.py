@@ -1,0 +1,422 @@
+"""Run tracking: one MLflow run per stage execution, plus the metrics files DVC reads (DESIGN §7).
+
+Where runs go:
+- tracking URI: `MLFLOW_TRACKING_URI` when set (a team server, `http://host:5000`), else the embedded
+  `sqlite:///<repo root>/mlflow.db`, with artifacts in `<repo root>/mlartifacts/<experiment>`;
+  repo root = `DVC_ROOT` (set by DVC for every stage, and pointing at the real repo under `dvc exp run --temp`),
+  else the git top level of the working directory, else the working directory;
+- experiment: the `experiment` argument, else `VAFLOW_EXPERIMENT`, else `MLFLOW_EXPERIMENT_NAME`, else `vaflow`.
+
+What a run carries:
+- params: the stage's config section flattened to `section.key=value` (pass `{"flow": cfg.flow}`);
+- tags: `stage`, `git_revision` (`git rev-parse HEAD`, or "unknown"), `git_dirty`, `dvc_experiment`
+  (`DVC_EXP_NAME`, which `dvc exp run` exports to every stage; "none" outside an experiment), `dvc_stage`,
+  `host`, `world_size`, `params_hash`, and `vaflow.group`;
+- step metrics (`log_metrics`), final metrics (`log_final`), artifacts (`log_artifact`).
+
+`vaflow.group` gathers the runs of one pipeline execution: `VAFLOW_RUN_GROUP` when set; else `DVC_EXP_NAME`
+(all stages of one `dvc exp run`); else `<git revision[:12]>-<params hash>`, where the params hash is the sha256 of
+the repo's `params.yaml` — every stage of one `dvc repro` shares commit and params, and no timestamp is involved,
+so a rerun of an unchanged pipeline lands in the same group. Search with `tags."vaflow.group" = '…'`.
+
+DVC files (rank 0, in `metrics_dir`): `<stage>.json` (final metrics, for `dvc metrics`) and `<stage>_steps.tsv`
+(one row per logged step, for `dvc plots`); a resumed run truncates the step log back to its resume step.
+
+Only rank 0 tracks: on other ranks (RANK ≠ 0) every method is a no-op. An `http(s)` tracking server is probed
+(`/health`, 5 s timeout) when the tracker starts, so an unreachable server is an immediate TrackingError naming the
+URI instead of minutes of retries; MLflow's HTTP retries are also capped (`MLFLOW_HTTP_REQUEST_MAX_RETRIES=3`,
+`MLFLOW_HTTP_REQUEST_TIMEOUT=20` unless set) so a server that dies mid-run costs seconds per logging call, and step
+metrics stop going to MLflow (with a warning) after 3 failures in a row — the TSV step log keeps everything.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import math
+import os
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+log = logging.getLogger("vaflow.tracking")
+
+DEFAULT_EXPERIMENT = "vaflow"
+PROBE_TIMEOUT_S = 5.0
+MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
+MAX_FAILURES = 3
+
+
+class TrackingError(RuntimeError):
+    """The tracking backend cannot be used; the message names the URI."""
+
+
+# --------------------------------------------------------------------------------------------
+# Where and what
+# --------------------------------------------------------------------------------------------
+
+
+def _git(args: list[str], cwd: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def repo_root(cwd: str | Path | None = None) -> Path:
+    """`DVC_ROOT`, else the git top level of `cwd`, else `cwd` (default: the working directory)."""
+    if os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"]).resolve()
+    here = Path(cwd or os.getcwd()).resolve()
+    top = _git(["rev-parse", "--show-toplevel"], here)
+    return Path(top).resolve() if top else here
+
+
+def default_tracking_uri(root: Path) -> str:
+    """`MLFLOW_TRACKING_URI`, else the embedded sqlite store in `root`."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
+
+
+def git_revision(cwd: str | Path | None = None) -> str:
+    return _git(["rev-parse", "HEAD"], Path(cwd or os.getcwd())) or "unknown"
+
+
+def params_hash(root: Path) -> str:
+    """First 12 hex digits of sha256(params.yaml), or "noparams" when the repo has none."""
+    path = root / "params.yaml"
+    if not path.is_file():
+        return "noparams"
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
+def run_group(revision: str, phash: str) -> str:
+    """The `vaflow.group` tag (see the module docstring)."""
+    return os.environ.get("VAFLOW_RUN_GROUP") or os.environ.get("DVC_EXP_NAME") or f"{revision[:12]}-{phash}"
+
+
+def check_reachable(uri: str, timeout: float = PROBE_TIMEOUT_S) -> None:
+    """Raise TrackingError naming `uri` when an http(s) tracking server does not answer within `timeout`."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout):
+            pass
+    except urllib.error.HTTPError:
+        return  # the server answered (e.g. 404 under a path prefix, 401 with auth): it is reachable
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise TrackingError(
+            f"MLflow tracking server {uri} is unreachable ({reason}); start it, fix MLFLOW_TRACKING_URI, or unset "
+            "it to use the embedded sqlite store"
+        ) from None
+
+
+def flatten_params(params: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings / pydantic sections as {dotted.key: leaf}."""
+    if isinstance(params, BaseModel):
+        params = params.model_dump(mode="json")
+    if isinstance(params, Mapping) and params:
+        out: dict[str, Any] = {}
+        for key, value in params.items():
+            out.update(flatten_params(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: params} if prefix else {}
+
+
+def _param_text(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value)
+    return text if len(text) <= MAX_PARAM_CHARS else text[: MAX_PARAM_CHARS - 1] + "…"
+
+
+def _json_number(value: Any) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None  # JSON has no NaN; DVC would reject the file
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        mask = os.umask(0)
+        os.umask(mask)
+        os.fchmod(fd, 0o666 & ~mask)  # mkstemp creates 0600; metrics files are ordinary outputs
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --------------------------------------------------------------------------------------------
+# The tracker
+# --------------------------------------------------------------------------------------------
+
+
+class Tracker:
+    """One stage execution's MLflow run and DVC metrics files; a no-op on ranks other than 0.
+
+    Use as a context manager: the run ends FINISHED, KILLED (SIGTERM/SIGINT, KeyboardInterrupt) or FAILED.
+    """
+
+    def __init__(
+        self,
+        stage: str,
+        params: Any = None,
+        *,
+        metrics_dir: str | Path = "metrics",
+        experiment: str | None = None,
+        tracking_uri: str | None = None,
+        tags: Mapping[str, Any] | None = None,
+        root: str | Path | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+        mlflow: bool = True,
+    ):
+        """`params`: the config to log (nested mapping or section; `{"flow": cfg.flow}` gives `flow.key=…`).
+        `root`: repo root (default `repo_root()`); `rank`/`world_size` default to the RANK/WORLD_SIZE env;
+        `mlflow=False` writes only the metrics files."""
+        self.stage = stage
+        self.rank = int(os.environ.get("RANK", 0)) if rank is None else rank
+        self.world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
+        self.enabled = self.rank == 0
+        self.metrics_dir = Path(metrics_dir)
+        self.final_path = self.metrics_dir / f"{stage}.json"
+        self.steps_path = self.metrics_dir / f"{stage}_steps.tsv"
+        self.final: dict[str, Any] = {}
+        self.client: Any = None
+        self.run_id: str | None = None
+        self.uri: str | None = None
+        self._columns: list[str] | None = None
+        self._failures = 0
+        self._last_step = 0
+        self._sent: dict[str, tuple[int, float]] = {}  # key -> (step, value) last sent to MLflow
+        self._started = False
+        if not self.enabled:
+            return
+        self.root = Path(root).resolve() if root else repo_root()
+        if mlflow:
+            self._start_run(params, experiment, tracking_uri, tags or {})
+
+    # -- start ------------------------------------------------------------------------------
+
+    def _start_run(
+        self, params: Any, experiment: str | None, uri: str | None, extra: Mapping[str, Any]
+    ) -> None:
+        self.uri = uri or default_tracking_uri(self.root)
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+        check_reachable(self.uri)
+        name = experiment or os.environ.get("VAFLOW_EXPERIMENT") or os.environ.get("MLFLOW_EXPERIMENT_NAME")
+        name = name or DEFAULT_EXPERIMENT
+        revision = git_revision()
+        phash = params_hash(self.root)
+        tags = {
+            "stage": self.stage,
+            "git_revision": revision,
+            "git_dirty": str(
+                bool(_git(["status", "--porcelain", "--untracked-files=no"], Path.cwd()))
+            ).lower(),
+            "dvc_experiment": os.environ.get("DVC_EXP_NAME") or "none",
+            "dvc_stage": os.environ.get("DVC_STAGE") or self.stage,
+            "host": socket.gethostname(),
+            "world_size": str(self.world_size),
+            "params_hash": phash,
+            "vaflow.group": run_group(revision, phash),
+            "mlflow.runName": self.stage,
+            **({"mlflow.source.git.commit": revision} if revision != "unknown" else {}),
+            **{k: str(v) for k, v in extra.items()},
+        }
+        try:
+            from mlflow.tracking import MlflowClient
+
+            self.client = MlflowClient(tracking_uri=self.uri)
+            exp_id = self._experiment_id(name)
+            run = self.client.create_run(exp_id, tags=tags, run_name=self.stage)
+        except TrackingError:
+            raise
+        except Exception as err:
+            raise TrackingError(
+                f"MLflow at {self.uri}: cannot start a run ({type(err).__name__}: {err})"
+            ) from err
+        self.run_id = run.info.run_id
+        self.experiment_id = exp_id
+        log.info("MLflow run %s (experiment %r, stage %s) at %s", self.run_id, name, self.stage, self.uri)
+        if params is not None:
+            self.log_params(params)
+
+    def _experiment_id(self, name: str) -> str:
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        location = None
+        if self.uri and self.uri.startswith("sqlite:"):
+            safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+            location = (self.root / "mlartifacts" / safe).as_uri()
+        try:
+            return self.client.create_experiment(name, artifact_location=location)
+        except Exception:  # another stage created it concurrently
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return exp.experiment_id
+
+    # -- logging ----------------------------------------------------------------------------
+
+    def log_params(self, params: Any) -> None:
+        """Log a (nested) config as flat `a.b=value` params."""
+        if self.client is None:
+            return
+        from mlflow.entities import Param
+
+        flat = [Param(k, _param_text(v)) for k, v in flatten_params(params).items()]
+        for i in range(0, len(flat), 100):  # MLflow accepts at most 100 params per batch
+            self.client.log_batch(self.run_id, params=flat[i : i + 100])
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        if self.client is None:
+            return
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, str(value))
+
+    def start_at(self, step: int) -> None:
+        """Begin the step log at `step`: rows after it (from a run that died later than its checkpoint) go."""
+        if not self.enabled:
+            return
+        self._started = True
+        self._last_step = step
+        rows: list[dict[str, str]] = []
+        columns: list[str] | None = None
+        if step > 0 and self.steps_path.is_file():
+            with self.steps_path.open(newline="") as f:
+                reader = csv.DictReader(f, delimiter="\t")
+                columns = list(reader.fieldnames or [])
+                rows = [r for r in reader if r.get("step", "").isdigit() and int(r["step"]) <= step]
+        self._rewrite_steps(columns if rows else None, rows)
+
+    def _rewrite_steps(self, columns: list[str] | None, rows: list[dict[str, str]]) -> None:
+        self._columns = columns
+        if columns is None:
+            self.steps_path.unlink(missing_ok=True)
+            return
+        lines = ["\t".join(columns)] + ["\t".join(r.get(c) or "" for c in columns) for r in rows]
+        _write_atomic(self.steps_path, "\n".join(lines) + "\n")
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """Step metrics: one TSV row and one MLflow batch."""
+        if not self.enabled:
+            return
+        if not self._started:
+            self.start_at(0)  # no start_at (not driven by the Trainer): a fresh step log
+        self._last_step = step
+        values = {k: float(v) for k, v in metrics.items()}
+        new = [k for k in values if k not in (self._columns or [])]
+        if self._columns is None:
+            self._columns = ["step", *values]
+            _write_atomic(self.steps_path, "\t".join(self._columns) + "\n")
+        elif new:  # a metric appeared: rewrite the log with the wider header (rare)
+            with self.steps_path.open(newline="") as f:
+                rows = list(csv.DictReader(f, delimiter="\t"))
+            self._rewrite_steps([*self._columns, *new], rows)
+        row = {"step": str(step), **{k: repr(v) for k, v in values.items()}}
+        with self.steps_path.open("a") as f:
+            f.write("\t".join(row.get(c, "") for c in self._columns) + "\n")
+        self._send_metrics(values, step)
+
+    def _send_metrics(self, values: Mapping[str, float], step: int) -> None:
+        if self.client is None or self._failures >= MAX_FAILURES:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        try:
+            self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in values.items()])
+            self._failures = 0
+            self._sent.update({k: (step, v) for k, v in values.items()})
+        except Exception as err:
+            self._failures += 1
+            log.warning(
+                "MLflow at %s: logging step %d failed (%s)%s",
+                self.uri,
+                step,
+                err,
+                "; step metrics now go to the TSV only" if self._failures >= MAX_FAILURES else "",
+            )
+
+    def log_final(self, metrics: Mapping[str, float]) -> None:
+        """Final metrics: merged into `<metrics_dir>/<stage>.json` (written atomically) and logged to MLflow."""
+        if not self.enabled:
+            return
+        self.final.update({k: _json_number(v) for k, v in metrics.items()})
+        _write_atomic(self.final_path, json.dumps(self.final, indent=2, sort_keys=True) + "\n")
+        if self.client is not None:
+            from mlflow.entities import Metric
+
+            now = int(time.time() * 1000)
+            batch = [
+                Metric(k, float(v), now, self._last_step)
+                for k, v in metrics.items()
+                if self._sent.get(k) != (self._last_step, float(v))  # already logged as the last step metric
+            ]
+            if batch:
+                self.client.log_batch(self.run_id, metrics=batch)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """Upload a file or directory to the run's artifacts."""
+        if self.client is None:
+            return
+        path = Path(path)
+        if path.is_dir():
+            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+        else:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    # -- end --------------------------------------------------------------------------------
+
+    def close(self, status: str = "FINISHED") -> None:
+        """End the MLflow run with `status` (FINISHED, FAILED, KILLED); idempotent."""
+        if self.client is None or self.run_id is None:
+            return
+        try:
+            self.client.set_terminated(self.run_id, status)
+        except Exception as err:
+            log.warning("MLflow at %s: could not close run %s (%s)", self.uri, self.run_id, err)
+        self.client = None
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None or (issubclass(exc_type, SystemExit) and exc.code in (0, None)):
+            status = "FINISHED"
+        elif issubclass(exc_type, KeyboardInterrupt | SystemExit):  # incl. TrainingInterrupted
+            status = "KILLED"
+        else:
+            status = "FAILED"
+        self.close(status)
+
+
+__all__ = [
+    "DEFAULT_EXPERIMENT",
+    "Tracker",
+    "TrackingError",
+    "check_reachable",
+    "default_tracking_uri",
+    "flatten_params",
+    "git_revision",
+    "params_hash",
+    "repo_root",
+    "run_group",
+]

@@ -1,0 +1,615 @@
+"""The one training loop every stage uses: DDP, autocast, AdamW + schedule, clipping, accumulation, EMA,
+atomic checkpoints with exact resume, a NaN/Inf guard, progress and step metrics (DESIGN §7-§9).
+
+A stage builds its model and a loss, then:
+
+    seed_everything(cfg.trainer.seed)                  # before building the model: same init every run
+    model = build_model(cfg)
+    with Tracker("train_flow", params={"flow": cfg}) as tracker:      # MLflow run + metrics/train_flow*.{json,tsv}
+        trainer = Trainer(model, loss_fn, stream_factory, cfg.trainer, "checkpoints/flow", tracker,
+                          stage_config=cfg.model_dump(mode="json"))
+        result = trainer.fit()                          # TrainResult(step, losses, ema, model, …)
+        tracker.log_final(result.losses)
+    if trainer.dist.is_main:
+        export(result.ema)                              # the EMA weights are the ones evaluated and shipped
+
+The same script runs as `python stages/x.py` or `torchrun --nproc-per-node=N stages/x.py` (the stage's
+`trainer.launcher`); only rank 0 writes checkpoints, metrics and MLflow runs.
+
+Data. `data` is either an iterable of batches or a factory `data(spec: StreamSpec) -> iterable`; the factory is
+called once per process with its rank, the world size, the PER-RANK batch size, `num_workers` and the seed, and
+must return this rank's share of the data (webdataset: `resampled=True` shards, or `split_by_node`, then
+`.batched(spec.batch_size)`; seed any shuffling from `spec.seed` and `spec.rank`, not from the global RNG).
+An exhausted iterable is iterated again (a new epoch; `set_epoch(epoch)` is called first when the stream has it);
+one that yields no batch at all is an EmptyStreamError naming it (its `pattern` when it has one).
+Batches may be tensors or nested dicts/lists/tuples of tensors; tensors are moved to the rank's device.
+
+Loss. `loss_fn(model, batch)` returns a scalar tensor, or `(tensor, {"name": float, …})` for extra metrics; it
+receives the DDP-wrapped model in multi-process runs, so it must go through `model(...)` (forward) — put a
+multi-part loss inside the module's forward rather than calling sub-modules directly. Extra metric names must be
+the same on every rank (they are averaged over ranks when logged).
+
+Resume (`cfg.resume`, on by default) restores model, EMA, optimiser, step (the lr schedule is a pure function of
+the step), RNG states of every rank, and the data position: a stream with `state_dict()`/`load_state_dict()`
+gets its per-rank state back; any other stream is replayed, skipping the batches consumed so far (exact for
+deterministic streams; costs one pass of data loading over those batches — pass `replay_stream=False` for a
+resampled stream whose exact position does not matter). The stored config (`cfg` + `stage_config`) must match,
+except the keys that may change (`trainer.steps`, `checkpoint_every`, `keep_checkpoints`, `log_every`, `resume`,
+`num_workers`, `launcher`). Multi-node resume needs the checkpoint directory on a filesystem every node sees.
+
+Stops. A NaN/Inf loss or gradient norm raises NonFiniteError naming the step, before anything of that step is
+applied or saved. SIGTERM/SIGINT finish the current step on every rank, write a checkpoint and raise
+TrainingInterrupted (a SystemExit with status 128 + signal: DVC sees a failed stage; rerunning resumes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import random
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from vaflow.train.checkpoint import (
+    CheckpointDir,
+    CheckpointError,
+    check_config,
+    plain,
+    rng_state,
+    set_rng_state,
+)
+from vaflow.train.config import TrainerConfig
+from vaflow.train.distributed import DistInfo, all_gather_objects, all_reduce_sum, init_distributed
+
+log = logging.getLogger("vaflow.train")
+
+LossOutput = torch.Tensor | tuple[torch.Tensor, Mapping[str, Any]]
+
+
+class NonFiniteError(FloatingPointError):
+    """The loss or the gradient norm became NaN/Inf; nothing of that step was applied or checkpointed."""
+
+
+class EmptyStreamError(RuntimeError):
+    """The data stream yielded no batch at all."""
+
+
+class TrainingInterrupted(SystemExit):
+    """SIGTERM/SIGINT arrived: a checkpoint was written and the run stopped. Uncaught, the process exits with
+    status 128 + signal (143 for SIGTERM), so DVC records the stage as failed and a rerun resumes it."""
+
+    def __init__(self, step: int, signum: int, checkpoint: Path | None):
+        super().__init__(128 + signum)
+        self.step, self.signum, self.checkpoint = step, signum, checkpoint
+
+    def __str__(self) -> str:
+        name = signal.Signals(self.signum).name
+        return f"training interrupted by {name} after step {self.step}; checkpoint {self.checkpoint}"
+
+
+class StepTracker(Protocol):
+    """What the trainer needs of a tracker (`vaflow.tracking.Tracker` implements it)."""
+
+    def start_at(self, step: int) -> None: ...
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
+    def set_tags(self, tags: Mapping[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """What a data-stream factory is told: which share of the data this process reads, in what batch size."""
+
+    rank: int
+    world_size: int
+    # Per-rank micro-batch: TrainerConfig.batch_size / (world_size × grad_accum).
+    batch_size: int
+    num_workers: int
+    seed: int
+
+
+@dataclass
+class TrainResult:
+    """What `fit` returns."""
+
+    step: int  # last completed optimiser step (== cfg.steps unless resumed past it)
+    losses: dict[str, float]  # loss and extra metrics, averaged over the last logging window
+    ema: nn.Module  # EMA weights (eval mode, no grad): evaluate and export these
+    model: nn.Module  # the raw trained weights (unwrapped from DDP)
+    checkpoint: Path | None  # last.pt (rank 0), None on other ranks
+    resumed_from: int = 0  # step the run resumed from (0 = fresh start)
+    history: list[dict[str, float]] = field(default_factory=list)  # the logged step metrics of this run
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and every CUDA device)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def lr_factor(cfg: TrainerConfig, done: int) -> float:
+    """Multiplier of `cfg.lr` for the optimiser step taken after `done` completed steps."""
+    if done < cfg.warmup_steps:
+        return (done + 1) / cfg.warmup_steps  # linear warm-up, lr/warmup_steps on the first step
+    after = done - cfg.warmup_steps
+    if cfg.schedule == "cosine":
+        span = max(1, cfg.steps - cfg.warmup_steps)
+        progress = min(1.0, after / span)
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    if cfg.schedule == "step":
+        return cfg.schedule_gamma ** (after // cfg.schedule_step_every)
+    return 1.0
+
+
+class EMA:
+    """Exponential moving average of a module's parameters; buffers (e.g. norm statistics) are copied."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+        self._params = list(self.module.parameters())
+        self._buffers = list(self.module.buffers())
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """ema ← decay·ema + (1−decay)·θ."""
+        src = list(model.parameters())
+        torch._foreach_lerp_(self._params, src, 1.0 - self.decay)
+        for dst, buf in zip(self._buffers, model.buffers(), strict=True):
+            dst.copy_(buf)
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, list | tuple):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
+
+
+def _split_loss(out: LossOutput) -> tuple[torch.Tensor, Mapping[str, Any]]:
+    if isinstance(out, tuple):
+        loss, extra = out
+        return loss, extra
+    return out, {}
+
+
+def _stream_name(stream: Any) -> str:
+    pattern = getattr(stream, "pattern", None)
+    if pattern:
+        return f"{type(stream).__name__}(pattern={pattern!r})"
+    text = repr(stream)
+    return text if len(text) <= 200 else text[:200] + "…"
+
+
+def _fmt_eta(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class Trainer:
+    """Train `model` on `loss_fn` over `data` for `cfg.steps` optimiser steps; see the module docstring."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Callable[[nn.Module, Any], LossOutput],
+        data: Iterable[Any] | Callable[[StreamSpec], Iterable[Any]],
+        cfg: TrainerConfig,
+        out_dir: str | Path,
+        tracker: StepTracker | None = None,
+        *,
+        stage_config: Mapping[str, Any] | None = None,
+        device: str | torch.device | None = None,
+        find_unused_parameters: bool = False,
+        deterministic: bool = False,
+        replay_stream: bool = True,
+    ):
+        """`stage_config`: the stage's whole params section (JSON-able); stored in checkpoints and compared on
+        resume together with `cfg`. `device`: override the default (CUDA local rank if available, else CPU).
+        `find_unused_parameters`: passed to DDP. `deterministic`: `torch.use_deterministic_algorithms` (warn only).
+        `replay_stream=False`: on resume, do not skip the consumed batches of a stream without `state_dict`."""
+        self.cfg = cfg
+        self.dist: DistInfo = init_distributed(device)
+        self.micro_batch = cfg.per_rank_batch(self.dist.world_size)  # ValueError naming the numbers
+        self.loss_fn = loss_fn
+        self.replay_stream = replay_stream
+        self.tracker = tracker if self.dist.is_main else None
+        self.ckpt = CheckpointDir(out_dir, keep=cfg.keep_checkpoints)
+        self.config_dict = plain({"trainer": cfg.model_dump(mode="json"), "stage": dict(stage_config or {})})
+        if deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+
+        device = self.dist.device
+        self.model = model.to(device)
+        self.ema = EMA(self.model, cfg.ema_decay)
+        if self.dist.distributed:
+            ids = [device.index] if device.type == "cuda" else None
+            self.ddp: nn.Module = DistributedDataParallel(
+                self.model, device_ids=ids, find_unused_parameters=find_unused_parameters
+            )
+        else:
+            self.ddp = self.model
+
+        # Weight decay on matrices only: decaying biases and norm gains only pulls them off their neutral values.
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        if not trainable:
+            raise ValueError("the model has no trainable parameters (all have requires_grad=False)")
+        groups = [
+            {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+            {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
+        ]
+        self.params = trainable
+        self.optimizer = torch.optim.AdamW(
+            [g for g in groups if g["params"]],
+            lr=cfg.lr,
+            betas=tuple(cfg.betas),
+            fused=device.type == "cuda",  # one kernel per step on GPU; the foreach path on CPU
+        )
+
+        use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+        self.autocast_dtype = torch.bfloat16 if use_bf16 else None
+
+        self.spec = StreamSpec(
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            batch_size=self.micro_batch,
+            num_workers=cfg.num_workers,
+            seed=cfg.seed,
+        )
+        is_factory = callable(data) and not hasattr(data, "__iter__")
+        self.stream: Iterable[Any] = data(self.spec) if is_factory else data  # type: ignore[operator]
+        self.step = 0
+        self.consumed = 0  # per-rank micro-batches drawn from the stream so far (the replay count on resume)
+        self._signal: int | None = None
+        self._stream_restored = False  # set when the stream got its state back from a checkpoint
+
+    # ----------------------------------------------------------------------------------------
+    # Data
+    # ----------------------------------------------------------------------------------------
+
+    @property
+    def _stateful_stream(self) -> bool:
+        return hasattr(self.stream, "state_dict") and hasattr(self.stream, "load_state_dict")
+
+    def _epochs(self) -> Iterator[Any]:
+        """Batches forever: the stream re-iterated whenever it is exhausted."""
+        epoch = 0
+        while True:
+            if hasattr(self.stream, "set_epoch"):
+                self.stream.set_epoch(epoch)  # type: ignore[attr-defined]
+            n = 0
+            for batch in self.stream:
+                n += 1
+                yield batch
+            # A stream restored at the very end of an epoch legitimately yields nothing in its first pass.
+            restored_at_end, self._stream_restored = self._stream_restored, False
+            if n == 0 and not restored_at_end:
+                raise EmptyStreamError(
+                    f"data stream {_stream_name(self.stream)} yielded no batch"
+                    + (f" in epoch {epoch}" if epoch else "")
+                    + f" on rank {self.dist.rank}: check the shard pattern/paths and that each of the "
+                    f"{self.dist.world_size} rank(s) gets at least one batch of {self.micro_batch} samples"
+                )
+            epoch += 1
+
+    def _next_batch(self, it: Iterator[Any]) -> Any:
+        batch = next(it)
+        self.consumed += 1
+        return _to_device(batch, self.dist.device)
+
+    # ----------------------------------------------------------------------------------------
+    # Checkpoints
+    # ----------------------------------------------------------------------------------------
+
+    def _save(self, losses: Mapping[str, float]) -> Path | None:
+        """Write last.pt (rank 0). Collective: every rank must call it at the same step."""
+        rngs = all_gather_objects(rng_state())
+        data_state = all_gather_objects(self.stream.state_dict()) if self._stateful_stream else None  # type: ignore[attr-defined]
+        if not self.dist.is_main:
+            return None
+        return self.ckpt.save(
+            {
+                "step": self.step,
+                "model": self.model.state_dict(),
+                "ema": self.ema.module.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "config": self.config_dict,
+                "data": {"consumed": self.consumed, "state": data_state},
+                "rng": rngs,
+                "world_size": self.dist.world_size,
+                "losses": dict(losses),
+            }
+        )
+
+    def _resume(self) -> tuple[dict[str, Any] | None, Path | None]:
+        """Load the newest good checkpoint into model/EMA/optimiser; returns it (None when starting fresh)."""
+        if self.dist.is_main:
+            self.ckpt.dir.mkdir(parents=True, exist_ok=True)
+            self.ckpt.clean_temp()
+        if not self.cfg.resume:
+            if self.dist.is_main and self.ckpt.exists():
+                aside = self.ckpt.set_aside()
+                log.info("trainer.resume=false: starting over; the earlier checkpoints moved to %s", aside)
+            return None, None
+        loaded = self.ckpt.load()
+        steps = all_gather_objects(loaded[0]["step"] if loaded else 0)
+        if len(set(steps)) > 1:
+            raise CheckpointError(
+                f"ranks see different checkpoints in {self.ckpt.dir} (steps by rank: {steps}); multi-node "
+                "resume needs the checkpoint directory on a filesystem every node shares"
+            )
+        if loaded is None:
+            return None, None
+        state, path = loaded
+        check_config(path, state["config"], self.config_dict)
+        try:
+            self.model.load_state_dict(state["model"])
+            self.ema.module.load_state_dict(state["ema"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise CheckpointError(f"{path}: does not match this model/optimiser: {err}") from err
+        self.step = int(state["step"])
+        return state, path
+
+    def _restore_position(self, state: dict[str, Any], it: Iterator[Any]) -> None:
+        """Put the data stream and the RNGs where the checkpoint left them (stream first: replaying it may
+        draw random numbers, the RNG states must be those of the checkpoint afterwards)."""
+        same_world = state.get("world_size") == self.dist.world_size
+        data = state.get("data") or {}
+        consumed = int(data.get("consumed", 0))
+        if not same_world:
+            log.warning(
+                "checkpoint was written by %s rank(s), this run has %d: the data stream restarts and "
+                "RNGs are re-seeded (weights, optimiser and step are restored)",
+                state.get("world_size"),
+                self.dist.world_size,
+            )
+            seed_everything(self.cfg.seed + self.dist.rank + 1000003 * self.step)
+            return
+        if self._stateful_stream and data.get("state") is not None:
+            self.stream.load_state_dict(data["state"][self.dist.rank])  # type: ignore[attr-defined]
+            self._stream_restored = True
+        elif self.replay_stream:
+            t0 = time.perf_counter()
+            for _ in range(consumed):
+                next(it)
+            if consumed and self.dist.is_main:
+                log.info(
+                    "replayed %d batches of the data stream in %.1f s", consumed, time.perf_counter() - t0
+                )
+        self.consumed = consumed
+        set_rng_state(state["rng"][self.dist.rank])
+
+    # ----------------------------------------------------------------------------------------
+    # The loop
+    # ----------------------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._signal = signum  # acted on at the end of the current step, on every rank at the same step
+
+    @contextlib.contextmanager
+    def _signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for s, handler in old.items():
+                signal.signal(s, handler)
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.dist.device.type, dtype=self.autocast_dtype)
+
+    def _grad_norm(self) -> torch.Tensor:
+        if self.cfg.clip_grad > 0:
+            return nn.utils.clip_grad_norm_(self.params, self.cfg.clip_grad)
+        grads = [p.grad for p in self.params if p.grad is not None]
+        return nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+
+    def _train_step(self, it: Iterator[Any]) -> tuple[float, float, dict[str, float], bool]:
+        """One optimiser step over grad_accum micro-batches; returns (loss, grad_norm, extras, stop)."""
+        cfg, accum = self.cfg, self.cfg.grad_accum
+        loss_sum = torch.zeros((), device=self.dist.device)
+        extras: dict[str, float] = {}
+        for micro in range(accum):
+            batch = self._next_batch(it)
+            last = micro == accum - 1
+            # Gradients are all-reduced once per optimiser step, on the last micro-batch.
+            sync = contextlib.nullcontext() if last or not self.dist.distributed else self.ddp.no_sync()  # type: ignore[operator]
+            with sync:
+                with self._autocast():
+                    loss, extra = _split_loss(self.loss_fn(self.ddp, batch))
+                (loss / accum).backward()
+            loss_sum += loss.detach().float()
+            for k, v in extra.items():
+                extras[k] = extras.get(k, 0.0) + float(v) / accum
+        # Mean loss over ranks plus the stop flag in one collective: every rank stops at the same step.
+        stop_flag = 1.0 if self._signal is not None else 0.0
+        reduced = all_reduce_sum(torch.stack([loss_sum / accum, loss_sum.new_tensor(stop_flag)]))
+        loss_value = float(reduced[0]) / self.dist.world_size
+        step = self.step + 1
+        if not math.isfinite(loss_value):
+            raise NonFiniteError(
+                f"loss is {loss_value} at step {step}: stopped before applying it; the last good checkpoint "
+                f"({self.ckpt.last}) is kept. Lower trainer.lr, raise trainer.warmup_steps or check the data."
+            )
+        grad_norm = float(self._grad_norm())
+        if not math.isfinite(grad_norm):
+            raise NonFiniteError(
+                f"gradient norm is {grad_norm} at step {step} (loss {loss_value:.6g}): stopped before applying "
+                f"it; the last good checkpoint ({self.ckpt.last}) is kept. Lower trainer.lr or enable "
+                "trainer.clip_grad."
+            )
+        factor = lr_factor(cfg, self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = cfg.lr * factor
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.ema.update(self.model)
+        self.step = step
+        return loss_value, grad_norm, extras, float(reduced[1]) > 0
+
+    def _mean_over_ranks(self, values: dict[str, float]) -> dict[str, float]:
+        if not self.dist.distributed or not values:
+            return values
+        keys = sorted(values)
+        t = all_reduce_sum(
+            torch.tensor([values[k] for k in keys], dtype=torch.float64, device=self.dist.device)
+        )
+        return {k: float(v) / self.dist.world_size for k, v in zip(keys, t.tolist(), strict=True)}
+
+    def fit(self) -> TrainResult:
+        """Train to `cfg.steps` (resuming when a checkpoint exists); see TrainResult. Raises NonFiniteError,
+        EmptyStreamError, ConfigMismatchError, CheckpointError, TrainingInterrupted (after checkpointing)."""
+        cfg, main = self.cfg, self.dist.is_main
+        if main:
+            _ensure_log_handler()
+        seed_everything(cfg.seed + self.dist.rank)  # rank r draws its own noise (t, x_0, dropout)
+        state, path = self._resume()
+        resumed_from = self.step
+        it = self._epochs()
+        losses: dict[str, float] = {}
+        if state is not None:
+            self._restore_position(state, it)
+            losses = dict(state.get("losses") or {})
+            if main:
+                log.info("resumed from %s at step %d", path, self.step)
+                if self.step >= cfg.steps:
+                    log.info(
+                        "the checkpoint is already at step %d >= trainer.steps=%d: nothing to train",
+                        self.step,
+                        cfg.steps,
+                    )
+        del state
+        if self.tracker is not None:
+            self.tracker.start_at(self.step)
+            if resumed_from:
+                self.tracker.set_tags({"resumed_from_step": resumed_from})
+
+        history: list[dict[str, float]] = []
+        window = {"n": 0, "loss": 0.0, "grad_norm": 0.0, "t0": time.perf_counter()}
+        window_extra: dict[str, float] = {}
+        bar = None
+        if main and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+        t_start, step_start = time.perf_counter(), self.step
+        self.model.train()
+        try:
+            with self._signals():
+                while self.step < cfg.steps:
+                    loss, grad_norm, extras, stop = self._train_step(it)
+                    window["n"] += 1
+                    window["loss"] += loss
+                    window["grad_norm"] += grad_norm
+                    for k, v in extras.items():
+                        window_extra[k] = window_extra.get(k, 0.0) + v
+                    if bar is not None:
+                        bar.update(1)
+                    done = self.step >= cfg.steps
+                    if self.step % cfg.log_every == 0 or done or stop:
+                        n = window["n"]
+                        elapsed = time.perf_counter() - window["t0"]
+                        extra_means = self._mean_over_ranks({k: v / n for k, v in window_extra.items()})
+                        losses = {"loss": window["loss"] / n, **extra_means}
+                        metrics = {
+                            **losses,
+                            "grad_norm": window["grad_norm"] / n,
+                            "lr": self.optimizer.param_groups[0]["lr"],
+                            "samples_per_s": cfg.batch_size * n / max(elapsed, 1e-9),
+                        }
+                        history.append({"step": self.step, **metrics})
+                        if main:
+                            self._report(metrics, bar, t_start, step_start)
+                        window = {"n": 0, "loss": 0.0, "grad_norm": 0.0, "t0": time.perf_counter()}
+                        window_extra = {}
+                    if stop and not done:  # a signal during the last step: just finish normally
+                        ckpt = self._save(losses)
+                        signum = self._signal if self._signal is not None else signal.SIGTERM
+                        if main:
+                            log.warning(
+                                "%s received: wrote %s at step %d and stopped",
+                                signal.Signals(signum).name,
+                                ckpt,
+                                self.step,
+                            )
+                        raise TrainingInterrupted(self.step, signum, ckpt)
+                    if self.step % cfg.checkpoint_every == 0 or done:
+                        self._save(losses)
+        finally:
+            if bar is not None:
+                bar.close()
+        return TrainResult(
+            step=self.step,
+            losses=losses,
+            ema=self.ema.module,
+            model=self.model,
+            checkpoint=self.ckpt.last if main else None,
+            resumed_from=resumed_from,
+            history=history,
+        )
+
+    def _report(self, metrics: dict[str, float], bar: Any, t_start: float, step_start: int) -> None:
+        rate = (self.step - step_start) / max(time.perf_counter() - t_start, 1e-9)
+        if bar is not None:
+            bar.set_postfix(loss=f"{metrics['loss']:.4g}", samples_s=f"{metrics['samples_per_s']:.1f}")
+        else:
+            eta = (self.cfg.steps - self.step) / rate if rate > 0 else float("inf")
+            log.info(
+                "step %d/%d  loss %.5g  lr %.3g  grad_norm %.3g  %.1f samples/s  ETA %s",
+                self.step,
+                self.cfg.steps,
+                metrics["loss"],
+                metrics["lr"],
+                metrics["grad_norm"],
+                metrics["samples_per_s"],
+                _fmt_eta(eta) if math.isfinite(eta) else "?",
+            )
+        if self.tracker is not None:
+            self.tracker.log_metrics(metrics, self.step)
+
+
+def _ensure_log_handler() -> None:
+    """Progress lines must reach the stage's stderr even when the stage configured no logging."""
+    if logging.getLogger().handlers or log.handlers:
+        return  # the stage configured logging: its levels decide
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s", "%H:%M:%S"))
+    log.addHandler(handler)
+    log.propagate = False
+    if log.level == logging.NOTSET:
+        log.setLevel(logging.INFO)
+
+
+__all__ = [
+    "EMA",
+    "EmptyStreamError",
+    "NonFiniteError",
+    "StreamSpec",
+    "TrainResult",
+    "Trainer",
+    "TrainingInterrupted",
+    "lr_factor",
+    "seed_everything",
+]
