@@ -21,6 +21,7 @@ so a rerun of an unchanged pipeline lands in the same group. Search with `tags."
 
 DVC files (rank 0, in `metrics_dir`): `<stage>.json` (final metrics, for `dvc metrics`) and `<stage>_steps.tsv`
 (one row per logged step, for `dvc plots`); a resumed run truncates the step log back to its resume step.
+Each process start is its own MLflow run; a run that resumed training carries the tag `resumed_from_step`.
 
 Only rank 0 tracks: on other ranks (RANK ≠ 0) every method is a no-op. An `http(s)` tracking server is probed
 (`/health`, 5 s timeout) when the tracker starts, so an unreachable server is an immediate TrackingError naming the

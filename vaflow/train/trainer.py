@@ -446,7 +446,8 @@ class Trainer:
         # Mean loss over ranks plus the stop flag in one collective: every rank stops at the same step.
         stop_flag = 1.0 if self._signal is not None else 0.0
         reduced = all_reduce_sum(torch.stack([loss_sum / accum, loss_sum.new_tensor(stop_flag)]))
-        loss_value = float(reduced[0]) / self.dist.world_size
+        loss_total, stop_total = reduced.tolist()  # one device sync for both
+        loss_value = loss_total / self.dist.world_size
         step = self.step + 1
         if not math.isfinite(loss_value):
             raise NonFiniteError(
@@ -467,7 +468,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.ema.update(self.model)
         self.step = step
-        return loss_value, grad_norm, extras, float(reduced[1]) > 0
+        return loss_value, grad_norm, extras, stop_total > 0
 
     def _mean_over_ranks(self, values: dict[str, float]) -> dict[str, float]:
         if not self.dist.distributed or not values:
