@@ -25,7 +25,9 @@ from vaflow.audio.wavevae import (
 )
 
 # The reference fixtures live in `shared/` beside the repository (DESIGN §10); VAFLOW_FIXTURES overrides.
-FIXTURES = Path(os.environ.get("VAFLOW_FIXTURES", Path(__file__).resolve().parents[3] / "shared" / "fixtures"))
+FIXTURES = Path(
+    os.environ.get("VAFLOW_FIXTURES", Path(__file__).resolve().parents[3] / "shared" / "fixtures")
+)
 
 
 @pytest.fixture(scope="module")
