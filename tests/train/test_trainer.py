@@ -275,6 +275,16 @@ def test_resume_false_starts_over_and_keep_checkpoints(tmp_path):
     assert ckpt["config"]["trainer"]["betas"] == [0.9, 0.999]  # stored as plain JSON types
 
 
+def test_checkpoint_past_the_requested_steps_trains_afresh(tmp_path, one_thread):
+    _train(tmp_path / "ref", _cfg(steps=4, schedule="constant"))
+    _train(tmp_path / "run", _cfg(steps=8, schedule="constant"))
+    trainer, result = _train(tmp_path / "run", _cfg(steps=4, schedule="constant"))
+    assert result.resumed_from == 0 and result.step == 4
+    assert read_checkpoint(tmp_path / "run" / "previous-run" / "last.pt")["step"] == 8
+    reference = read_checkpoint(tmp_path / "ref" / "last.pt")["model"]
+    assert _states_equal(trainer.model.state_dict(), reference), "a 4-step run, not the 8-step model"
+
+
 # --------------------------------------------------------------------------------------------
 # Data, schedule, EMA
 # --------------------------------------------------------------------------------------------

@@ -357,6 +357,18 @@ class Trainer:
         if loaded is None:
             return None, None
         state, path = loaded
+        if int(state["step"]) > self.cfg.steps:
+            # A model trained past `steps` is not the model of a `steps`-long run: train that run afresh.
+            if self.dist.is_main:
+                aside = self.ckpt.set_aside()
+                log.warning(
+                    "%s is at step %d, past trainer.steps=%d: starting over (earlier checkpoints moved to %s)",
+                    path,
+                    state["step"],
+                    self.cfg.steps,
+                    aside,
+                )
+            return None, None
         check_config(path, state["config"], self.config_dict)
         try:
             self.model.load_state_dict(state["model"])
