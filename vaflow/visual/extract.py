@@ -1,0 +1,367 @@
+"""Visual features for the flow: the encoder directory, and the load/encode callables of `data.extract.extract_split`.
+
+Encoder directory (written for every kind and mode, so feature extraction needs nothing but the directory):
+
+    encoder.json       {"format", "kind", "options" (build_encoder arguments), "weights" (file name or null),
+                        "identity" (VisualEncoder.identity(): kind, model name, weight hash, fps, input size, dim)}
+    <kind>.<ext>       a copy of the weights (cavp: safetensors checkpoint; clip: the open_clip state dict)
+
+Loading rebuilds the encoder from the copy and refuses it when its identity differs from the recorded one (e.g. a
+replaced weight file), so features are never silently produced by another model than the one named beside them.
+
+Feature shards: `<split>/visual-%06d.tar`, one sample per clip with `feat` (T_v, D_v) float16 and a meta dict that
+names the encoder. A feature set's spec (encoder identity, clip geometry, per_shard, a digest of each split's
+manifest rows) is kept beside the shards; shards written under another spec are stale and are deleted
+(`sync_spec`), because finished shards are otherwise skipped by a rerun.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tarfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from vaflow.data import media, shards
+from vaflow.data.extract import ClipRejected
+from vaflow.visual import build_encoder
+from vaflow.visual.base import VisualEncoder, WeightsError, weight_hash
+
+__all__ = [
+    "ENCODER_FILE",
+    "FEATURE_NAME",
+    "FeatureEncoder",
+    "FrameLoader",
+    "RejectionLog",
+    "collect_rejected",
+    "compact_identity",
+    "export_encoder",
+    "feature_shards",
+    "load_encoder",
+    "manifest_digest",
+    "read_encoder_json",
+    "sync_spec",
+    "write_rejected",
+]
+
+ENCODER_FILE = "encoder.json"
+ENCODER_FORMAT = "vaflow-visual-encoder-1"
+SPEC_FILE = "spec.json"
+FEATURE_NAME = "visual"  # shard set name: <split>/visual-%06d.tar
+REJECTED_FILE = "rejected.csv"
+_REJECTION_LOG = "rejections-r{rank}.jsonl"
+# The build_encoder argument that names each kind's weight file.
+_WEIGHTS_OPTION = {"cavp": "checkpoint", "clip": "weights"}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The encoder directory
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _plain(obj: Any) -> Any:
+    """`obj` as JSON types (tuples become lists), so recorded and rebuilt identities compare equal."""
+    return json.loads(json.dumps(obj))
+
+
+def export_encoder(
+    out_dir: str | Path, kind: str, options: Mapping[str, Any], weights: str | Path | None = None
+) -> VisualEncoder:
+    """Validate the encoder `kind` built with `options` and `weights`, copy the weights into `out_dir`, and write
+    `encoder.json`; returns the encoder (built from the source weights).
+
+    `weights`: the weight file (cavp checkpoint, open_clip state dict or a folder holding one), None for `pixels`.
+    A missing or unfit file raises WeightsError naming it and what it should hold, before anything is written.
+    """
+    out_dir = Path(out_dir)
+    options = dict(options)
+    name = None
+    if kind in _WEIGHTS_OPTION:
+        if weights is None:
+            raise WeightsError(f"visual encoder '{kind}' needs a weight file")
+        encoder = build_encoder(kind, **options, **{_WEIGHTS_OPTION[kind]: weights})
+        source = Path(weights)
+        if kind == "clip":
+            from vaflow.visual.clip import resolve_clip_weights
+
+            source = resolve_clip_weights(options.get("model_name", "ViT-B-32"), weights)
+        name = f"{kind}{''.join(source.suffixes[-1:]) or '.bin'}"
+        target = out_dir / name
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if source.resolve() != target.resolve():
+            tmp = target.with_name(f".{name}.tmp")
+            shutil.copyfile(source, tmp)
+            os.replace(tmp, target)
+        if weight_hash(target) != encoder.weights_sha:
+            raise WeightsError(f"{source} changed while it was copied to {target}; run the stage again")
+    else:
+        if weights is not None:
+            raise ValueError(f"visual encoder '{kind}' takes no weight file, got {weights}")
+        encoder = build_encoder(kind, **options)
+    # A kind switch leaves the previous kind's weights behind when the stage is run by hand (DVC clears outs itself).
+    for stale in out_dir.glob("*"):
+        if stale.is_file() and stale.stem in _WEIGHTS_OPTION and stale.name != name:
+            stale.unlink()
+    spec = {
+        "format": ENCODER_FORMAT,
+        "kind": kind,
+        "options": _plain(options),
+        "weights": name,
+        "identity": _plain(encoder.identity()),
+    }
+    _write_json_atomic(out_dir / ENCODER_FILE, spec)
+    return encoder
+
+
+def read_encoder_json(encoder_dir: str | Path) -> dict[str, Any]:
+    """The `encoder.json` of an encoder directory; FileNotFoundError / WeightsError say what is wrong."""
+    path = Path(encoder_dir) / ENCODER_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: {encoder_dir} is not a visual encoder directory (run the visual_encoder stage)"
+        )
+    try:
+        spec = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise WeightsError(f"{path} is not valid JSON ({err}); rerun the visual_encoder stage") from None
+    if spec.get("format") != ENCODER_FORMAT:
+        raise WeightsError(f"{path}: format {spec.get('format')!r}, expected {ENCODER_FORMAT!r}")
+    return spec
+
+
+def load_encoder(encoder_dir: str | Path, device: str | torch.device = "cpu") -> VisualEncoder:
+    """Rebuild the encoder an encoder directory describes, on `device`, checking it has the recorded identity."""
+    encoder_dir = Path(encoder_dir)
+    spec = read_encoder_json(encoder_dir)
+    kind, options = spec["kind"], dict(spec["options"])
+    if spec["weights"] is not None:
+        options[_WEIGHTS_OPTION[kind]] = encoder_dir / spec["weights"]
+    encoder = build_encoder(kind, **options).to(device)
+    recorded, rebuilt = spec["identity"], _plain(encoder.identity())
+    if rebuilt != recorded:
+        keys = sorted(k for k in set(recorded) | set(rebuilt) if recorded.get(k) != rebuilt.get(k))
+        raise WeightsError(
+            f"{encoder_dir}: the encoder rebuilt from its files differs from {ENCODER_FILE} in {keys} "
+            "(a weight file was replaced?); rerun the visual_encoder stage"
+        )
+    return encoder
+
+
+def compact_identity(identity: Mapping[str, Any]) -> dict[str, Any]:
+    """The identity fields every feature sample carries (the full identity, with model config, is in spec.json)."""
+    return {k: identity[k] for k in ("kind", "model_name", "weight_hash", "fps", "dim")}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Load and encode callables for extract_split
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class FrameLoader:
+    """`load(id)` for extract_split: the clip's manifest window as frames (T, H, W, 3) uint8 at the encoder's fps
+    and input size. A clip that does not give T frames is rejected (ClipRejected with a one-line reason)."""
+
+    def __init__(
+        self, manifest: pd.DataFrame, encoder: VisualEncoder, num_frames: int, timeout: float = 120.0
+    ):
+        """`manifest`: rows with id, path (absolute), start, duration; `num_frames`: T = clip.n_frames(fps)."""
+        self.rows = {str(r["id"]): r for r in manifest.to_dict("records")}
+        self.fps, self.size = encoder.fps, encoder.input_size
+        self.num_frames, self.timeout = num_frames, timeout
+
+    def __call__(self, clip_id: str) -> tuple[str, np.ndarray]:
+        row = self.rows[clip_id]
+        path, start, duration = row["path"], float(row["start"]), float(row["duration"])
+        try:
+            frames = media.read_frames(path, self.fps, self.size, start, duration, timeout=self.timeout)
+        except media.FFmpegNotFoundError:
+            raise  # a setup problem, not a bad clip
+        except media.MediaError as err:
+            raise ClipRejected(f"decode failed: {err.reason}") from None
+        if len(frames) < self.num_frames:
+            raise ClipRejected(self._short_reason(path, start, duration, len(frames)))
+        return clip_id, frames[: self.num_frames]
+
+    def _short_reason(self, path: str, start: float, duration: float, got: int) -> str:
+        # Tell a short file from one whose decoding stopped early: the container says how long it should be.
+        try:
+            length = media.probe(path, timeout=self.timeout).duration
+        except media.MediaError:
+            length = None
+        have = f"{got} of {self.num_frames} frames at {self.fps:g} fps"
+        if length is not None and length >= start + duration - 1 / self.fps:
+            return f"truncated: decoded {have} though the file lasts {length:.2f}s"
+        shown = "an unknown time" if length is None else f"{length:.2f}s"
+        return f"too short: {have}; the file lasts {shown}, the window ends at {start + duration:g}s"
+
+
+class FeatureEncoder:
+    """`encode(inputs)` for extract_split: [(id, frames)] -> [{"feat": (T_v, D_v) float16, "meta": {...}}]."""
+
+    def __init__(self, encoder: VisualEncoder, manifest: pd.DataFrame):
+        self.encoder = encoder
+        self.identity = compact_identity(encoder.identity())
+        self.rows = {str(r["id"]): r for r in manifest.to_dict("records")}
+
+    def __call__(self, inputs: Sequence[tuple[str, np.ndarray]]) -> list[dict[str, Any]]:
+        ids = [clip_id for clip_id, _ in inputs]
+        frames = torch.from_numpy(np.stack([f for _, f in inputs]))  # (B, T, H, W, 3)
+        feats = self.encoder.encode_batch(frames).float().cpu()  # (B, T_v, D_v)
+        # float16 keeps ~3 significant digits, plenty for features the alignment VAE re-normalises; it overflows
+        # past 65504, which no encoder here reaches, but a broken model would: refuse rather than store inf.
+        half = feats.half()
+        finite = torch.isfinite(half).flatten(1).all(1).tolist()  # (B,)
+        if not all(finite):
+            bad = [clip_id for clip_id, ok in zip(ids, finite, strict=True) if not ok]
+            raise FloatingPointError(f"non-finite visual features (or beyond float16) for clips {bad[:5]}")
+        out = []
+        for clip_id, feat in zip(ids, half.numpy(), strict=True):
+            row = self.rows[clip_id]
+            meta = {
+                "label": str(row.get("label", "")),
+                "start": float(row["start"]),
+                "duration": float(row["duration"]),
+                "encoder": self.identity,
+            }
+            out.append({"feat": feat, "meta": meta})
+        return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Rejections that survive a resumed run
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class RejectionLog:
+    """Wraps a `load`: every rejection is appended to `<split_dir>/rejections-r<rank>.jsonl` as it happens, so the
+    reasons of clips in shards finished by an earlier (killed) run are still known when the split is summed up."""
+
+    def __init__(self, load: Any, split_dir: str | Path, rank: int = 0):
+        self.load = load
+        self.path = Path(split_dir) / _REJECTION_LOG.format(rank=rank)
+
+    def __call__(self, clip_id: str) -> Any:
+        try:
+            return self.load(clip_id)
+        except (ClipRejected, media.MediaError) as err:
+            reason = str(err) if isinstance(err, ClipRejected) else err.reason
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a") as f:
+                f.write(json.dumps({"id": clip_id, "reason": reason}) + "\n")
+            raise
+
+
+def feature_shards(split_dir: str | Path) -> list[Path]:
+    """The finished feature shards of one split, in shard order."""
+    return shards.shard_paths(split_dir, FEATURE_NAME)
+
+
+def _shard_keys(path: Path) -> set[str]:
+    """Sample keys of one finished shard, from the tar headers only."""
+    with tarfile.open(path, "r:") as tar:
+        return {m.name.rpartition("/")[2].partition(".")[0] for m in tar.getmembers() if m.isreg()}
+
+
+def collect_rejected(split_dir: str | Path, ids: Sequence[str], per_shard: int) -> list[tuple[str, str]]:
+    """(id, reason) of every planned clip missing from the finished shards of `split_dir`, with the logged reason.
+
+    Raises RuntimeError when shards are missing (a rank that has not finished): those clips are not rejected.
+    """
+    split_dir = Path(split_dir)
+    paths = feature_shards(split_dir)
+    planned = len(shards.shard_plan(ids, per_shard))
+    if len(paths) != planned:
+        raise RuntimeError(f"{split_dir}: {len(paths)} of {planned} shards finished; rerun to complete them")
+    present: set[str] = set()
+    for path in paths:
+        present |= _shard_keys(path)
+    reasons: dict[str, str] = {}
+    for log in sorted(split_dir.glob(_REJECTION_LOG.format(rank="*"))):
+        for line in log.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # the last line of a log cut by a kill
+            reasons[entry["id"]] = entry["reason"]
+    return [
+        (clip_id, reasons.get(clip_id, "rejected (reason not recorded)"))
+        for clip_id in ids
+        if shards.sanitize_key(clip_id) not in present
+    ]
+
+
+def write_rejected(split_dir: str | Path, rejected: Sequence[tuple[str, str]]) -> Path:
+    """Write `<split_dir>/rejected.csv` (id, reason) atomically; returns its path."""
+    path = Path(split_dir) / REJECTED_FILE
+    tmp = path.with_name(f".{path.name}.tmp")
+    pd.DataFrame(list(rejected), columns=["id", "reason"]).to_csv(tmp, index=False)
+    os.replace(tmp, path)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The feature set's spec: stale shards go
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def manifest_digest(rows: pd.DataFrame) -> str:
+    """sha256[:16] of a split's manifest rows in order (every column but the absolute path, so a moved tree
+    keeps its features): a new clip list, window or label means new shard contents."""
+    cols = [c for c in rows.columns if c != "path"]
+    text = rows[cols].to_csv(index=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _clear_split(split_dir: Path) -> int:
+    """Delete a split's shards, leftovers and rejection records; returns the number of shards removed."""
+    n = 0
+    for path in split_dir.glob(f"{FEATURE_NAME}-*.tar*"):
+        n += path.suffix == ".tar"
+        path.unlink()
+    for path in [*split_dir.glob(_REJECTION_LOG.format(rank="*")), split_dir / REJECTED_FILE]:
+        path.unlink(missing_ok=True)
+    return n
+
+
+def sync_spec(out_dir: str | Path, spec: Mapping[str, Any]) -> dict[str, int]:
+    """Make `out_dir` hold only shards written under `spec`, then record it in `out_dir/spec.json`.
+
+    `spec` = {..., "splits": {split: {...}}}: when anything outside "splits" differs from the recorded spec, every
+    split is cleared; otherwise only the splits whose entry differs (or that the spec no longer lists). Returns
+    {split: shards deleted} for the cleared splits.
+    """
+    out_dir = Path(out_dir)
+    path = out_dir / SPEC_FILE
+    spec = _plain(spec)
+    try:
+        old = json.loads(path.read_text()) if path.is_file() else {}
+    except json.JSONDecodeError:
+        old = {}
+    common_changed = {k: v for k, v in old.items() if k != "splits"} != {
+        k: v for k, v in spec.items() if k != "splits"
+    }
+    old_splits, new_splits = old.get("splits", {}), spec.get("splits", {})
+    on_disk = {p.name for p in out_dir.iterdir() if p.is_dir()} if out_dir.is_dir() else set()
+    cleared = {}
+    for split in sorted(on_disk | set(new_splits)):
+        if common_changed or old_splits.get(split) != new_splits.get(split):
+            split_dir = out_dir / split
+            if split_dir.is_dir():
+                cleared[split] = _clear_split(split_dir)
+    _write_json_atomic(path, spec)
+    return cleared
