@@ -17,7 +17,6 @@ from vaflow.cli import exit_on_user_error
 from vaflow.data.extract import extract_split
 from vaflow.data.prepare import load_manifest
 from vaflow.train.distributed import barrier, init_distributed
-from vaflow.visual import WeightsError
 from vaflow.visual import extract as vx
 
 # A manifest window may differ from clip.duration by container rounding only (prepare.DURATION_TOLERANCE).
@@ -46,11 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     params = config.load(args.params)
     ex, out = params.extract_visual, Path(args.out)
     dist = init_distributed()
-    try:
-        encoder = vx.load_encoder(args.encoder, device=dist.device)
-    except WeightsError as err:  # the directory's files do not match its record: the user's input
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    encoder = vx.load_encoder(args.encoder, device=dist.device)
     manifest = load_manifest(Path(args.prepared) / "manifest.csv")
     check_windows(manifest, params.clip)
     splits = {s: manifest[manifest["split"] == s] for s in config.SPLITS if (manifest["split"] == s).any()}

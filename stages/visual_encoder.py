@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import sys
 from pathlib import Path
 
 from vaflow import config
@@ -16,7 +15,7 @@ from vaflow.tracking import Tracker
 from vaflow.train.config import RESUMABLE_KEYS
 from vaflow.train.distributed import env_rank
 from vaflow.train.trainer import Trainer, seed_everything
-from vaflow.visual import CAVP, WeightsError, training
+from vaflow.visual import CAVP, training
 from vaflow.visual.extract import export_encoder
 
 STAGE = "visual_encoder"
@@ -136,15 +135,11 @@ def main(argv: list[str] | None = None) -> None:
     if params.visual_encoder.mode != "train" and env_rank()[0] != 0:
         return  # nothing to compute in parallel: rank 0 writes the directory
     tracked = {STAGE: params.visual_encoder, "clip": params.clip}
-    try:
-        with Tracker(STAGE, params=tracked, metrics_dir=args.metrics) as tracker:
-            if params.visual_encoder.mode == "train":
-                train(params, args, tracker)
-            else:
-                import_or_none(params, args, tracker)
-    except WeightsError as err:  # a missing or unfit weight file is the user's input, not a bug
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    with Tracker(STAGE, params=tracked, metrics_dir=args.metrics) as tracker:
+        if params.visual_encoder.mode == "train":
+            train(params, args, tracker)
+        else:
+            import_or_none(params, args, tracker)
 
 
 if __name__ == "__main__":

@@ -254,8 +254,9 @@ class VisualEncoderConfig(Section):
     clip: CLIPOptions = CLIPOptions()
     cavp: CAVPOptions = CAVPOptions()
     pixels: PixelOptions = PixelOptions()
+    # 200 steps of 16 clips: longer runs overfit the 256 synthetic training clips (test retrieval peaks, then falls).
     trainer: TrainerConfig = TrainerConfig(
-        steps=600, batch_size=32, lr=1e-3, warmup_steps=50, checkpoint_every=200, log_every=50, ema_decay=0.99
+        steps=200, batch_size=16, lr=1e-3, warmup_steps=20, checkpoint_every=50, log_every=25, ema_decay=0.99
     )
 
     @model_validator(mode="after")
