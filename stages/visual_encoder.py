@@ -4,15 +4,13 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 from pathlib import Path
 
 from vaflow import config
 from vaflow.cli import exit_on_user_error
 from vaflow.data.prepare import load_manifest
 from vaflow.tracking import Tracker
-from vaflow.train.config import RESUMABLE_KEYS
+from vaflow.train.checkpoint import run_dir
 from vaflow.train.distributed import env_rank
 from vaflow.train.trainer import Trainer, seed_everything
 from vaflow.visual import CAVP, training
@@ -21,16 +19,6 @@ from vaflow.visual.extract import export_encoder
 STAGE = "visual_encoder"
 # The pixels stand-in reads frames at the synthetic world's size; area pooling then brings them to `pixels.side`.
 PIXELS_INPUT_SIZE = (64, 64)
-
-
-def checkpoint_dir(root: Path, sections: dict) -> Path:
-    """`<root>/visual_encoder-<hash>`: the hash covers every setting but the trainer keys a resume may change
-    (steps, logging, launcher), so a longer run continues and any other change starts afresh."""
-    sections = json.loads(json.dumps(sections))
-    trainer = sections[STAGE]["trainer"]
-    sections[STAGE]["trainer"] = {k: v for k, v in trainer.items() if k not in RESUMABLE_KEYS}
-    digest = hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()[:12]
-    return root / f"{STAGE}-{digest}"
 
 
 def train(params: config.Params, args: argparse.Namespace, tracker: Tracker) -> None:
@@ -59,7 +47,7 @@ def train(params: config.Params, args: argparse.Namespace, tracker: Tracker) -> 
         training.cavp_loss,
         stream,
         cfg.trainer,
-        checkpoint_dir(Path(args.checkpoints), sections),
+        run_dir(args.checkpoints, STAGE, sections),
         tracker,
         stage_config={**sections, "cavp": model_cfg.to_dict()},
     )

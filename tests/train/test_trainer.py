@@ -356,3 +356,16 @@ def test_bf16_autocast_runs_on_cpu(tmp_path):
     _, result = _train(tmp_path, _cfg(steps=3, precision="bf16"), loss=loss_fn)
     assert seen == [torch.bfloat16] * 3 and math.isfinite(result.losses["loss"])
     assert all(p.dtype == torch.float32 for p in result.model.parameters())  # master weights stay fp32
+
+
+def test_run_dir_ignores_resumable_trainer_keys_only():
+    from vaflow.train.checkpoint import run_dir
+
+    base = {"flow": {"width": 64, "trainer": TrainerConfig(steps=10)}}
+    longer = {"flow": {"width": 64, "trainer": TrainerConfig(steps=20, log_every=3)}}
+    other_lr = {"flow": {"width": 64, "trainer": TrainerConfig(steps=10, lr=3e-4)}}
+    assert run_dir("ck", "flow", base) == run_dir("ck", "flow", longer)
+    assert run_dir("ck", "flow", base) != run_dir("ck", "flow", other_lr)
+    assert run_dir("ck", "flow", base).parent == Path("ck") and run_dir("ck", "flow", base).name.startswith(
+        "flow-"
+    )

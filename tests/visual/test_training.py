@@ -13,6 +13,7 @@ import torch
 from vaflow import config
 from vaflow.data import prepare, sources
 from vaflow.data.prepare import load_manifest
+from vaflow.train import checkpoint
 from vaflow.visual import CAVP, training
 from vaflow.visual import extract as vx
 
@@ -189,7 +190,6 @@ def test_train_mode_end_to_end_and_resume(run, mlflow_uri):
 
 
 def test_changed_config_starts_a_new_checkpoint_dir():
-    stage = _stage()
     base = config.Params()
 
     def sections(params):
@@ -201,11 +201,13 @@ def test_changed_config_starts_a_new_checkpoint_dir():
     def with_(**ve):
         return config.validate(config.deep_merge(base.model_dump(mode="json"), {"visual_encoder": ve}))
 
-    root = Path("ckpt")
-    same = stage.checkpoint_dir(root, sections(base))
-    assert stage.checkpoint_dir(root, sections(with_(trainer={"steps": 5000, "log_every": 7}))) == same
-    assert stage.checkpoint_dir(root, sections(with_(trainer={"lr": 3e-4}))) != same
-    assert stage.checkpoint_dir(root, sections(with_(cavp={"embed_dim": 32}))) != same
+    def run_dir(params):
+        return checkpoint.run_dir("ckpt", "visual_encoder", sections(params))
+
+    same = run_dir(base)
+    assert run_dir(with_(trainer={"steps": 5000, "log_every": 7})) == same
+    assert run_dir(with_(trainer={"lr": 3e-4})) != same
+    assert run_dir(with_(cavp={"embed_dim": 32})) != same
 
 
 def test_none_mode_writes_a_pixels_encoder(run):

@@ -12,6 +12,7 @@ every load uses `torch.load(weights_only=True)`, so opening a checkpoint never r
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -60,6 +61,19 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
             out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
         return out
     return {prefix: obj}
+
+
+def run_dir(root: str | os.PathLike, stage: str, sections: Any) -> Path:
+    """`<root>/<stage>-<hash>`: the checkpoint folder of one training configuration.
+
+    The hash covers every setting in `sections` (a nested mapping of params sections, pydantic models allowed)
+    except the trainer keys a resume may change (steps, logging, launcher), so an interrupted or lengthened run
+    continues in the same folder and any other change starts afresh in a new one.
+    """
+    plain_sections = json.loads(json.dumps(sections, default=lambda m: m.model_dump(mode="json")))
+    kept = {k: v for k, v in flatten(plain_sections).items() if not _resumable(k)}
+    digest = hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:12]
+    return Path(root) / f"{stage}-{digest}"
 
 
 def _resumable(key: str) -> bool:
