@@ -1,0 +1,144 @@
+"""Stage `audio_vae`: train the WaveVAE on the train split's audio, or import one (SAO 1.0), then export it and
+measure its test-split reconstruction against trivial baselines.
+
+Outputs: `<out>/wavevae.safetensors` (EMA weights, config in the metadata) and `<out>/vae.json`;
+`<metrics>/audio_vae.json` (+ `audio_vae_steps.tsv` when training); checkpoints in
+`<checkpoints>/audio_vae-<hash of the clip and audio_vae sections>/`, so a rerun resumes and a new config restarts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from vaflow import config
+from vaflow.audio import training
+from vaflow.audio.encode import export_model
+from vaflow.audio.wavevae import SIZES, CheckpointError, WaveVAE, build, load_wavevae
+from vaflow.cli import exit_on_user_error
+from vaflow.data.prepare import load_manifest
+from vaflow.tracking import Tracker
+from vaflow.train.checkpoint import flatten
+from vaflow.train.config import RESUMABLE_KEYS
+from vaflow.train.distributed import env_rank
+from vaflow.train.trainer import Trainer, seed_everything
+
+# Test clips scored (evenly spaced over the split) and train clips averaged into the mean-spectrum baseline:
+# all of them in the synthetic world; a bound on the work at VGGSound scale.
+EVAL_CLIPS = 512
+MEAN_SPECTRUM_CLIPS = 256
+EVAL_BATCH = 8
+
+
+def run_hash(sections: dict) -> str:
+    """Hash of the stage's sections without the trainer keys a run may change on resume (steps, launcher, …)."""
+    flat = flatten(json.loads(json.dumps(sections)))
+    kept = {
+        k: v
+        for k, v in flat.items()
+        if not (k.split(".")[-2:-1] == ["trainer"] and k.split(".")[-1] in RESUMABLE_KEYS)
+    }
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def train(
+    params: config.Params, manifest, ckpt_dir: Path, tracker: Tracker
+) -> tuple[WaveVAE, torch.Tensor, dict]:
+    """Train on random crops of the train clips; returns (EMA VAE, train mean log-mel, final train losses)."""
+    cfg, clip = params.audio_vae, params.clip
+    # A trained VAE runs at the pipeline's rate, whatever its size's nominal one.
+    vae_config = dataclasses.replace(SIZES[cfg.size], sample_rate=clip.sample_rate)
+    bank = training.load_bank(manifest[manifest["split"] == "train"], clip, vae_config.hop)
+    print(f"train clips: {len(bank.ids)} decoded, {len(bank.rejected)} rejected")
+    segment = training.segment_samples(cfg.segment, clip.sample_rate, vae_config.hop, bank.audio.shape[1])
+    seed_everything(cfg.trainer.seed)  # the same initial weights on every rank and every rerun
+    model = training.WaveVAELoss(training.narrow_posterior(build(vae_config)), cfg, segment)
+
+    def stream(spec):
+        return training.CropStream(
+            bank.audio, spec.batch_size, segment, spec.rank, spec.world_size, spec.seed
+        )
+
+    sections = {"audio_vae": cfg.model_dump(mode="json"), "clip": clip.model_dump(mode="json")}
+    trainer = Trainer(model, training.loss_fn, stream, cfg.trainer, ckpt_dir, tracker, stage_config=sections)
+    result = trainer.fit()
+    mean_spectrum = training.mean_log_mel(bank.audio, clip.sample_rate)
+    return result.ema.vae, mean_spectrum, {f"train_{k}": v for k, v in result.losses.items()}
+
+
+def import_vae(params: config.Params) -> WaveVAE:
+    """Load the checkpoint strictly (a missing file or a key/shape mismatch is a user error naming the file)."""
+    cfg = params.audio_vae
+    try:
+        return load_wavevae(cfg.checkpoint, cfg.size)
+    except CheckpointError as err:
+        if isinstance(err, FileNotFoundError):
+            raise
+        raise config.ConfigError(f"audio_vae.checkpoint: {err}") from None
+
+
+def train_mean_spectrum(params: config.Params, manifest, hop: int) -> torch.Tensor:
+    """The mean-spectrum baseline of an imported VAE, from a subset of the train clips."""
+    rows = training.even_subset(manifest[manifest["split"] == "train"], MEAN_SPECTRUM_CLIPS)
+    bank = training.load_bank(rows, params.clip, hop)
+    if not bank.ids:
+        raise config.ConfigError("no usable train clip for the mean-spectrum baseline")
+    return training.mean_log_mel(bank.audio, params.clip.sample_rate)
+
+
+def evaluate(vae: WaveVAE, params: config.Params, manifest, mean_spectrum: torch.Tensor) -> dict:
+    """Test-split reconstruction figures and baselines (see training.reconstruction_metrics)."""
+    rows = training.even_subset(manifest[manifest["split"] == "test"], EVAL_CLIPS)
+    bank = training.load_bank(rows, params.clip, vae.hop)
+    if not bank.ids:
+        raise config.ConfigError("no usable test clip to measure the reconstruction on")
+    vae = vae.eval()
+    figures = training.reconstruction_metrics(vae, bank.audio, mean_spectrum, EVAL_BATCH, progress=True)
+    return figures | {"test_rejected": float(len(bank.rejected))}
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--prepared", required=True, help="the prepare stage's folder (manifest.csv)")
+    parser.add_argument("--out", required=True, help="output folder: wavevae.safetensors, vae.json")
+    parser.add_argument("--checkpoints", required=True, help="folder of the resumable training runs")
+    parser.add_argument("--metrics", required=True, help="folder of the DVC metrics files")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+    params = config.load(args.params)
+    cfg = params.audio_vae
+    manifest = load_manifest(Path(args.prepared) / "manifest.csv")
+    sections = {"audio_vae": cfg, "clip": params.clip}
+    imported = import_vae(params) if cfg.mode == "import" else None  # a bad checkpoint fails before any run
+    with Tracker("audio_vae", params=sections, metrics_dir=args.metrics) as tracker:
+        if cfg.mode == "train":
+            dumped = {k: v.model_dump(mode="json") for k, v in sections.items()}
+            ckpt_dir = Path(args.checkpoints) / f"audio_vae-{run_hash(dumped)}"
+            vae, mean_spectrum, figures = train(params, manifest, ckpt_dir, tracker)
+        if env_rank()[0] != 0:
+            return  # rank 0 exports and measures
+        if imported is not None:
+            vae, figures = imported, {}
+            mean_spectrum = train_mean_spectrum(params, manifest, vae.hop)
+        info = {"size": cfg.size, "mode": cfg.mode, "checkpoint": cfg.checkpoint}
+        info = export_model(vae.cpu(), args.out, info)
+        print(f"exported {args.out}: {json.dumps(info)}")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        figures |= evaluate(vae.to(device), params, manifest, mean_spectrum)
+        tracker.log_final(figures)
+        tracker.log_artifact(Path(args.out) / "vae.json")
+    for key, value in sorted(figures.items()):
+        print(f"{key:32s} {value:.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,301 @@
+"""Training the WaveVAE inside the pipeline, and the reconstruction figures every WaveVAE is judged by.
+
+Read top to bottom: the clip bank (decoded clips in memory), the crop stream the trainer draws from, the loss
+module, and the test-set reconstruction metrics with their trivial baselines.
+
+Scale: the embedded default decodes each train clip's window once, at `clip.sample_rate`, into memory (256 clips ×
+2 s × 16 kHz = 32 MB) and every rank holds the whole bank. That suits the synthetic world only; at paper scale the
+pipeline imports Stable Audio Open's VAE (`audio_vae.mode: import`) instead of training one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from vaflow.audio.encode import load_clip, rejection_reason
+from vaflow.audio.losses import MelL1Loss, MultiResolutionSTFTLoss, si_sdr, waveform_l1
+from vaflow.audio.wavevae import WaveVAE
+from vaflow.config import AudioVAEConfig, ClipConfig
+from vaflow.data.extract import ClipRejected
+from vaflow.data.media import FFmpegNotFoundError, MediaError
+
+# FFT sizes of the multi-resolution STFT (Parallel WaveGAN's 4 scales); sizes longer than the signal are dropped.
+STFT_SIZES = (256, 512, 1024, 2048)
+
+# --------------------------------------------------------------------------------------------
+# The clip bank
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ClipBank:
+    """Decoded clips of one split: `audio` (N, n_samples) float32, their ids, and the clips that were rejected."""
+
+    audio: Tensor  # (N, n_samples)
+    ids: list[str]
+    rejected: list[tuple[str, str]] = field(default_factory=list)  # (id, reason)
+
+
+def load_bank(
+    rows: pd.DataFrame, clip: ClipConfig, hop: int, workers: int = 2, progress: bool = True
+) -> ClipBank:
+    """Decode every clip of `rows` (manifest rows) through the clip policy (`encode.clip_audio`) into memory.
+
+    Each clip becomes clip.padded_samples(hop) samples, exactly what `encode_audio` encodes; clips the policy or the
+    decoder rejects are listed, not loaded. `workers` ffmpeg decoders run at once (they are subprocesses).
+    """
+    n_samples = clip.padded_samples(hop)
+    records = list(rows[["id", "path", "start"]].itertuples(index=False))
+
+    def one(r: Any) -> np.ndarray | Exception:
+        try:
+            return load_clip(r.path, float(r.start), clip, n_samples)
+        except FFmpegNotFoundError:
+            raise
+        except (MediaError, ClipRejected) as err:
+            return err
+
+    audio, ids, rejected = [], [], []
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = pool.map(one, records)
+        for r, out in tqdm(zip(records, results, strict=True), total=len(records), desc="decode",
+                           unit="clip", disable=not progress):  # fmt: skip
+            if isinstance(out, Exception):
+                rejected.append((r.id, rejection_reason(out)))
+            else:
+                audio.append(out)
+                ids.append(r.id)
+    stacked = torch.from_numpy(np.stack(audio)) if audio else torch.zeros(0, n_samples)
+    return ClipBank(audio=stacked, ids=ids, rejected=rejected)
+
+
+def even_subset(rows: pd.DataFrame, limit: int) -> pd.DataFrame:
+    """At most `limit` rows, evenly spaced over `rows` (deterministic, covers the whole list)."""
+    if len(rows) <= limit:
+        return rows
+    index = np.linspace(0, len(rows) - 1, limit).round().astype(int)
+    return rows.iloc[index].reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------------------------
+# The crop stream
+# --------------------------------------------------------------------------------------------
+
+
+def segment_samples(seconds: float, sample_rate: int, hop: int, max_samples: int) -> int:
+    """Training crop length: `seconds` rounded to a whole number of latent frames, within [hop, max_samples]."""
+    frames = max(1, round(seconds * sample_rate / hop))
+    return min(frames * hop, max_samples // hop * hop)
+
+
+class CropStream:
+    """Batches (B, segment) of random crops from a clip bank: an epoch is a permutation of the clips.
+
+    The permutation is cut into global batches of `batch_size × world`, of which rank r takes the r-th chunk, so
+    N ranks together see what one process sees; a bank smaller than one global batch is repeated to fill it. Each
+    crop starts at a uniform random sample. All draws come from a generator seeded by (seed, epoch), so the stream
+    is reproducible and resumes exactly from `state_dict()` (epoch, position) without replaying.
+    """
+
+    def __init__(
+        self, audio: Tensor, batch_size: int, segment: int, rank: int = 0, world: int = 1, seed: int = 0
+    ):
+        """audio: (N, n_samples) with n_samples ≥ segment."""
+        if len(audio) == 0:
+            raise ValueError("the clip bank is empty: no usable training clip")
+        if audio.shape[1] < segment:
+            raise ValueError(f"crops of {segment} samples do not fit clips of {audio.shape[1]} samples")
+        self.audio, self.batch_size, self.segment = audio, batch_size, segment
+        self.rank, self.world, self.seed = rank, world, seed
+        self.epoch, self.pos = 0, 0
+
+    def _epoch_plan(self, epoch: int) -> tuple[Tensor, Tensor]:
+        """(clip index, crop start) for every crop of `epoch`, all ranks: each (n_batches, world, batch_size)."""
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        n, per_step = len(self.audio), self.batch_size * self.world
+        n_batches = max(1, n // per_step)
+        reps = math.ceil(n_batches * per_step / n)
+        order = torch.cat([torch.randperm(n, generator=g) for _ in range(reps)])[: n_batches * per_step]
+        starts = torch.randint(0, self.audio.shape[1] - self.segment + 1, (len(order),), generator=g)
+        shape = (n_batches, self.world, self.batch_size)
+        return order.view(shape), starts.view(shape)
+
+    def __iter__(self) -> Iterator[Tensor]:
+        epoch = self.epoch - 1 if self.pos else self.epoch  # mid-epoch after load_state_dict
+        self.epoch = epoch + 1
+        order, starts = self._epoch_plan(epoch)
+        offsets = torch.arange(self.segment)  # (S,)
+        for k in range(self.pos, len(order)):
+            idx, start = order[k, self.rank], starts[k, self.rank]  # (B,), (B,)
+            self.pos = k + 1
+            yield self.audio[idx[:, None], start[:, None] + offsets]  # (B, S)
+        self.pos = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
+
+
+# --------------------------------------------------------------------------------------------
+# The loss module
+# --------------------------------------------------------------------------------------------
+
+
+# Posterior std a WaveVAE trained here starts from. The Oobleck init gives std = softplus(~0) ≈ 0.69 against means
+# of ~0.2, so the decoder first learns to use z's noise as its noise source and decode(mean) lags behind; starting
+# narrow makes it an autoencoder first (synthetic world, small size, 300 steps: test mel L1 of decode(mean) 0.97 ->
+# 0.88). The KL term widens σ later wherever the latent carries nothing.
+INITIAL_STD = 0.05
+
+
+@torch.no_grad()
+def narrow_posterior(vae: WaveVAE, std: float = INITIAL_STD) -> WaveVAE:
+    """Re-initialise the scale half of the encoder's output conv so that every posterior std starts near `std`."""
+    out = vae.encoder.layers[-1]  # WNConv1d to 2·D channels: mean, then scale (VAEBottleneck's split)
+    d = vae.latent_dim
+    out.weight_g[d:] *= 0.1  # scale ≈ its bias: the same narrow σ for every input at first
+    out.bias[d:] = math.log(math.expm1(std - 1e-4))  # softplus⁻¹(std − the bottleneck's 1e-4 floor)
+    return vae
+
+
+def stft_sizes(n_samples: int) -> tuple[int, ...]:
+    """The STFT_SIZES that fit a signal of n_samples (at least the smallest one)."""
+    return tuple(n for n in STFT_SIZES if n <= n_samples) or STFT_SIZES[:1]
+
+
+class WaveVAELoss(nn.Module):
+    """The WaveVAE with its training objective, so that DDP sees one forward:
+    stft_weight·MR-STFT + mel_weight·mel L1 + wave_weight·L1 + kl_weight·KL (the Oobleck/SAO recipe without GAN).
+
+    Clips are mono; a multi-channel VAE gets the mono signal in every channel (WaveVAE.encode_mono's mapping) and
+    is asked to reconstruct every channel. The spectral losses run in float32 even under bf16 autocast.
+    """
+
+    def __init__(self, vae: WaveVAE, cfg: AudioVAEConfig, segment: int) -> None:
+        super().__init__()
+        self.vae = vae
+        self.stft = MultiResolutionSTFTLoss(stft_sizes(segment))
+        self.mel = MelL1Loss(vae.config.sample_rate)
+        self.weights = {
+            "stft": cfg.stft_weight,
+            "mel": cfg.mel_weight,
+            "wave": cfg.wave_weight,
+            "kl": cfg.kl_weight,
+        }
+
+    def forward(self, audio: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """audio (B, N) in [-1, 1] -> (weighted loss (), detached parts {wave, kl, and stft, mel unless weighted 0})."""
+        x = audio[:, None, :].expand(-1, self.vae.config.audio_channels, -1)  # (B, C, N)
+        out = self.vae(x)  # reconstruction (B, C, N), kl ()
+        with torch.autocast(x.device.type, enabled=False):
+            y = out.reconstruction.float()  # (B, C, N)
+            parts = {"wave": waveform_l1(y, x), "kl": out.kl.float()}
+            # The spectral losses dominate a step's cost: skip one whose weight is 0 (the same set on every rank).
+            if self.weights["stft"]:
+                parts["stft"] = self.stft(y, x)
+            if self.weights["mel"]:
+                parts["mel"] = self.mel(y, x)
+        loss = sum(self.weights[k] * v for k, v in parts.items())
+        return loss, {k: v.detach() for k, v in parts.items()}
+
+
+def loss_fn(model: nn.Module, batch: Tensor) -> tuple[Tensor, dict[str, float]]:
+    """The trainer's `loss_fn`: through `model(...)` (a WaveVAELoss, possibly DDP-wrapped)."""
+    loss, parts = model(batch)
+    return loss, {k: float(v) for k, v in parts.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Reconstruction figures
+# --------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def mean_log_mel(audio: Tensor, sample_rate: int, batch_size: int = 32) -> Tensor:
+    """The mean log-mel spectrum of clips (N, n_samples): (n_mels,), averaged over clips and frames."""
+    mel = MelL1Loss(sample_rate)
+    total, frames = None, 0
+    for i in range(0, len(audio), batch_size):
+        lm = mel.log_mel(audio[i : i + batch_size].float())  # (B, n_mels, F)
+        s = lm.sum(dim=(0, 2))  # (n_mels,)
+        total = s if total is None else total + s
+        frames += lm.shape[0] * lm.shape[2]
+    if total is None:
+        raise ValueError("mean_log_mel of no clips")
+    return total / frames
+
+
+@torch.no_grad()
+def reconstruction_metrics(
+    vae: WaveVAE,
+    audio: Tensor,
+    train_log_mel: Tensor,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Reconstruction of full clips (N, n_samples) by decode(mean), against trivial baselines; clip means.
+
+    - test_stft, test_mel_l1, test_si_sdr: decode(posterior mean) vs the clip (MR-STFT distance, log-mel L1, dB);
+    - test_sample_stft, test_sample_mel_l1: decode(z ~ posterior) (seeded draw), what decoding a latent the flow
+      generates resembles: a VAE may carry noise-like textures in σ rather than in the mean;
+    - baseline_silence_stft, baseline_silence_mel_l1: an all-zero output;
+    - baseline_mean_spectrum_mel_l1: the constant log-mel spectrum `train_log_mel` (n_mels,) (the training set's
+      mean, `mean_log_mel`) at every frame — what a model that ignores its input at best achieves per bin.
+    A useful VAE is far below every baseline. The VAE runs on its own device; mel settings are MelL1Loss's.
+    """
+    device = next(vae.parameters()).device
+    stft = MultiResolutionSTFTLoss(stft_sizes(audio.shape[1])).to(device)
+    mel = MelL1Loss(vae.config.sample_rate).to(device)
+    ref = train_log_mel.to(device)[None, :, None]  # (1, n_mels, 1)
+    sums: dict[str, float] = {}
+    starts = range(0, len(audio), batch_size)
+    generator = torch.Generator(device).manual_seed(0)
+    for i in tqdm(starts, desc="reconstruct", unit="batch", disable=not progress):
+        x = audio[i : i + batch_size].to(device).float()  # (B, N)
+        posterior = vae.encode_mono(x)  # mean, std (B, D, T)
+        y = vae.decode_mono(posterior.mean).float()  # (B, N)
+        y_sample = vae.decode_mono(posterior.sample(generator)).float()  # (B, N)
+        silence = torch.zeros_like(x)
+        b = len(x)
+        values = {
+            "test_stft": b * stft(y, x),
+            "test_mel_l1": b * mel(y, x),
+            "test_si_sdr": si_sdr(y, x).sum(),
+            "test_sample_stft": b * stft(y_sample, x),
+            "test_sample_mel_l1": b * mel(y_sample, x),
+            "baseline_silence_stft": b * stft(silence, x),
+            "baseline_silence_mel_l1": b * mel(silence, x),
+            "baseline_mean_spectrum_mel_l1": b * (mel.log_mel(x) - ref).abs().mean(),
+        }
+        for k, v in values.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+    if not sums:
+        raise ValueError("reconstruction_metrics of no clips")
+    return {k: v / len(audio) for k, v in sums.items()} | {"test_clips": float(len(audio))}
+
+
+__all__ = [
+    "STFT_SIZES",
+    "ClipBank",
+    "CropStream",
+    "WaveVAELoss",
+    "even_subset",
+    "load_bank",
+    "loss_fn",
+    "mean_log_mel",
+    "reconstruction_metrics",
+    "segment_samples",
+    "stft_sizes",
+]
