@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -20,12 +19,11 @@ import torch
 from vaflow import config
 from vaflow.audio import training
 from vaflow.audio.encode import export_model
-from vaflow.audio.wavevae import SIZES, CheckpointError, WaveVAE, build, load_wavevae
+from vaflow.audio.wavevae import SIZES, WaveVAE, build, load_wavevae
 from vaflow.cli import exit_on_user_error
 from vaflow.data.prepare import load_manifest
 from vaflow.tracking import Tracker
-from vaflow.train.checkpoint import flatten
-from vaflow.train.config import RESUMABLE_KEYS
+from vaflow.train.checkpoint import run_dir
 from vaflow.train.distributed import env_rank
 from vaflow.train.trainer import Trainer, seed_everything
 
@@ -34,17 +32,6 @@ from vaflow.train.trainer import Trainer, seed_everything
 EVAL_CLIPS = 512
 MEAN_SPECTRUM_CLIPS = 256
 EVAL_BATCH = 8
-
-
-def run_hash(sections: dict) -> str:
-    """Hash of the stage's sections without the trainer keys a run may change on resume (steps, launcher, …)."""
-    flat = flatten(json.loads(json.dumps(sections)))
-    kept = {
-        k: v
-        for k, v in flat.items()
-        if not (k.split(".")[-2:-1] == ["trainer"] and k.split(".")[-1] in RESUMABLE_KEYS)
-    }
-    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def train(
@@ -73,14 +60,8 @@ def train(
 
 
 def import_vae(params: config.Params) -> WaveVAE:
-    """Load the checkpoint strictly (a missing file or a key/shape mismatch is a user error naming the file)."""
-    cfg = params.audio_vae
-    try:
-        return load_wavevae(cfg.checkpoint, cfg.size)
-    except CheckpointError as err:
-        if isinstance(err, FileNotFoundError):
-            raise
-        raise config.ConfigError(f"audio_vae.checkpoint: {err}") from None
+    """Load the checkpoint strictly: a missing file or a key/shape mismatch is a CheckpointError naming the file."""
+    return load_wavevae(params.audio_vae.checkpoint, params.audio_vae.size)
 
 
 def train_mean_spectrum(params: config.Params, manifest, hop: int) -> torch.Tensor:
@@ -121,8 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     imported = import_vae(params) if cfg.mode == "import" else None  # a bad checkpoint fails before any run
     with Tracker("audio_vae", params=sections, metrics_dir=args.metrics) as tracker:
         if cfg.mode == "train":
-            dumped = {k: v.model_dump(mode="json") for k, v in sections.items()}
-            ckpt_dir = Path(args.checkpoints) / f"audio_vae-{run_hash(dumped)}"
+            ckpt_dir = run_dir(args.checkpoints, "audio_vae", sections)
             vae, mean_spectrum, figures = train(params, manifest, ckpt_dir, tracker)
         if env_rank()[0] != 0:
             return  # rank 0 exports and measures

@@ -113,21 +113,6 @@ def test_trained_vae_beats_silence_and_the_mean_spectrum():
     assert figures["test_stft"] < 0.5 * figures["baseline_silence_stft"], figures
 
 
-def test_run_hash_ignores_only_resumable_trainer_keys():
-    stage = load_stage("audio_vae")
-    base = {"audio_vae": AudioVAEConfig().model_dump(mode="json"), "clip": {"duration": 2.0}}
-
-    def changed(**trainer):
-        return {
-            **base,
-            "audio_vae": {**base["audio_vae"], "trainer": {**base["audio_vae"]["trainer"], **trainer}},
-        }
-
-    assert stage.run_hash(changed(steps=5000, launcher="torchrun --nproc-per-node=2")) == stage.run_hash(base)
-    assert stage.run_hash(changed(lr=3e-4)) != stage.run_hash(base)
-    assert stage.run_hash({**base, "clip": {"duration": 1.0}}) != stage.run_hash(base)
-
-
 # --------------------------------------------------------------------------------------------
 # The stage
 # --------------------------------------------------------------------------------------------
