@@ -7,8 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mlflow
 import pytest
 import yaml
+
+from vaflow.data import shards
 
 ROOT = Path(__file__).resolve().parent.parent
 COPIED = ["dvc.yaml", "stages", "vaflow", "configs", "pyproject.toml", ".dvcignore"]
@@ -55,12 +58,23 @@ def first_repro(repo):
 
 
 def test_repro_runs_the_dag(repo, first_repro):
-    work, _ = repo
+    work, env = repo
+    assert _stages_run(first_repro) == set(yaml.safe_load((work / "dvc.yaml").read_text())["stages"])
     counts = json.loads((work / "metrics" / "prepare.json").read_text())
     micro = yaml.safe_load((work / "configs" / "micro.yaml").read_text())["synth"]["clips_per_split"]
     assert counts == {f"clips_{s}": n for s, n in micro.items()} | {"rejected": 0}
     assert (work / "data" / "prepared" / "manifest.csv").is_file()
     assert (work / "dvc.lock").is_file()
+    for split, n in micro.items():
+        audio = sorted((work / "data" / "latents" / split).glob("audio-*.tar"))
+        visual = sorted((work / "data" / "features" / split).glob("visual-*.tar"))
+        pairs = list(shards.read_zipped(audio, visual))
+        assert len(pairs) == n, split
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    stages = {r.data.tags["stage"] for r in runs}
+    assert {"prepare", "audio_vae", "visual_encoder"} <= stages
+    assert len({r.data.tags["vaflow.group"] for r in runs}) == 1, "one repro, one run group"
 
 
 def test_second_repro_is_a_noop(repo, first_repro):
@@ -69,12 +83,36 @@ def test_second_repro_is_a_noop(repo, first_repro):
     assert "Running stage" not in out, out
 
 
+def _set_param(work, section, key, value):
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    node = params[section]
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node[part]
+    node[leaf] = value
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def _stages_run(out):
+    return {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+
+
+def test_visual_params_rerun_only_the_visual_side(repo, first_repro):
+    work, env = repo
+    _set_param(work, "visual_encoder", "trainer.steps", 6)
+    assert _stages_run(_run(["dvc", "repro"], work, env)) == {"visual_encoder", "extract_visual"}
+
+
+def test_audio_params_rerun_only_the_audio_side(repo, first_repro):
+    work, env = repo
+    _set_param(work, "audio_vae", "trainer.steps", 12)
+    assert _stages_run(_run(["dvc", "repro"], work, env)) == {"audio_vae", "encode_audio"}
+
+
 def test_changing_a_synth_param_reruns_prepare(repo, first_repro):
     work, env = repo
     status = json.loads(_run(["dvc", "status", "--json"], work, env))
     assert status == {}
-    params = yaml.safe_load((work / "params.yaml").read_text())
-    params["synth"]["seed"] = 1
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _set_param(work, "synth", "seed", 1)
     status = json.loads(_run(["dvc", "status", "--json"], work, env))
     assert "prepare" in status, status
