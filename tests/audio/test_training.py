@@ -62,7 +62,7 @@ def test_crop_stream_splits_ranks_and_resumes_exactly():
 
 
 def test_loss_module_parts_and_the_mono_mapping_of_a_stereo_vae():
-    cfg = AudioVAEConfig(size="tiny", wave_weight=0.5, kl_weight=0.1)
+    cfg = AudioVAEConfig(size="tiny", stft_weight=1.0, mel_weight=1.0, wave_weight=0.5, kl_weight=0.1)
     torch.manual_seed(0)
     stereo = build(WaveVAEConfig(audio_channels=2, channels=4, c_mults=(1,), strides=(2,), latent_dim=2, sample_rate=RATE))  # fmt: skip
     model = training.WaveVAELoss(stereo, cfg, segment=1024)
