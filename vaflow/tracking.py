@@ -40,7 +40,6 @@ import math
 import os
 import socket
 import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -49,6 +48,8 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
+
+from vaflow import atomic
 
 log = logging.getLogger("vaflow.tracking")
 
@@ -144,26 +145,6 @@ def _param_text(value: Any) -> str:
 def _json_number(value: Any) -> float | None:
     value = float(value)
     return value if math.isfinite(value) else None  # JSON has no NaN; DVC would reject the file
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        mask = os.umask(0)
-        os.umask(mask)
-        os.fchmod(fd, 0o666 & ~mask)  # mkstemp creates 0600; metrics files are ordinary outputs
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-# --------------------------------------------------------------------------------------------
-# The tracker
-# --------------------------------------------------------------------------------------------
 
 
 class Tracker:
@@ -313,7 +294,7 @@ class Tracker:
             self.steps_path.unlink(missing_ok=True)
             return
         lines = ["\t".join(columns)] + ["\t".join(r.get(c) or "" for c in columns) for r in rows]
-        _write_atomic(self.steps_path, "\n".join(lines) + "\n")
+        atomic.write_text(self.steps_path, "\n".join(lines) + "\n")
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Step metrics: one TSV row and one MLflow batch."""
@@ -326,7 +307,7 @@ class Tracker:
         new = [k for k in values if k not in (self._columns or [])]
         if self._columns is None:
             self._columns = ["step", *values]
-            _write_atomic(self.steps_path, "\t".join(self._columns) + "\n")
+            atomic.write_text(self.steps_path, "\t".join(self._columns) + "\n")
         elif new:  # a metric appeared: rewrite the log with the wider header (rare)
             with self.steps_path.open(newline="") as f:
                 rows = list(csv.DictReader(f, delimiter="\t"))
@@ -361,7 +342,7 @@ class Tracker:
         if not self.enabled:
             return
         self.final.update({k: _json_number(v) for k, v in metrics.items()})
-        _write_atomic(self.final_path, json.dumps(self.final, indent=2, sort_keys=True) + "\n")
+        atomic.write_text(self.final_path, json.dumps(self.final, indent=2, sort_keys=True) + "\n")
         if self.client is not None:
             from mlflow.entities import Metric
 

@@ -20,7 +20,6 @@ import io
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from vaflow import atomic
 from vaflow.audio.wavevae import MissingCheckpointError, WaveVAE, load_wavevae, save_wavevae, weights_hash
 from vaflow.config import ClipConfig
 from vaflow.data import media
@@ -122,7 +122,7 @@ def export_model(vae: WaveVAE, out_dir: str | os.PathLike, info: Mapping[str, An
         "weights": WEIGHTS_FILE,
         "weights_hash": weights_hash(weights),
     }
-    _write_text_atomic(out_dir / INFO_FILE, json.dumps(full, indent=2, sort_keys=True) + "\n")
+    atomic.write_text(out_dir / INFO_FILE, json.dumps(full, indent=2, sort_keys=True) + "\n")
     return full
 
 
@@ -256,23 +256,8 @@ def reset_if_changed(root: str | os.PathLike, spec: Mapping[str, Any]) -> bool:
         stale = [p for p in root.iterdir() if p.name != _LOCK_FILE]
         for p in stale:
             shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-        _write_text_atomic(path, json.dumps(spec, indent=2, sort_keys=True) + "\n")
+        atomic.write_text(path, json.dumps(spec, indent=2, sort_keys=True) + "\n")
         return bool(stale)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        mask = os.umask(0)
-        os.umask(mask)
-        os.fchmod(fd, 0o666 & ~mask)  # mkstemp creates 0600; these are ordinary outputs
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _merge_rejections(out_dir: Path, order: Sequence[str]) -> list[tuple[str, str]]:
@@ -290,7 +275,7 @@ def _merge_rejections(out_dir: Path, order: Sequence[str]) -> list[tuple[str, st
         writer = csv.writer(text, lineterminator="\n")
         writer.writerow(["id", "reason"])
         writer.writerows(rows)
-        _write_text_atomic(out_dir / REJECTED_FILE, text.getvalue())
+        atomic.write_text(out_dir / REJECTED_FILE, text.getvalue())
     return rows
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
+from vaflow import atomic
 from vaflow.config import ClipConfig, PrepareConfig
 from vaflow.data import media
 from vaflow.data.sources import SourceItem
@@ -99,12 +100,6 @@ def check_item(item: SourceItem, clip: ClipConfig, cfg: PrepareConfig) -> dict:
     }
 
 
-def _write_csv_atomic(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
-
-
 def _relative_to(path: str, base: Path) -> str:
     """`path` relative to `base` when inside it (keeps the output folder movable), else absolute."""
     p = Path(path).resolve()
@@ -149,8 +144,8 @@ def prepare(
     manifest = manifest.sort_values(["split", "id"], kind="stable").reset_index(drop=True)
     rejected_df = pd.DataFrame(rejected, columns=REJECTED_COLUMNS)
     manifest_path, rejected_path = out_dir / "manifest.csv", out_dir / "rejected.csv"
-    _write_csv_atomic(rejected_df, rejected_path)
-    _write_csv_atomic(manifest, manifest_path)
+    atomic.write_text(rejected_path, rejected_df.to_csv(index=False))
+    atomic.write_text(manifest_path, manifest.to_csv(index=False))
     return PrepareReport(manifest, rejected_df, manifest_path, rejected_path)
 
 

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from vaflow import atomic
 from vaflow.config import SPLITS, SynthConfig
 from vaflow.data import media
 
@@ -753,12 +754,6 @@ def _truth_path(out_dir: Path, cid: str) -> Path:
     return out_dir / "truth" / f"{cid}.json"
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _index_row(truth: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": truth["id"],
@@ -777,7 +772,7 @@ def _write_clip(job: tuple[SynthConfig, str, str, int]) -> dict[str, Any]:
     clip = render_clip(cfg, split, index)
     out = Path(out_dir)
     media.write_video(_media_path(out, clip.id), clip.frames, cfg.fps, clip.audio, cfg.sample_rate)
-    _atomic_write_text(_truth_path(out, clip.id), json.dumps(clip.truth, indent=1))
+    atomic.write_text(_truth_path(out, clip.id), json.dumps(clip.truth, indent=1))
     return _index_row(clip.truth)
 
 

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from vaflow import atomic
 from vaflow.data import media, shards
 from vaflow.data.extract import ClipRejected
 from vaflow.visual import build_encoder
@@ -65,13 +66,6 @@ _WEIGHTS_OPTION = {"cavp": "checkpoint", "clip": "weights"}
 # ----------------------------------------------------------------------------------------------------------------
 # The encoder directory
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def _write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 def _plain(obj: Any) -> Any:
@@ -124,7 +118,7 @@ def export_encoder(
         "weights": name,
         "identity": _plain(encoder.identity()),
     }
-    _write_json_atomic(out_dir / ENCODER_FILE, spec)
+    atomic.write_json(out_dir / ENCODER_FILE, spec)
     return encoder
 
 
@@ -363,5 +357,5 @@ def sync_spec(out_dir: str | Path, spec: Mapping[str, Any]) -> dict[str, int]:
             split_dir = out_dir / split
             if split_dir.is_dir():
                 cleared[split] = _clear_split(split_dir)
-    _write_json_atomic(path, spec)
+    atomic.write_json(path, spec)
     return cleared

@@ -1,0 +1,34 @@
+"""Atomic file writes: a reader (or a crash) sees the old file or the new one, never a partial one (DESIGN §9)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to `path` through a uniquely named temporary file in the same folder and a rename.
+
+    The temporary name is unique per call, so concurrent writers (ranks, worker processes) never share one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        mask = os.umask(0)
+        os.umask(mask)
+        os.fchmod(fd, 0o666 & ~mask)  # mkstemp creates 0600; these are ordinary outputs
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | os.PathLike, data: Any, indent: int = 2) -> None:
+    """`data` as sorted, indented JSON, written atomically."""
+    write_text(path, json.dumps(data, indent=indent, sort_keys=True) + "\n")
