@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vaflow.visual.base import VisualEncoder, WeightsError, as_frames, weight_hash
+from vaflow.visual.base import VisualEncoder, WeightsError, as_frames, describe_state_mismatch, weight_hash
 
 __all__ = [
     "CAVPConfig",
@@ -36,7 +36,6 @@ __all__ = [
 ]
 
 _CHECKPOINT_FORMAT = "vaflow-cavp-1"
-_SHOW_KEYS = 5  # how many mismatching keys an error names
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -426,32 +425,11 @@ class CAVP(nn.Module):
         except (ValueError, TypeError) as e:
             raise WeightsError(f"{path}: bad CAVP config in metadata: {e}") from e
         model = cls(config)
-        problems = _state_mismatch(model.state_dict(), state)
+        problems = describe_state_mismatch(model.state_dict(), state)
         if problems:
             raise WeightsError(f"{path} does not fit a CAVP model with its own config: {problems}")
         model.load_state_dict(state, strict=True)
         return model.to(device)
-
-
-def _state_mismatch(own: dict[str, torch.Tensor], other: dict[str, torch.Tensor]) -> str:
-    """Name the first missing, unexpected and wrongly shaped keys; empty when the two agree."""
-    missing = [k for k in own if k not in other]
-    unexpected = [k for k in other if k not in own]
-    shapes = [
-        f"{k}: file {tuple(other[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own
-        if k in other and other[k].shape != own[k].shape
-    ]
-    parts = []
-    for label, keys in (
-        ("shape mismatch", shapes),
-        ("missing from file", missing),
-        ("unexpected in file", unexpected),
-    ):
-        if keys:
-            more = f" (+{len(keys) - _SHOW_KEYS} more)" if len(keys) > _SHOW_KEYS else ""
-            parts.append(f"{label}: {keys[:_SHOW_KEYS]}{more}")
-    return "; ".join(parts)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vaflow.visual.base import VisualEncoder, WeightsError, as_frames, weight_hash
+from vaflow.visual.base import VisualEncoder, WeightsError, as_frames, describe_state_mismatch, weight_hash
 
 __all__ = ["CLIPEncoder", "resolve_clip_weights"]
 
@@ -28,7 +28,6 @@ _OPEN_CLIP_WEIGHT_NAMES = (
     "open_clip_pytorch_model.safetensors",
     "open_clip_pytorch_model.bin",
 )
-_SHOW_KEYS = 5  # how many mismatching keys an error names
 
 
 def _expected(model_name: str) -> str:
@@ -104,24 +103,9 @@ def _describe_mismatch(model: nn.Module, path: Path) -> str:
         state = open_clip.factory.load_state_dict(str(path), weights_only=True)
     except Exception as e:  # unreadable: the caller's message already says so
         return f"the file could not be read as a state dict ({type(e).__name__}: {e})"
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own
-        if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)
-    ]
-    parts = []
-    for label, keys in (
-        ("shape mismatch", shapes),
-        ("missing from file", missing),
-        ("unexpected in file", unexpected),
-    ):
-        if keys:
-            more = f" (+{len(keys) - _SHOW_KEYS} more)" if len(keys) > _SHOW_KEYS else ""
-            parts.append(f"{label}: {keys[:_SHOW_KEYS]}{more}")
-    return "; ".join(parts) or "keys and shapes agree, but open_clip rejected the file"
+    return describe_state_mismatch(model.state_dict(), state) or (
+        "keys and shapes agree, but open_clip rejected the file"
+    )
 
 
 class _DropRandomInitWarning(logging.Filter):
