@@ -110,17 +110,24 @@ def _weight_norm(v: Tensor, g: Tensor) -> Tensor:
     return v * (g / torch.linalg.vector_norm(v, dim=tuple(range(1, v.dim())), keepdim=True))
 
 
-class WNConv1d(nn.Conv1d):
-    """Conv1d with weight normalisation stored as `weight_g`, `weight_v` (the names in SAO's checkpoint)."""
+def _split_weight(conv: nn.Module) -> None:
+    """Replace `conv.weight` by `weight_g` (dim-0 norms) and `weight_v` (direction), the names in SAO's checkpoint.
 
-    # Own parameters rather than torch.nn.utils.weight_norm: same state-dict names and maths, but the module
-    # deep-copies (EMA), builds on the meta device and raises no deprecation warning.
+    Own parameters rather than torch.nn.utils.weight_norm: same state-dict names and maths, but the module
+    deep-copies (EMA), builds on the meta device and raises no deprecation warning.
+    """
+    v = conv.weight.detach()
+    del conv.weight
+    conv.weight_g = nn.Parameter(torch.empty(v.shape[0], 1, 1, device=v.device, dtype=v.dtype))
+    conv.weight_v = nn.Parameter(v)
+
+
+class WNConv1d(nn.Conv1d):
+    """Conv1d with weight normalisation stored as `weight_g`, `weight_v`."""
+
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        v = self.weight.detach()
-        del self.weight
-        self.weight_g = nn.Parameter(torch.empty(v.shape[0], 1, 1, device=v.device, dtype=v.dtype))
-        self.weight_v = nn.Parameter(v)
+        _split_weight(self)
 
     @property
     def weight_normed(self) -> Tensor:
@@ -136,10 +143,7 @@ class WNConvTranspose1d(nn.ConvTranspose1d):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        v = self.weight.detach()
-        del self.weight
-        self.weight_g = nn.Parameter(torch.empty(v.shape[0], 1, 1, device=v.device, dtype=v.dtype))
-        self.weight_v = nn.Parameter(v)
+        _split_weight(self)
 
     @property
     def weight_normed(self) -> Tensor:
