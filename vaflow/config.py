@@ -193,6 +193,8 @@ class AudioVAEConfig(Section):
             raise ValueError(f"size: unknown WaveVAE size {self.size!r}{hint}; known: {sorted(SIZES)}")
         if self.mode == "import" and not self.checkpoint:
             raise ValueError("checkpoint: mode 'import' needs the path of the WaveVAE checkpoint")
+        if self.mode == "train":
+            _needs_steps(self.trainer, "audio_vae")
         return self
 
     @property
@@ -201,6 +203,13 @@ class AudioVAEConfig(Section):
         from vaflow.audio.wavevae import SIZES
 
         return SIZES[self.size].hop
+
+    @property
+    def latent_dim(self) -> int:
+        """`D_a`: latent channels of the chosen size (SAO 64)."""
+        from vaflow.audio.wavevae import SIZES
+
+        return SIZES[self.size].latent_dim
 
 
 class EncodeAudioConfig(Section):
@@ -273,6 +282,8 @@ class VisualEncoderConfig(Section):
             raise ValueError("clip.weights: kind 'clip' needs a local open_clip weight file")
         if self.kind == "cavp" and self.mode == "import" and not self.cavp.checkpoint:
             raise ValueError("cavp.checkpoint: mode 'import' needs the path of a CAVP checkpoint")
+        if self.mode == "train":
+            _needs_steps(self.trainer, "visual_encoder")
         return self
 
     @property
@@ -290,6 +301,121 @@ class ExtractVisualConfig(Section):
 
 
 # --------------------------------------------------------------------------------------------
+# VAFlow: the alignment VAE, the flow model and its three training stages (paper §3.3)
+# --------------------------------------------------------------------------------------------
+
+
+def _needs_steps(trainer: TrainerConfig, stage: str) -> None:
+    if trainer.steps < 1:
+        raise ValueError(f"trainer.steps: {stage} must train at least 1 step (0 is only for joint_tune)")
+
+
+class ValidationConfig(Section):
+    """A training stage's validation loss on the `val` split, with fixed draws so curves compare across runs."""
+
+    # First N clips of the val split (in shard order); 0 turns validation off. 64 keeps it a second on CPU.
+    clips: int = Field(64, ge=0)
+    # Points of the fixed t grid the flow loss is averaged over (midpoints of `times` equal bins of [0, 1]).
+    times: int = Field(8, ge=1)
+    # Steps between validations (also at the last step); 0 = only at the last step.
+    every: int = Field(100, ge=0)
+    # Seed of the fixed draws (latent samples, prior noise, frame positions).
+    seed: int = 0
+
+
+class TrainAlignConfig(Section):
+    """Stage 1 `train_align`: the alignment VAE alone, on the train split's features (Eq. 4-7)."""
+
+    # Conv width, residual blocks per side and kernel of the 1-D conv encoder/decoder. The paper gives no size
+    # ("comparable parameter scales" per feature type); 64 channels hold the embedded world's features.
+    channels: int = Field(64, ge=1)
+    blocks: int = Field(2, ge=0)
+    kernel: int = Field(5, ge=1)
+    # Eq. 7's weights and Eq. 6's settings, the paper's values (§3.3).
+    kl_weight: float = Field(8e-4, ge=0)
+    rec_weight: float = Field(1.0, ge=0)
+    con_weight: float = Field(1.0, ge=0)
+    clip_frames: int = Field(8, ge=1)  # K adjacent frames at the clip scale
+    temperature: float = Field(0.7, gt=0)  # τ
+    val: ValidationConfig = ValidationConfig(every=100)
+    # 300 steps of 32 clips: the reconstruction and contrastive terms settle in well under a CPU minute.
+    trainer: TrainerConfig = TrainerConfig(
+        steps=300, batch_size=32, lr=1e-3, warmup_steps=20, checkpoint_every=100, log_every=25, ema_decay=0.99
+    )
+
+    @model_validator(mode="after")
+    def _trains(self) -> TrainAlignConfig:
+        _needs_steps(self.trainer, "train_align")
+        if self.kernel % 2 == 0:
+            raise ValueError(f"kernel: must be odd (same-length convolutions), got {self.kernel}")
+        return self
+
+
+class FlowConfig(Section):
+    """The flow model shared by `train_flow`, `joint_tune` and sampling (§3.2, Tables 3-4)."""
+
+    # Source distribution: `video` (x_0 ~ N(μ, σ) from the alignment VAE: VAFlow) or `gaussian` (N(0, I)).
+    prior: Literal["video", "gaussian"] = "video"
+    # DiT size from `vaflow.models.sizes.DIT_SIZES`: `small` trains in CPU minutes; dit_s/b/l/xl are the paper's
+    # 142M/264M/527M/1.05B scales (§4.3).
+    size: str = "small"
+    # Cross-attention to x_v in every block; false is Table 4's "no CA" variant.
+    cross_attention: bool = True
+    # Probability of zeroing x_v per clip in training (§3.3: 0.1), which trains CFG's null branch.
+    cond_dropout: float = Field(0.1, ge=0, le=1)
+    # t ~ U(0, 1) as Eq. 8, or logit-normal(time_loc, time_scale) (denser mid-path sampling).
+    time_sampling: Literal["uniform", "logit_normal"] = "uniform"
+    time_loc: float = 0.0
+    time_scale: float = Field(1.0, gt=0)
+    # torch.compile the estimator for training (GPU runs; compiling costs more than it saves on the CPU default).
+    compile: bool = False
+
+    @model_validator(mode="after")
+    def _known_size(self) -> FlowConfig:
+        from vaflow.models.sizes import DIT_SIZES
+
+        if self.size not in DIT_SIZES:
+            near = difflib.get_close_matches(self.size, list(DIT_SIZES), n=1)
+            hint = f" (did you mean '{near[0]}'?)" if near else ""
+            raise ValueError(f"size: unknown DiT size {self.size!r}{hint}; known: {sorted(DIT_SIZES)}")
+        return self
+
+
+class TrainFlowConfig(Section):
+    """Stage 2 `train_flow`: the velocity estimator with the alignment VAE frozen (Eq. 8)."""
+
+    val: ValidationConfig = ValidationConfig(every=200)
+    # 1000 steps of 32 clips: the small DiT learns the embedded world's classes and timing in about 2 CPU minutes.
+    trainer: TrainerConfig = TrainerConfig(
+        steps=1000,
+        batch_size=32,
+        lr=1e-3,
+        warmup_steps=50,
+        checkpoint_every=250,
+        log_every=50,
+        ema_decay=0.99,
+    )
+
+    @model_validator(mode="after")
+    def _trains(self) -> TrainFlowConfig:
+        _needs_steps(self.trainer, "train_flow")
+        return self
+
+
+class JointTuneConfig(Section):
+    """Stage 3 `joint_tune`: alignment-VAE encoder + estimator with Eq. 9; `trainer.steps: 0` passes stage 2's
+    model through untouched (Table 3's "not tuned" rows)."""
+
+    # Eq. 9's λ_KL: the paper's alignment-VAE value keeps the tuned prior close to N(0, I).
+    kl_weight: float = Field(8e-4, ge=0)
+    val: ValidationConfig = ValidationConfig(every=100)
+    # A lower lr than stage 2: the estimator is fine-tuned, the encoder starts from a useful prior.
+    trainer: TrainerConfig = TrainerConfig(
+        steps=300, batch_size=32, lr=3e-4, warmup_steps=20, checkpoint_every=100, log_every=50, ema_decay=0.99
+    )
+
+
+# --------------------------------------------------------------------------------------------
 # The whole file
 # --------------------------------------------------------------------------------------------
 
@@ -304,6 +430,10 @@ class Params(Section):
     encode_audio: EncodeAudioConfig = EncodeAudioConfig()
     visual_encoder: VisualEncoderConfig = VisualEncoderConfig()
     extract_visual: ExtractVisualConfig = ExtractVisualConfig()
+    train_align: TrainAlignConfig = TrainAlignConfig()
+    flow: FlowConfig = FlowConfig()
+    train_flow: TrainFlowConfig = TrainFlowConfig()
+    joint_tune: JointTuneConfig = JointTuneConfig()
 
     @model_validator(mode="after")
     def _vae_rate_matches_clip(self) -> Params:
@@ -441,10 +571,15 @@ __all__ = [
     "SPLITS",
     "ClipConfig",
     "ConfigError",
+    "FlowConfig",
+    "JointTuneConfig",
     "Params",
     "PrepareConfig",
     "Section",
     "SynthConfig",
+    "TrainAlignConfig",
+    "TrainFlowConfig",
+    "ValidationConfig",
     "deep_merge",
     "dump",
     "load",

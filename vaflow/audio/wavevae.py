@@ -15,7 +15,6 @@ and loading is a key copy.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -27,6 +26,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from vaflow.hashing import weights_hash  # noqa: F401  (re-exported: encode.py and tests import it from here)
 
 # --------------------------------------------------------------------------------------------
 # Configuration
@@ -652,12 +653,3 @@ def save_wavevae(model: WaveVAE, path: str | os.PathLike) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
-
-
-def weights_hash(path: str | os.PathLike) -> str:
-    """First 16 hex digits of the file's sha256: a short, stable id for tracking which weights were used."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]

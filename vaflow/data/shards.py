@@ -33,6 +33,7 @@ __all__ = [
     "ShardError",
     "ShardReport",
     "expand",
+    "member_keys",
     "read_shards",
     "read_zipped",
     "sanitize_key",
@@ -380,7 +381,7 @@ def read_shards(
             yield _decode_sample(raw, wanted)
 
 
-def _member_keys(url: str) -> list[str]:
+def member_keys(url: str) -> list[str]:
     """Sample keys of one shard in order, from tar headers only (local files seek past the payloads)."""
     keys: list[str] = []
     if _is_remote(url):
@@ -418,7 +419,7 @@ def read_zipped(
     only_a: dict[str, str] = {}  # key -> shard of A, for clips B lacked so far
     only_b: dict[str, str] = {}
     for url_a, url_b in zip(urls_a, urls_b, strict=True):
-        order_a, order_b = _member_keys(url_a), _member_keys(url_b)
+        order_a, order_b = member_keys(url_a), member_keys(url_b)
         set_a, set_b = set(order_a), set(order_b)
         for key in order_b:
             if key in only_a:

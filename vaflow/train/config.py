@@ -23,7 +23,8 @@ class TrainerConfig(Section):
     """The shared training loop's settings (DESIGN §8, §9)."""
 
     # Optimiser steps of the run. 1000 steps fit the toy world in CPU minutes; the paper's stages run 100K-300K.
-    steps: int = Field(1000, ge=1)
+    # 0 only where a stage defines it (joint_tune: pass the previous stage's model through); others need >= 1.
+    steps: int = Field(1000, ge=0)
     # GLOBAL batch (all ranks, all accumulation micro-steps). Per-rank batch = batch_size / (world × grad_accum),
     # so a run keeps its optimisation maths when it moves from 1 to N processes. 32 fits a CPU step in well under 1 s.
     batch_size: int = Field(32, ge=1)

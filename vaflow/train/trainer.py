@@ -219,16 +219,21 @@ class Trainer:
         find_unused_parameters: bool = False,
         deterministic: bool = False,
         replay_stream: bool = True,
+        validate: Callable[[nn.Module], Mapping[str, float]] | None = None,
+        validate_every: int = 0,
     ):
         """`stage_config`: the stage's whole params section (JSON-able); stored in checkpoints and compared on
         resume together with `cfg`. `device`: override the default (CUDA local rank if available, else CPU).
         `find_unused_parameters`: passed to DDP. `deterministic`: `torch.use_deterministic_algorithms` (warn only).
-        `replay_stream=False`: on resume, do not skip the consumed batches of a stream without `state_dict`."""
+        `replay_stream=False`: on resume, do not skip the consumed batches of a stream without `state_dict`.
+        `validate(ema_module) -> {"val_…": float}`: run on rank 0 at the logging steps that are multiples of
+        `validate_every` and at the last step (0: the last step only); its metrics join that step's log."""
         self.cfg = cfg
         self.dist: DistInfo = init_distributed(device)
         self.micro_batch = cfg.per_rank_batch(self.dist.world_size)  # ValueError naming the numbers
         self.loss_fn = loss_fn
         self.replay_stream = replay_stream
+        self.validate, self.validate_every = validate, validate_every
         self.tracker = tracker if self.dist.is_main else None
         self.ckpt = CheckpointDir(out_dir, keep=cfg.keep_checkpoints)
         self.config_dict = plain({"trainer": cfg.model_dump(mode="json"), "stage": dict(stage_config or {})})
@@ -552,6 +557,8 @@ class Trainer:
                             "lr": self.optimizer.param_groups[0]["lr"],
                             "samples_per_s": cfg.batch_size * n / max(elapsed, 1e-9),
                         }
+                        if main and self._validation_due(done):
+                            metrics.update(self._run_validation())
                         history.append({"step": self.step, **metrics})
                         if main:
                             self._report(metrics, bar, t_start, step_start)
@@ -582,6 +589,15 @@ class Trainer:
             resumed_from=resumed_from,
             history=history,
         )
+
+    def _validation_due(self, done: bool) -> bool:
+        if self.validate is None:
+            return False
+        return done or (self.validate_every > 0 and self.step % self.validate_every == 0)
+
+    def _run_validation(self) -> dict[str, float]:
+        with torch.no_grad():
+            return {k: float(v) for k, v in self.validate(self.ema.module).items()}  # type: ignore[misc]
 
     def _report(self, metrics: dict[str, float], bar: Any, t_start: float, step_start: int) -> None:
         rate = (self.step - step_start) / max(time.perf_counter() - t_start, 1e-9)

@@ -2,31 +2,20 @@
 
 from __future__ import annotations
 
-import hashlib
 from abc import ABC, abstractmethod
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
+from vaflow.hashing import weights_hash as weight_hash
+
 __all__ = ["VisualEncoder", "WeightsError", "weight_hash", "as_frames"]
 
 
 class WeightsError(RuntimeError):
     """A weight file is missing, unreadable, or does not fit the architecture it is loaded into."""
-
-
-def weight_hash(path: str | Path | None) -> str:
-    """First 16 hex digits of the sha256 of a weight file, or "none" for an encoder without one."""
-    if path is None:
-        return "none"
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
 
 
 SHOW_KEYS = 5  # how many mismatching keys an error names

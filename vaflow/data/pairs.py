@@ -1,0 +1,229 @@
+"""The flow's training data: a split's visual-feature shards and audio-latent shards, read together (DESIGN §5).
+
+`extract_visual` writes `<features>/<split>/visual-%06d.tar` (`feat` (T_v, D_v)) and `encode_audio` writes
+`<latents>/<split>/audio-%06d.tar` (`mean`, `std` (T_a, D_a)), both from the manifest's clip order with the same
+`per_shard`, so shard i of one set pairs with shard i of the other (`shards.read_zipped`). A clip is on one side
+only when that side's extraction rejected it; `open_split` checks exactly that against the other side's
+`rejected.csv`, so two sets of different clip lists are an error instead of a silent intersection.
+
+`ClipStream` turns a split into training batches with memory bounded by its shuffle buffer, whatever the size of
+the dataset: each epoch reads the shard pairs in a seeded order, keeps every `world`-th paired clip for its rank,
+shuffles through a seeded buffer and yields exactly `len(stream)` batches on every rank (DDP needs equal counts).
+Its order is a pure function of (seed, epoch, rank), so two runs give identical batches and a resumed run replays
+to the exact position. Every rank reads every shard: simple and exact for the embedded world's few shards; at
+VGGSound scale that is world× the I/O of a shard split.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vaflow.data import shards
+from vaflow.data.shards import ShardError
+
+__all__ = ["FEATURES", "LATENTS", "ClipStream", "SplitShards", "open_split", "optional_split", "read_spec"]
+
+FEATURES = "visual"  # shard set name written by extract_visual
+LATENTS = "audio"  # shard set name written by encode_audio
+SPEC_FILE = "spec.json"
+REJECTED_FILE = "rejected.csv"
+_WRITER = {FEATURES: "extract_visual", LATENTS: "encode_audio"}
+
+
+def read_spec(root: str | Path, name: str) -> dict[str, Any]:
+    """The `spec.json` of a feature (`name="visual"`) or latent (`"audio"`) folder; a missing one names its stage."""
+    path = Path(root) / SPEC_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run the {_WRITER[name]} stage first (dvc repro {_WRITER[name]})")
+    return json.loads(path.read_text())
+
+
+def _rejected_ids(split_dir: Path) -> set[str]:
+    path = split_dir / REJECTED_FILE
+    if not path.is_file():
+        return set()
+    with path.open(newline="") as f:
+        return {row["id"] for row in csv.DictReader(f)}
+
+
+@dataclass(frozen=True)
+class SplitShards:
+    """One split's shards: features, and latents when the split is read paired; per-shard-pair clip counts."""
+
+    split: str
+    features: list[Path]
+    latents: list[Path] | None
+    counts: list[int]  # usable clips in each shard (pair)
+    shapes: dict[str, tuple[int, ...]]  # field -> per-clip shape, from the first clip
+
+    @property
+    def n_clips(self) -> int:
+        return sum(self.counts)
+
+    def samples(self, order: Sequence[int] | None = None) -> Iterator[dict[str, Any]]:
+        """Clips as {"id", "feat" [, "mean", "std"]} (numpy), shard pairs in `order` (default: stored order)."""
+        for i in order if order is not None else range(len(self.features)):
+            if self.latents is None:
+                for s in shards.read_shards([self.features[i]], keys=("feat",)):
+                    yield self._checked({"id": s["id"], "feat": s["feat"]}, self.features[i])
+            else:
+                pairs = shards.read_zipped([self.features[i]], [self.latents[i]], ("feat",), ("mean", "std"))
+                for f, a in pairs:
+                    yield self._checked({"id": f["id"], "feat": f["feat"], "mean": a["mean"], "std": a["std"]},
+                                        self.features[i])  # fmt: skip
+
+    def _checked(self, sample: dict[str, Any], where: Path) -> dict[str, Any]:
+        for key, shape in self.shapes.items():
+            got = tuple(sample[key].shape)
+            if got != shape:
+                raise ShardError(
+                    f"clip {sample['id']!r} ({where}): {key} is shaped {got}, expected {shape} like the split's "
+                    "other clips: the shards were written by another encoder/VAE or clip length; rerun extraction"
+                )
+        return sample
+
+
+def open_split(
+    features: str | Path, split: str, latents: str | Path | None = None, expect: Mapping[str, tuple] | None = None
+) -> SplitShards:
+    """Find and check a split's shards: `<features>/<split>/visual-*.tar` (and `<latents>/<split>/audio-*.tar`).
+
+    Raises ShardError when the split has no shard or no clip, when the two sets differ in shard count, or when a
+    clip is on one side only without being listed in the other side's rejected.csv (the sets were written from
+    different clip lists); and when a clip's shapes differ from `expect` ({"feat": (T_v, D_v), "mean": ...}).
+    """
+    f_dir = Path(features) / split
+    f_urls = shards.shard_paths(f_dir, FEATURES)
+    if not f_urls:
+        raise ShardError(f"{f_dir}: no {FEATURES}-*.tar shards for split {split!r} (empty split, or run extract_visual)")
+    if latents is None:
+        counts = [len(shards.member_keys(str(u))) for u in f_urls]
+        a_urls = None
+    else:
+        a_dir = Path(latents) / split
+        a_urls = shards.shard_paths(a_dir, LATENTS)
+        if len(a_urls) != len(f_urls):
+            raise ShardError(
+                f"split {split!r}: {len(f_urls)} feature shard(s) in {f_dir} but {len(a_urls)} latent shard(s) in "
+                f"{a_dir}: extract_visual and encode_audio must use the same per_shard and manifest"
+            )
+        counts = _paired_counts(f_urls, a_urls, _rejected_ids(f_dir), _rejected_ids(a_dir))
+    if sum(counts) == 0:
+        raise ShardError(f"split {split!r}: the shards in {f_dir} hold no usable clip")
+    first = SplitShards(split, f_urls, a_urls, counts, {})
+    sample = next(first.samples())
+    shapes = {k: tuple(v.shape) for k, v in sample.items() if k != "id"}
+    for key, want in (expect or {}).items():
+        if shapes.get(key) != tuple(want):
+            raise ShardError(
+                f"clip {sample['id']!r} of split {split!r}: {key} is shaped {shapes.get(key)}, but the config "
+                f"expects {tuple(want)}: the shards come from another encoder, WaveVAE or clip length"
+            )
+    return SplitShards(split, f_urls, a_urls, counts, shapes)
+
+
+def optional_split(
+    features: str | Path, split: str, latents: str | Path | None = None, expect: Mapping[str, tuple] | None = None
+) -> SplitShards | None:
+    """`open_split`, or None when the split has no feature shards at all (e.g. a source without a val split)."""
+    if not shards.shard_paths(Path(features) / split, FEATURES):
+        return None
+    return open_split(features, split, latents, expect)
+
+
+def _paired_counts(
+    f_urls: list[Path], a_urls: list[Path], f_rejected: set[str], a_rejected: set[str]
+) -> list[int]:
+    counts = []
+    for f_url, a_url in zip(f_urls, a_urls, strict=True):
+        f_keys, a_keys = shards.member_keys(str(f_url)), shards.member_keys(str(a_url))
+        f_set, a_set = set(f_keys), set(a_keys)
+        for key, side, other, rejected in (
+            *((k, f_url, a_url, a_rejected) for k in f_keys if k not in a_set),
+            *((k, a_url, f_url, f_rejected) for k in a_keys if k not in f_set),
+        ):
+            if key not in {shards.sanitize_key(i) for i in rejected}:
+                raise ShardError(
+                    f"clip {key!r} is in {side} but not in {other}, and {other.parent / REJECTED_FILE} does not "
+                    "list it: the feature and latent sets hold different clips (rerun both extraction stages)"
+                )
+        counts.append(len(f_set & a_set))
+    return counts
+
+
+class ClipStream:
+    """Seeded batches {"id": list, "feat" (B, T_v, D_v) [, "mean", "std" (B, T_a, D_a)]} float32 of one split."""
+
+    def __init__(
+        self,
+        data: SplitShards,
+        batch_size: int,
+        rank: int = 0,
+        world: int = 1,
+        seed: int = 0,
+        shuffle_buffer: int = 512,
+    ):
+        if batch_size < 1 or shuffle_buffer < 1:
+            raise ValueError(f"batch_size and shuffle_buffer must be >= 1, got {batch_size}, {shuffle_buffer}")
+        n_batches = data.n_clips // (batch_size * world)
+        if n_batches < 1:
+            raise ShardError(
+                f"split {data.split!r}: {data.n_clips} clips are fewer than one global batch of "
+                f"{batch_size * world} ({world} rank(s) × {batch_size}): lower trainer.batch_size or add clips"
+            )
+        self.data, self.batch_size, self.rank, self.world = data, batch_size, rank, world
+        self.seed, self.buffer, self.n_batches = seed, shuffle_buffer, n_batches
+        self.epoch = 0
+        self.pattern = str(data.features[0].parent)  # named by the trainer's empty-stream error
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n_batches
+
+    def _rank_samples(self) -> Iterator[dict[str, Any]]:
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.data.features))
+        for k, sample in enumerate(self.data.samples(order.tolist())):
+            if k % self.world == self.rank:
+                yield sample
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank, 1])
+        buffer: list[dict[str, Any]] = []
+        batch: list[dict[str, Any]] = []
+        emitted = 0
+
+        def take() -> dict[str, Any]:
+            i = int(rng.integers(len(buffer)))
+            buffer[i], buffer[-1] = buffer[-1], buffer[i]
+            return buffer.pop()
+
+        source = self._rank_samples()
+        while emitted < self.n_batches:
+            for sample in source:
+                buffer.append(sample)
+                if len(buffer) >= self.buffer:
+                    break
+            if not buffer:
+                return  # cannot happen: n_batches counts whole batches of this rank's clips
+            batch.append(take())
+            if len(batch) == self.batch_size:
+                yield _collate(batch)
+                batch, emitted = [], emitted + 1
+
+
+def _collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"id": [s["id"] for s in samples]}
+    for key in samples[0]:
+        if key != "id":
+            out[key] = torch.from_numpy(np.stack([s[key] for s in samples]).astype(np.float32))
+    return out

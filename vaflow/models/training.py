@@ -1,0 +1,261 @@
+"""What the three VAFlow training stages share: their losses for the Trainer, latent statistics, fixed-draw
+validation on the `val` split, and building the flow model (paper §3.3).
+
+Validation uses the same draws every time (a seeded generator for ε, the frame positions and the prior noise, and a
+fixed grid of t at the midpoints of equal bins), so a curve moves only when the weights do and two runs compare.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vaflow.data import pairs
+from vaflow.data.pairs import SplitShards
+from vaflow.models import artifacts
+from vaflow.models.align_vae import AlignEncoder, AlignVAE
+from vaflow.models.dit import VelocityDiT, dit_config
+from vaflow.models.vaflow import FlowSettings, VAFlow, latent_statistics
+from vaflow.train.trainer import Trainer, TrainResult
+
+__all__ = [
+    "FlowData",
+    "align_loss",
+    "align_validation",
+    "build_vaflow",
+    "check_align_fits",
+    "export",
+    "final_metrics",
+    "fit",
+    "flow_loss",
+    "flow_validation",
+    "load_validation",
+    "open_flow_data",
+    "split_statistics",
+]
+
+_CHUNK = 64  # validation clips per forward pass
+
+
+def align_loss(module: nn.Module, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+    """Trainer `loss_fn` of stage 1: `module` is an AlignVAE (DDP-wrapped or not); Eq. 7 and its parts."""
+    loss, parts = module(batch["feat"])
+    return loss, {f"loss_{k}": float(v) for k, v in parts.items()}
+
+
+def flow_loss(module: nn.Module, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+    """Trainer `loss_fn` of stages 2-3: `module` is a VAFlow; Eq. 8 (stage 2) or Eq. 9 (stage 3)."""
+    loss, parts = module(batch["mean"], batch["std"], batch["feat"])
+    return loss, {f"loss_{k}": float(v) for k, v in parts.items()}
+
+
+def split_statistics(split: SplitShards) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std (D_a,) of the latent samples x_a = μ + σ·ε of a split, in one streaming pass."""
+    if split.latents is None:
+        raise ValueError(f"split {split.split!r} was opened without latents")
+    sum_x = sum_x2 = None
+    count = 0
+    for sample in split.samples():
+        mean = torch.from_numpy(sample["mean"]).double()  # (T_a, D_a)
+        std = torch.from_numpy(sample["std"]).double()  # (T_a, D_a)
+        x, x2 = mean.sum(0), (mean.square() + std.square()).sum(0)  # (D_a,)
+        sum_x = x if sum_x is None else sum_x + x
+        sum_x2 = x2 if sum_x2 is None else sum_x2 + x2
+        count += mean.shape[0]
+    return latent_statistics(sum_x, sum_x2, count)
+
+
+def load_validation(split: SplitShards | None, clips: int) -> dict[str, torch.Tensor] | None:
+    """The first `clips` clips of the val split as float32 tensors {"feat" [, "mean", "std"]} (memory bounded by
+    `clips`), or None when there is no val split or `clips` is 0."""
+    if split is None or clips == 0:
+        return None
+    rows: dict[str, list[torch.Tensor]] = {}
+    for i, sample in enumerate(split.samples()):
+        if i == clips:
+            break
+        for key, value in sample.items():
+            if key != "id":
+                rows.setdefault(key, []).append(torch.from_numpy(value).float())
+    return {k: torch.stack(v) for k, v in rows.items()}
+
+
+def _chunks(data: Mapping[str, torch.Tensor], device: torch.device):
+    n = len(data["feat"])
+    for start in range(0, n, _CHUNK):
+        yield {k: v[start : start + _CHUNK].to(device) for k, v in data.items()}
+
+
+def align_validation(data: Mapping[str, torch.Tensor], seed: int) -> Callable[[nn.Module], dict[str, float]]:
+    """`validate(ema)` for stage 1: Eq. 7 and its parts on the val clips with fixed draws."""
+
+    def validate(model: nn.Module) -> dict[str, float]:
+        device = next(model.parameters()).device
+        totals: dict[str, float] = {}
+        n = 0
+        for i, chunk in enumerate(_chunks(data, device)):
+            g = torch.Generator(device).manual_seed(seed * 7919 + i)
+            loss, parts = model(chunk["feat"], generator=g)
+            b = len(chunk["feat"])
+            for k, v in {"loss": loss, **parts}.items():
+                totals[k] = totals.get(k, 0.0) + float(v) * b
+            n += b
+        return {f"val_{k}": v / n for k, v in totals.items()}
+
+    return validate
+
+
+def flow_validation(
+    data: Mapping[str, torch.Tensor], times: int, seed: int
+) -> Callable[[nn.Module], dict[str, float]]:
+    """`validate(ema)` for stages 2-3: the objective averaged over a fixed t grid, with fixed latent and prior
+    draws and the condition always visible (no dropout): `val_loss` and its parts (`val_flow`, `val_kl`)."""
+    grid = (torch.arange(times, dtype=torch.float32) + 0.5) / times  # midpoints of `times` equal bins
+
+    def validate(model: nn.Module) -> dict[str, float]:
+        device = next(model.parameters()).device
+        totals: dict[str, float] = {}
+        n = 0
+        for i, chunk in enumerate(_chunks(data, device)):
+            g = torch.Generator(device).manual_seed(seed * 7919 + i)
+            mean, std, feat = chunk["mean"], chunk["std"], chunk["feat"]
+            b = len(mean)
+            cond = feat if model.dit.config.cross_attention else None
+            for t in grid.tolist():
+                eps_a = torch.randn(mean.shape, generator=g, device=device)
+                eps_0 = torch.randn(mean.shape, generator=g, device=device)
+                tt = torch.full((b,), t, device=device)
+                loss, parts = model.loss_at(mean, std, feat, tt, eps_a, eps_0, cond)
+                for k, v in {"loss": loss, **parts}.items():
+                    totals[k] = totals.get(k, 0.0) + float(v) * b / times
+            n += b
+        return {f"val_{k}": v / n for k, v in totals.items()}
+
+    return validate
+
+
+def build_vaflow(
+    flow_cfg: Any,
+    align: AlignVAE | None,
+    feature_dim: int,
+    latent_dim: int,
+    latent_mean: torch.Tensor,
+    latent_std: torch.Tensor,
+    kl_weight: float = 0.0,
+    tune_encoder: bool = False,
+) -> VAFlow:
+    """A fresh VAFlow for stage 2 from the `flow` params section and the trained alignment VAE (its encoder only;
+    the decoder is dropped, §3.3). The Gaussian prior keeps no encoder."""
+    settings = FlowSettings(
+        prior=flow_cfg.prior,
+        cond_dropout=flow_cfg.cond_dropout,
+        time_sampling=flow_cfg.time_sampling,
+        time_loc=flow_cfg.time_loc,
+        time_scale=flow_cfg.time_scale,
+        kl_weight=kl_weight,
+        tune_encoder=tune_encoder,
+    )
+    encoder: AlignEncoder | None = None
+    if flow_cfg.prior == "video":
+        if align is None:
+            raise ValueError("prior 'video' needs the trained alignment VAE")
+        encoder = align.encoder
+    dit = VelocityDiT(dit_config(flow_cfg.size, latent_dim, feature_dim, flow_cfg.cross_attention))
+    return VAFlow(encoder, dit, latent_mean, latent_std, settings)
+
+
+@dataclass
+class FlowData:
+    """The paired data a flow stage trains on, with the identities its exported model records."""
+
+    features: dict[str, Any]  # visual-encoder identity (artifacts.feature_identity)
+    wavevae: dict[str, Any]  # WaveVAE identity (artifacts.wavevae_identity)
+    train: SplitShards
+    val: dict[str, torch.Tensor] | None
+    latent_length: int  # T_a
+    latent_dim: int  # D_a
+    feature_length: int  # T_v
+    feature_dim: int  # D_v
+
+
+def open_flow_data(features: str | Path, latents: str | Path, val_clips: int) -> FlowData:
+    """Open the train split (paired) and the first `val_clips` val clips; every clip's shapes are checked against
+    the latent spec's (T_a, D_a) and the first feature clip's (T_v, D_v)."""
+    f_spec, a_spec = pairs.read_spec(features, pairs.FEATURES), pairs.read_spec(latents, pairs.LATENTS)
+    t_a, d_a = int(a_spec["latent_length"]), int(a_spec["latent_dim"])
+    expect: dict[str, tuple[int, ...]] = {"mean": (t_a, d_a), "std": (t_a, d_a)}
+    train = pairs.open_split(features, "train", latents, expect)
+    t_v, d_v = train.shapes["feat"]
+    expect["feat"] = (t_v, d_v)
+    val = load_validation(pairs.optional_split(features, "val", latents, expect), val_clips)
+    return FlowData(
+        artifacts.feature_identity(f_spec), artifacts.wavevae_identity(a_spec), train, val, t_a, d_a, t_v, d_v
+    )
+
+
+def check_align_fits(align: AlignVAE, data: FlowData, where: Path) -> None:
+    """The alignment VAE's shapes must be the data's: x_v (T_v, D_v) in, x_v^AE (T_a, D_a) out."""
+    c = align.config
+    got = (c.feature_length, c.feature_dim, c.latent_length, c.latent_dim)
+    want = (data.feature_length, data.feature_dim, data.latent_length, data.latent_dim)
+    if got != want:
+        raise artifacts.ModelMismatchError(
+            f"{where}: the alignment VAE maps (T_v, D_v) = {got[:2]} to (T_a, D_a) = {got[2:]}, but the shards hold "
+            f"features {want[:2]} and latents {want[2:]}: rerun train_align on the current features (dvc repro)"
+        )
+
+
+def fit(
+    model: VAFlow,
+    data: FlowData,
+    cfg: Any,
+    compile_dit: bool,
+    checkpoints: Path,
+    tracker: Any,
+    sections: Mapping[str, Any],
+) -> TrainResult | None:
+    """Train `model` on `data` with a stage section `cfg` (`trainer`, `val`) through the shared Trainer; returns
+    the result on rank 0 and None on the others."""
+    trainer = Trainer(
+        model,
+        flow_loss,
+        lambda spec: pairs.ClipStream(data.train, spec.batch_size, spec.rank, spec.world_size, spec.seed),
+        cfg.trainer,
+        checkpoints,
+        tracker,
+        stage_config=sections,
+        validate=flow_validation(data.val, cfg.val.times, cfg.val.seed) if data.val is not None else None,
+        validate_every=cfg.val.every,
+    )
+    if compile_dit:
+        trainer.model.dit.compile()  # in place: parameter names (and so checkpoints and exports) are unchanged
+    result = trainer.fit()
+    return result if trainer.dist.is_main else None
+
+
+def final_metrics(result: TrainResult) -> dict[str, float]:
+    """The last logging window's training losses (`train_…`) and the last validation (`val_…`)."""
+    final = {f"train_{k}": v for k, v in result.losses.items()}
+    for row in reversed(result.history):
+        vals = {k: v for k, v in row.items() if k.startswith("val_")}
+        if vals:
+            final.update(vals)
+            break
+    return final
+
+
+def export(result: TrainResult, data: FlowData, out: str | Path, trained: list[dict], tracker: Any) -> None:
+    """Write the EMA model (the one evaluated and shipped), log final metrics and the model card."""
+    out = Path(out)
+    model = result.ema
+    artifacts.save_vaflow(model, out, data.latent_length, data.features, data.wavevae, trained)
+    final = final_metrics(result)
+    final["params_dit"] = sum(p.numel() for p in model.dit.parameters())
+    tracker.log_final(final)
+    tracker.log_artifact(out / artifacts.FLOW_CARD)
+    print(f"{out}: " + ", ".join(f"{k} {v:.4g}" for k, v in final.items()))
