@@ -73,7 +73,13 @@ def test_repro_runs_the_dag(repo, first_repro):
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     stages = {r.data.tags["stage"] for r in runs}
-    assert {"prepare", "audio_vae", "visual_encoder"} <= stages
+    assert {"prepare", "audio_vae", "visual_encoder", "train_align", "train_flow", "joint_tune"} <= stages
+    for stage in ("train_align", "train_flow", "joint_tune"):
+        final = json.loads((work / "metrics" / f"{stage}.json").read_text())
+        assert all(v is not None for v in final.values()) and "val_loss" in final, (stage, final)
+    card = json.loads((work / "data" / "models" / "vaflow" / "vaflow.json").read_text())
+    assert [t["stage"] for t in card["trained"]] == ["train_flow", "joint_tune"]
+    assert card["features"]["kind"] == "cavp" and card["latent"]["length"] == 31  # 1 s at 8 kHz, hop 256
     assert len({r.data.tags["vaflow.group"] for r in runs}) == 1, "one repro, one run group"
 
 
@@ -100,13 +106,44 @@ def _stages_run(out):
 def test_visual_params_rerun_only_the_visual_side(repo, first_repro):
     work, env = repo
     _set_param(work, "visual_encoder", "trainer.steps", 6)
-    assert _stages_run(_run(["dvc", "repro"], work, env)) == {"visual_encoder", "extract_visual"}
+    # New features retrain everything that reads them, and nothing on the audio side.
+    assert _stages_run(_run(["dvc", "repro"], work, env)) == {
+        "visual_encoder",
+        "extract_visual",
+        "train_align",
+        "train_flow",
+        "joint_tune",
+    }
 
 
 def test_audio_params_rerun_only_the_audio_side(repo, first_repro):
     work, env = repo
     _set_param(work, "audio_vae", "trainer.steps", 12)
-    assert _stages_run(_run(["dvc", "repro"], work, env)) == {"audio_vae", "encode_audio"}
+    # New latents retrain the flow stages; the alignment VAE reads features only.
+    assert _stages_run(_run(["dvc", "repro"], work, env)) == {
+        "audio_vae",
+        "encode_audio",
+        "train_flow",
+        "joint_tune",
+    }
+
+
+def test_flow_params_rerun_only_the_flow_stages(repo, first_repro):
+    work, env = repo
+    _set_param(work, "train_flow", "trainer.steps", 8)
+    assert _stages_run(_run(["dvc", "repro"], work, env)) == {"train_flow", "joint_tune"}
+
+
+def test_joint_tune_with_zero_steps_passes_the_flow_model_through(repo, first_repro):
+    work, env = repo
+    _set_param(work, "joint_tune", "trainer.steps", 0)
+    assert _stages_run(_run(["dvc", "repro"], work, env)) == {"joint_tune"}
+    models = work / "data" / "models"
+    assert (models / "vaflow" / "vaflow.safetensors").read_bytes() == (
+        models / "flow" / "vaflow.safetensors"
+    ).read_bytes()
+    final = json.loads((work / "metrics" / "joint_tune.json").read_text())
+    assert final["tuned_steps"] == 0 and final["val_loss"] > 0
 
 
 def test_changing_a_synth_param_reruns_prepare(repo, first_repro):

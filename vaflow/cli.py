@@ -20,6 +20,7 @@ USER_ERRORS = frozenset(
         "vaflow.data.shards:ShardError",
         "vaflow.audio.wavevae:CheckpointError",
         "vaflow.visual.base:WeightsError",
+        "vaflow.models.artifacts:ModelMismatchError",
         "vaflow.train.checkpoint:CheckpointError",
         "vaflow.train.checkpoint:ConfigMismatchError",
         "vaflow.train.trainer:NonFiniteError",

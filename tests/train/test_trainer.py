@@ -210,7 +210,7 @@ def test_sigterm_writes_a_final_checkpoint(tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
-    with pytest.raises(NonFiniteError, match=r"loss is nan at step 4"):
+    with pytest.raises(NonFiniteError, match=r"^training: loss is nan at step 4"):
         _train(tmp_path, _cfg(checkpoint_every=1), loss=toy_loss(nan_at=4))
     assert read_checkpoint(tmp_path / "last.pt")["step"] == 3
     assert read_checkpoint(tmp_path / "last.pt.prev")["step"] == 2

@@ -94,6 +94,7 @@ def _chunks(data: Mapping[str, torch.Tensor], device: torch.device):
 def align_validation(data: Mapping[str, torch.Tensor], seed: int) -> Callable[[nn.Module], dict[str, float]]:
     """`validate(ema)` for stage 1: Eq. 7 and its parts on the val clips with fixed draws."""
 
+    @torch.no_grad()
     def validate(model: nn.Module) -> dict[str, float]:
         device = next(model.parameters()).device
         totals: dict[str, float] = {}
@@ -117,6 +118,7 @@ def flow_validation(
     draws and the condition always visible (no dropout): `val_loss` and its parts (`val_flow`, `val_kl`)."""
     grid = (torch.arange(times, dtype=torch.float32) + 0.5) / times  # midpoints of `times` equal bins
 
+    @torch.no_grad()
     def validate(model: nn.Module) -> dict[str, float]:
         device = next(model.parameters()).device
         totals: dict[str, float] = {}

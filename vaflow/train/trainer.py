@@ -48,6 +48,7 @@ import contextlib
 import copy
 import logging
 import math
+import os
 import random
 import signal
 import sys
@@ -235,6 +236,8 @@ class Trainer:
         self.replay_stream = replay_stream
         self.validate, self.validate_every = validate, validate_every
         self.tracker = tracker if self.dist.is_main else None
+        # Named in a NaN/Inf error: the stage (the tracker's, or DVC's) whose training stopped.
+        self.stage = getattr(tracker, "stage", None) or os.environ.get("DVC_STAGE") or "training"
         self.ckpt = CheckpointDir(out_dir, keep=cfg.keep_checkpoints)
         self.config_dict = plain({"trainer": cfg.model_dump(mode="json"), "stage": dict(stage_config or {})})
         if deterministic:
@@ -468,13 +471,13 @@ class Trainer:
         step = self.step + 1
         if not math.isfinite(loss_value):
             raise NonFiniteError(
-                f"loss is {loss_value} at step {step}: stopped before applying it; the last good checkpoint "
+                f"{self.stage}: loss is {loss_value} at step {step}: stopped before applying it; the last good checkpoint "
                 f"({self.ckpt.last}) is kept. Lower trainer.lr, raise trainer.warmup_steps or check the data."
             )
         grad_norm = float(self._grad_norm())
         if not math.isfinite(grad_norm):
             raise NonFiniteError(
-                f"gradient norm is {grad_norm} at step {step} (loss {loss_value:.6g}): stopped before applying "
+                f"{self.stage}: gradient norm is {grad_norm} at step {step} (loss {loss_value:.6g}): stopped before applying "
                 f"it; the last good checkpoint ({self.ckpt.last}) is kept. Lower trainer.lr or enable "
                 "trainer.clip_grad."
             )
