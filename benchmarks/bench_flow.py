@@ -2,7 +2,7 @@
 seconds per function evaluation (NFE), per DiT size.
 
     python benchmarks/bench_flow.py [--sizes small dit_s] [--device cpu|cuda] [--batch 8] [--repeats 3] [--threads N]
-                                    [--peak-tflops 989]  # GPU: the card's dense bf16 peak, for MFU
+                                    [--nfe-batches 1 32] [--peak-tflops 989]  # GPU: the card's dense bf16 peak
 
 Shapes: `small` at the embedded default's (T_a, D_a) = (125, 16), (T_v, D_v) = (8, 64); the paper sizes at the
 paper's 10 s clips: SAO latents (215, 64) and CLIP ViT-L/14 features at 10 fps (100, 768). A training step is
@@ -61,7 +61,9 @@ def build(size: str, device: torch.device) -> tuple[VAFlow, tuple[int, int, int,
     return model.to(device), (t_a, d_a, t_v, d_v)
 
 
-def bench(size: str, device: torch.device, batch: int, repeats: int, peak: float | None) -> dict:
+def bench(
+    size: str, device: torch.device, batch: int, repeats: int, peak: float | None, nfe_batches: list[int]
+) -> dict:
     model, (t_a, d_a, t_v, d_v) = build(size, device)
     mean = torch.randn(batch, t_a, d_a, device=device)
     std = torch.full_like(mean, 0.1)
@@ -95,7 +97,7 @@ def bench(size: str, device: torch.device, batch: int, repeats: int, peak: float
     if peak:
         out["MFU"] = achieved / (peak * 1e12)
     model.eval()
-    for b in (1, 32):
+    for b in nfe_batches:
         x = torch.randn(b, t_a, d_a, device=device)
         t = torch.full((b,), 0.5, device=device)
         c = torch.randn(b, t_v, d_v, device=device)
@@ -113,6 +115,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--nfe-batches", type=int, nargs="+", default=[1, 32], help="batches timed per NFE")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's peak TFLOP/s, for MFU")
     args = parser.parse_args()
     if args.threads:
@@ -120,7 +123,7 @@ def main() -> None:
     device = torch.device(args.device)
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     for size in args.sizes:
-        row = bench(size, device, args.batch, args.repeats, args.peak_tflops)
+        row = bench(size, device, args.batch, args.repeats, args.peak_tflops, args.nfe_batches)
         print(
             "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()),
             flush=True,
