@@ -73,7 +73,8 @@ def test_repro_runs_the_dag(repo, first_repro):
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     stages = {r.data.tags["stage"] for r in runs}
-    assert {"prepare", "audio_vae", "visual_encoder", "train_align", "train_flow", "joint_tune"} <= stages
+    assert {"prepare", "audio_vae", "visual_encoder", "train_align", "train_flow", "joint_tune", "sample"} <= stages
+    assert json.loads((work / "metrics" / "sample.json").read_text())["samples"] == micro["test"]
     for stage in ("train_align", "train_flow", "joint_tune"):
         final = json.loads((work / "metrics" / f"{stage}.json").read_text())
         assert all(v is not None for v in final.values()) and "val_loss" in final, (stage, final)
@@ -113,6 +114,7 @@ def test_visual_params_rerun_only_the_visual_side(repo, first_repro):
         "train_align",
         "train_flow",
         "joint_tune",
+        "sample",
     }
 
 
@@ -125,19 +127,20 @@ def test_audio_params_rerun_only_the_audio_side(repo, first_repro):
         "encode_audio",
         "train_flow",
         "joint_tune",
+        "sample",
     }
 
 
 def test_flow_params_rerun_only_the_flow_stages(repo, first_repro):
     work, env = repo
     _set_param(work, "train_flow", "trainer.steps", 8)
-    assert _stages_run(_run(["dvc", "repro"], work, env)) == {"train_flow", "joint_tune"}
+    assert _stages_run(_run(["dvc", "repro"], work, env)) == {"train_flow", "joint_tune", "sample"}
 
 
 def test_joint_tune_with_zero_steps_passes_the_flow_model_through(repo, first_repro):
     work, env = repo
     _set_param(work, "joint_tune", "trainer.steps", 0)
-    assert _stages_run(_run(["dvc", "repro"], work, env)) == {"joint_tune"}
+    assert _stages_run(_run(["dvc", "repro"], work, env)) == {"joint_tune", "sample"}
     models = work / "data" / "models"
     assert (models / "vaflow" / "vaflow.safetensors").read_bytes() == (
         models / "flow" / "vaflow.safetensors"

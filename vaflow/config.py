@@ -431,6 +431,47 @@ class JointTuneConfig(Section):
 
 
 # --------------------------------------------------------------------------------------------
+# Sampling (paper §3.3, Inference; §4.1)
+# --------------------------------------------------------------------------------------------
+
+
+class SampleConfig(Section):
+    """The `sample` stage: the test split's features → generated audio; also `vaflow generate`'s defaults."""
+
+    # ODE solver from `vaflow.flow.SOLVERS`: the paper samples with euler, midpoint and dopri5 (§4.1). Euler is the
+    # cheapest per step, and a flow trained on straight paths (Eq. 3) is nearly straight to integrate.
+    solver: str = "euler"
+    # Uniform steps of euler/midpoint/rk4 (dopri5 adapts its own): 25 Euler steps = 25 NFE per clip (each of 2B
+    # rows with CFG), a common flow-matching budget that stays seconds for the whole test split on CPU.
+    steps: int = Field(25, ge=1)
+    # γ of Eq. 10; 0 = plain conditional. The paper samples with CFG (Table 4: conditioning + CFG is best) but does
+    # not give γ; 1 (= guidance scale 2 in the w·v_c − (w−1)·v_∅ form) is a moderate default for a small model.
+    cfg: float = Field(1.0, ge=0)
+    # `video`: the estimator sees x_v; `zero`: null features (Table 4's zero-input row), the prior still sees x_v.
+    # With the condition hidden, Eq. 10's two branches coincide and γ has no effect (recorded as cfg_applied 0).
+    cond: Literal["video", "zero"] = "video"
+    # Seed of the prior draws; each clip's draw k uses a stable hash of (seed, clip id, k), whatever the batching.
+    seed: int = 0
+    # Draws per forward pass (no sample depends on it); 16 as the extraction stages' batches; raise it on a GPU.
+    batch_size: int = Field(16, ge=1)
+    # Draws per clip: 1 for the metrics; more to hear the prior's diversity (§3.3), written as <id>-<k>.wav.
+    samples_per_clip: int = Field(1, ge=1)
+    # Test clips (in shard order) that also get an mp4 of their original video with the generated audio: enough
+    # to see and hear, few enough that muxing stays seconds.
+    mux: int = Field(8, ge=0)
+
+    @model_validator(mode="after")
+    def _known_solver(self) -> SampleConfig:
+        from vaflow.flow.solvers import SOLVERS
+
+        if self.solver not in SOLVERS:
+            near = difflib.get_close_matches(self.solver, list(SOLVERS), n=1)
+            hint = f" (did you mean '{near[0]}'?)" if near else ""
+            raise ValueError(f"solver: unknown ODE solver {self.solver!r}{hint}; known: {sorted(SOLVERS)}")
+        return self
+
+
+# --------------------------------------------------------------------------------------------
 # The whole file
 # --------------------------------------------------------------------------------------------
 
@@ -449,6 +490,7 @@ class Params(Section):
     flow: FlowConfig = FlowConfig()
     train_flow: TrainFlowConfig = TrainFlowConfig()
     joint_tune: JointTuneConfig = JointTuneConfig()
+    sample: SampleConfig = SampleConfig()
 
     @model_validator(mode="after")
     def _vae_rate_matches_clip(self) -> Params:
@@ -590,6 +632,7 @@ __all__ = [
     "JointTuneConfig",
     "Params",
     "PrepareConfig",
+    "SampleConfig",
     "Section",
     "SynthConfig",
     "TrainAlignConfig",

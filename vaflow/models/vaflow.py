@@ -92,11 +92,18 @@ class VAFlow(nn.Module):
         return self.encoder(x_v, latent_length)
 
     def draw_prior(
-        self, x_v: torch.Tensor, shape: tuple[int, ...], generator: torch.Generator | None = None
+        self,
+        x_v: torch.Tensor,
+        shape: tuple[int, ...],
+        generator: torch.Generator | None = None,
+        eps: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x_0 (B, T_a, D_a): μ + σ·ε from the encoder (video prior) or ε (Gaussian prior)."""
+        """x_0 (B, T_a, D_a): μ + σ·ε from the encoder (video prior) or ε (Gaussian prior); ε is drawn from
+        `generator` unless given (per-clip noise that does not depend on how clips are batched)."""
         posterior = self.posterior(x_v, shape[1])
-        eps = torch.randn(shape, generator=generator, device=x_v.device, dtype=x_v.dtype)
+        if eps is None:
+            eps = torch.randn(shape, generator=generator, device=x_v.device, dtype=x_v.dtype)
+        eps = eps.to(device=x_v.device, dtype=x_v.dtype)
         return eps if posterior is None else posterior.mean + posterior.std * eps
 
     def velocity(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
@@ -155,14 +162,16 @@ class VAFlow(nn.Module):
         cfg: float = 0.0,
         cond: Literal["video", "zero"] = "video",
         generator: torch.Generator | None = None,
+        eps: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, int]:
         """x_v (B, T_v, D_v) → (audio latents x̂_a (B, T_a, D_a) in WaveVAE units, NFE).
 
-        The only randomness is the draw of x_0 (§3.3). `cond="zero"` hides x_v from the estimator (Table 4's
-        zero-input row; the prior still sees it); `cfg` is Eq. 10's γ (0 = plain conditional).
+        The only randomness is the draw of x_0 (§3.3): ε from `generator`, or `eps` (B, T_a, D_a) itself.
+        `cond="zero"` hides x_v from the estimator (Table 4's zero-input row; the prior still sees it); `cfg` is
+        Eq. 10's γ (0 = plain conditional).
         """
         shape = (x_v.shape[0], latent_length, self.dit.config.latent_dim)
-        x_0 = self.draw_prior(x_v, shape, generator)  # (B, T_a, D_a)
+        x_0 = self.draw_prior(x_v, shape, generator, eps)  # (B, T_a, D_a)
         c = x_v if cond == "video" and self.dit.config.cross_attention else None
         if c is None and cfg:
             raise ValueError(

@@ -1,0 +1,81 @@
+"""Stage `sample` (paper §3.3, Inference): every test clip's visual features → x_0 drawn from the video prior →
+the guided ODE (Eq. 1, 10) → WaveVAE decoder → `<id>.wav`, plus mp4 previews of the first `sample.mux` clips, an
+index and metrics/sample.json. Resumable: finished wavs of the same spec are kept (see vaflow/generate/samples.py)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from vaflow import config
+from vaflow.cli import exit_on_user_error
+from vaflow.data import pairs
+from vaflow.data.prepare import load_manifest
+from vaflow.generate import Sampler, default_device, load_models, sample_spec, sample_split, sync_folder
+from vaflow.generate.samples import INDEX_FILE, SPEC_FILE
+from vaflow.models import artifacts
+from vaflow.tracking import Tracker
+
+STAGE = "sample"
+SPLIT = "test"
+
+
+def sample(params: config.Params, args: argparse.Namespace, tracker: Tracker) -> None:
+    cfg = params.sample
+    features_spec = pairs.read_spec(args.features, pairs.FEATURES)
+    models = load_models(args.model, args.vae, artifacts.feature_identity(features_spec), default_device())
+    want = params.clip.latent_length(models.vae.hop)
+    if models.latent_length != want:
+        raise artifacts.ModelMismatchError(
+            f"{args.model} generates T_a = {models.latent_length} latent frames, but clip {params.clip} gives "
+            f"{want}: the model was trained on other clips; rerun the pipeline (dvc repro)"
+        )
+    split = pairs.open_split(args.features, SPLIT)
+    manifest = load_manifest(Path(args.prepared) / "manifest.csv", SPLIT)
+    windows = {r.id: (r.path, float(r.start), float(r.duration)) for r in manifest.itertuples(index=False)}
+    sampler = Sampler(cfg.solver, cfg.steps, cfg.cfg, cfg.cond)
+    spec = sample_spec(models, features_spec, sampler, cfg.seed, cfg.samples_per_clip)
+    out = Path(args.out)
+    if sync_folder(out, spec):
+        print(f"{out}: samples of other settings or another model removed")
+    if sampler.applied_cfg(models.flow) != cfg.cfg:
+        print(f"sample.cfg {cfg.cfg} has no effect: the estimator does not see x_v (cond {cfg.cond}), γ = 0")
+    print(f"{split.n_clips} test clips × {cfg.samples_per_clip}: {cfg.solver}, {cfg.steps} steps, γ {cfg.cfg}, "
+          f"cond {cfg.cond}; {models.window_seconds:g} s at {models.sample_rate} Hz")  # fmt: skip
+    report = sample_split(models, split, out, sampler, cfg.seed, cfg.samples_per_clip, cfg.batch_size,
+                          cfg.mux, windows)  # fmt: skip
+    metrics = {**report.metrics(), "steps": cfg.steps, "cfg": cfg.cfg, "cfg_applied": spec["cfg_applied"]}
+    tracker.set_tags(
+        {"sample.solver": cfg.solver, "sample.cond": cfg.cond, "model.weights": models.flow_hash}
+    )
+    tracker.log_final(metrics)
+    tracker.log_artifact(out / INDEX_FILE)
+    tracker.log_artifact(out / SPEC_FILE)
+    print(f"{out}: {metrics['samples']} wavs ({report.generated} generated, {report.skipped} kept), "
+          f"{metrics['nfe_per_clip']:g} NFE and {metrics['seconds_per_clip']:.3f} s per clip, "
+          f"{report.muxed} previews muxed; {metrics['nonfinite']} non-finite")  # fmt: skip
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--features", required=True, help="extract_visual's folder (<split>/visual-*.tar)")
+    parser.add_argument("--model", required=True, help="joint_tune's model folder (vaflow.json + weights)")
+    parser.add_argument("--vae", required=True, help="audio_vae's model folder (the WaveVAE decoder)")
+    parser.add_argument(
+        "--prepared", required=True, help="prepare's folder (manifest.csv: the original videos)"
+    )
+    parser.add_argument(
+        "--out", required=True, help="samples folder to write (<id>.wav, index.csv, spec.json)"
+    )
+    parser.add_argument("--metrics", required=True, help="folder of metrics/sample.json")
+    args = parser.parse_args(argv)
+    params = config.load(args.params)
+    tracked = {STAGE: params.sample, "clip": params.clip}
+    with Tracker(STAGE, params=tracked, metrics_dir=args.metrics) as tracker:
+        sample(params, args, tracker)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""`vaflow generate` and its windowing (vaflow.generate.video): cross-fades on their own, then real videos of odd
+size and frame rate, longer and shorter than the model's window, through the command line; bad inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.data.badmedia import make_clip
+from tests.test_sampling import HOP, SR, T_A, build_artefacts, one_thread  # noqa: F401 (an autouse fixture)
+from vaflow import cli
+from vaflow.data import media
+from vaflow.generate.video import OVERLAP, add_window, crossfade_ramp, window_starts
+
+WINDOW = T_A * HOP  # samples per window (0.2 s at 8 kHz)
+
+# ----------------------------------------------------------------------------------------------------------------
+# Windows and cross-fades
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_crossfade_weights_are_linear_inside_0_1_and_sum_to_1():
+    ramp = crossfade_ramp(8)
+    assert ramp.shape == (8,) and (ramp > 0).all() and (ramp < 1).all()
+    assert np.allclose(np.diff(ramp), 1 / 8)
+    np.testing.assert_allclose(ramp + (1 - ramp), 1.0)  # the fade-in and the fade-out it meets
+    np.testing.assert_allclose(ramp + ramp[::-1], 1.0)  # symmetric: the fade-out is the fade-in reversed
+
+
+@pytest.mark.parametrize("total", [1, 50, WINDOW, WINDOW + 1, 3 * WINDOW, 10 * WINDOW + 37])
+def test_windows_cover_the_video_with_at_least_the_overlap(total):
+    starts = window_starts(total, WINDOW)
+    assert starts[0] == 0 and starts == sorted(set(starts))
+    if total <= WINDOW:
+        assert starts == [0]
+        return
+    assert starts[-1] + WINDOW == total  # the last window ends with the video
+    overlaps = [a + WINDOW - b for a, b in zip(starts, starts[1:], strict=False)]
+    assert min(overlaps) >= round(OVERLAP * WINDOW) and max(overlaps) < WINDOW
+
+
+def test_constant_windows_join_without_a_step():
+    total = 5 * WINDOW + 11
+    out = np.zeros(total, np.float32)
+    filled = 0
+    for start in window_starts(total, WINDOW):
+        filled = add_window(out, np.full(WINDOW, 0.5, np.float32), start, filled)
+    assert filled == total
+    np.testing.assert_allclose(out, 0.5, atol=1e-6)
+
+
+def test_crossfade_moves_linearly_from_one_window_to_the_next():
+    out = np.zeros(300, np.float32)
+    filled = add_window(out, np.zeros(200, np.float32), 0, 0)
+    filled = add_window(out, np.ones(200, np.float32), 100, filled)  # 100 samples of overlap, cut at 300
+    assert filled == 300
+    assert (out[:100] == 0).all() and (out[200:] == 1).all()
+    np.testing.assert_allclose(out[100:200], crossfade_ramp(100), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Real videos
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    return build_artefacts(tmp_path_factory.mktemp("generate"))
+
+
+def _generate(capsys, *argv: str) -> tuple[int, str, str]:
+    try:
+        cli.main(["generate", *argv])
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _video_seconds(path, fps: float) -> float:
+    return len(media.read_frames(path, fps)) / fps
+
+
+@pytest.mark.parametrize("duration", [0.75, 0.12])  # several windows (0.75 s = 3.75 windows); less than one
+def test_generate_gives_the_video_an_audio_track_of_its_length(models_dir, tmp_path, capsys, duration):
+    # Odd size and frame rate, in mkv with 4:4:4 H.264: nothing any dataset of the pipeline holds.
+    video = make_clip(tmp_path / "odd clip.mkv", duration=duration, size=(17, 33), fps=13, pix_fmt="yuv444p")
+    code, out, err = _generate(capsys, str(video), "--models", str(models_dir), "--steps", "3")
+    assert code == 0, err
+    result = tmp_path / "odd clip_vaflow.mp4"
+    windows = len(
+        window_starts(round(media.probe(video).duration * SR), WINDOW)
+    )  # container length (≥ video)
+    assert f"in {windows} window(s)" in out and (windows > 1) == (duration > 0.2)
+    info = media.probe(result)
+    assert info.has_audio and info.audio[0].sample_rate == SR and (info.width, info.height) == (33, 17)
+    seconds = _video_seconds(video, 13)
+    audio = media.read_audio(result, SR)
+    assert abs(len(audio) / SR - seconds) <= 1 / 13  # the audio lasts as long as the video, within a frame
+    assert np.abs(audio).max() > 0
+    # The video stream is copied, not re-encoded: every decoded frame is the input's.
+    assert np.array_equal(media.read_frames(result, 13), media.read_frames(video, 13))
+
+
+def test_generate_is_repeatable_for_a_seed_and_writes_where_asked(models_dir, tmp_path, capsys):
+    video = make_clip(tmp_path / "v.mp4", duration=0.3, size=(24, 32), fps=10, audio=False)
+    runs = []
+    for name, seed in (("a", "0"), ("b", "0"), ("c", "1")):
+        code, _, err = _generate(capsys, str(video), "--models", str(models_dir), "-o", str(tmp_path / f"{name}.mp4"),
+                                 "--steps", "2", "--seed", seed, "--solver", "midpoint", "--cfg", "0")  # fmt: skip
+        assert code == 0, err
+        runs.append(media.read_audio(tmp_path / f"{name}.mp4", SR))
+    assert np.array_equal(runs[0], runs[1]) and not np.allclose(runs[0], runs[2])
+
+
+@pytest.mark.parametrize("case", ["missing", "text", "audio_only", "empty"])
+def test_unusable_input_fails_with_one_line(models_dir, tmp_path, capsys, case):
+    path = tmp_path / f"{case}.mp4"
+    if case == "text":
+        path.write_text("this is not a video\n" * 20)
+    elif case == "audio_only":
+        path = make_clip(tmp_path / "audio_only.m4a", duration=0.5, video=False)
+    elif case == "empty":
+        path.write_bytes(b"")
+    code, out, err = _generate(capsys, str(path), "--models", str(models_dir))
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and str(path) in err
+
+
+def test_missing_models_and_bad_settings_are_one_line_errors(models_dir, tmp_path, capsys):
+    video = make_clip(tmp_path / "v.mp4", duration=0.3, size=(16, 16), fps=10)
+    code, _, err = _generate(capsys, str(video), "--models", str(tmp_path / "nowhere"))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "visual_encoder" in err
+    code, _, err = _generate(capsys, str(video), "--models", str(models_dir), "--solver", "eulr")
+    assert code == 2 and "did you mean 'euler'" in err

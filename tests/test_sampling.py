@@ -1,0 +1,287 @@
+"""The `sample` stage and its library (vaflow.generate.core/samples) on tiny exported artefacts built here, not by
+the pipeline: wav geometry, index and metrics, previews, resuming, a changed spec, batch-independent draws."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import wave
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from vaflow import config
+from vaflow.audio import encode
+from vaflow.audio.wavevae import SIZES, build
+from vaflow.data import media, pairs
+from vaflow.data.prepare import MANIFEST_COLUMNS
+from vaflow.data.shards import write_shards
+from vaflow.generate import Sampler, load_models, sample_spec, sample_split, sync_folder
+from vaflow.generate.core import clip_seed, prior_noise, read_wav, sample_latents
+from vaflow.models import artifacts
+from vaflow.models.align_vae import AlignEncoder, AlignVAEConfig
+from vaflow.models.dit import VelocityDiT, dit_config
+from vaflow.models.vaflow import FlowSettings, VAFlow
+from vaflow.visual.extract import compact_identity, export_encoder
+
+ROOT = Path(__file__).resolve().parents[1]
+SR, HOP, D_A = 8000, 8, 4  # the tiny WaveVAE at 8 kHz (AAC's lowest usual rate)
+T_A = 200  # latent frames per window: 200·8 / 8000 = 0.2 s
+FPS, INPUT, SIDE = 10.0, (16, 16), (2, 2)  # pixels encoder: 2·10 frames per window, D_v = 3·2·2
+T_V, D_V = 2, 12
+IDS = [f"clip{i}" for i in range(5)]
+EULER = Sampler("euler", 4, 1.0, "video")
+
+
+def build_artefacts(root: Path, prior: str = "video") -> Path:
+    """`root/models/{audio_vae,visual_encoder,vaflow}` as the pipeline exports them, with random tiny weights (a
+    non-zero velocity field, so the solve, the condition and CFG all change the result)."""
+    models = root / "models"
+    torch.manual_seed(0)
+    vae = build(dataclasses.replace(SIZES["tiny"], sample_rate=SR))
+    info = encode.export_model(vae, models / "audio_vae", {"size": "tiny", "mode": "train"})
+    encoder = export_encoder(
+        models / "visual_encoder", "pixels", {"fps": FPS, "input_size": INPUT, "size": SIDE}
+    )
+    align = AlignEncoder(AlignVAEConfig(D_V, T_V, D_A, T_A, channels=8, blocks=1))
+    dit = VelocityDiT(dit_config("tiny", D_A, D_V))
+    torch.nn.init.normal_(dit.proj_out.weight, std=0.2)
+    model = VAFlow(
+        align if prior == "video" else None, dit, torch.zeros(D_A), torch.ones(D_A), FlowSettings(prior)
+    )
+    wavevae = {"vae_weights_hash": info["weights_hash"], "hop": HOP, "latent_dim": D_A, "latent_length": T_A}
+    features = compact_identity(encoder.identity())
+    artifacts.save_vaflow(model, models / "vaflow", T_A, features, wavevae, [{"stage": "test", "steps": 0}])
+    return models
+
+
+def write_features(root: Path, ids: list[str] = IDS) -> Path:
+    """`root/features/test/visual-*.tar` (random x_v per clip, two shards) and the spec.json extract_visual writes."""
+    identity = export_encoder(
+        root / "enc", "pixels", {"fps": FPS, "input_size": INPUT, "size": SIDE}
+    ).identity()
+    feats = {
+        i: np.random.default_rng(k).uniform(-1, 1, (T_V, D_V)).astype(np.float16) for k, i in enumerate(ids)
+    }
+    write_shards(root / "features" / "test", "visual", ids, lambda i: {"feat": feats[i]}, per_shard=3,
+                 progress=False)  # fmt: skip
+    (root / "features" / "spec.json").write_text(json.dumps({"encoder": identity}))
+    return root / "features"
+
+
+def write_prepared(root: Path, ids: list[str] = IDS) -> Path:
+    """`root/prepared/manifest.csv` whose test clips are windows (start 0.1 s, 0.2 s) of one real 0.5 s video."""
+    prepared = root / "prepared"
+    prepared.mkdir(parents=True)
+    frames = np.random.default_rng(0).integers(0, 255, (5, 18, 22, 3), dtype=np.uint8)
+    media.write_video(prepared / "video.mp4", frames, 10, np.zeros(4000, np.float32), SR)
+    rows = [
+        {"id": i, "split": "test", "label": "x", "path": "video.mp4", "start": 0.1, "duration": 0.2}
+        | {"media_duration": 0.5, "fps": 10.0, "width": 22, "height": 18, "sample_rate": SR, "channels": 1}
+        | {"status": "ok"}
+        for i in ids
+    ]
+    pd.DataFrame(rows, columns=MANIFEST_COLUMNS).to_csv(prepared / "manifest.csv", index=False)
+    return prepared
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: the tiny models gain nothing from two, and on a busy CPU two threads spin (×20 slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("sample_world")
+    build_artefacts(root)
+    write_features(root)
+    write_prepared(root)
+    return root
+
+
+def _models(world: Path):
+    spec = pairs.read_spec(world / "features", "visual")
+    return load_models(
+        world / "models" / "vaflow", world / "models" / "audio_vae", artifacts.feature_identity(spec)
+    )
+
+
+def _run(world: Path, out: Path, sampler: Sampler = EULER, batch: int = 2, draws: int = 1, mux: int = 0):
+    models = _models(world)
+    spec = sample_spec(models, pairs.read_spec(world / "features", "visual"), sampler, 0, draws)
+    sync_folder(out, spec)
+    windows = {i: (str(world / "prepared" / "video.mp4"), 0.1, 0.2) for i in IDS}
+    split = pairs.open_split(world / "features", "test")
+    return sample_split(models, split, out, sampler, 0, draws, batch, mux, windows, progress=False)
+
+
+def _wavs(out: Path) -> dict[str, np.ndarray]:
+    return {p.name: read_wav(p)[0] for p in sorted(out.glob("*.wav"))}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The library
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_split_gives_one_wav_per_clip_with_index_and_previews(world, tmp_path):
+    report = _run(world, tmp_path / "s", mux=2)
+    out = tmp_path / "s"
+    assert sorted(_wavs(out)) == [f"{i}.wav" for i in IDS]
+    for i in IDS:
+        with wave.open(str(out / f"{i}.wav")) as f:
+            assert (f.getframerate(), f.getnchannels(), f.getsampwidth(), f.getnframes()) == (
+                SR,
+                1,
+                2,
+                T_A * HOP,
+            )
+    index = pd.read_csv(out / "index.csv")
+    assert list(index.columns) == ["id", "k", "wav", "nfe", "seconds", "finite"]
+    assert list(index["id"]) == IDS and set(index["nfe"]) == {4} and index["finite"].all()
+    assert sorted(p.name for p in out.glob("*.mp4")) == ["clip0.mp4", "clip1.mp4"]
+    info = media.probe(out / "clip0.mp4")
+    assert info.has_audio and (info.width, info.height) == (22, 18) and abs(info.duration - 0.2) < 0.06
+    m = report.metrics()
+    assert (m["clips"], m["samples"], m["generated"], m["skipped"], m["muxed"]) == (5, 5, 5, 0, 2)
+    assert m["nfe_per_clip"] == 4 and m["seconds_per_clip"] > 0 and m["nonfinite"] == 0
+
+
+def test_rerun_skips_finished_wavs_and_redoes_missing_ones(world, tmp_path):
+    out = tmp_path / "s"
+    _run(world, out, mux=1)
+    before = _wavs(out)
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("*.*")}
+    again = _run(world, out, mux=1)
+    assert (again.generated, again.skipped) == (0, 5)
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.*") if p.name != "index.csv"} == {
+        k: v for k, v in stamps.items() if k != "index.csv"
+    }
+    (out / "clip3.wav").unlink()  # a run killed before clip3 was written
+    (out / "clip0.mp4").unlink()
+    third = _run(world, out, mux=1)
+    assert (third.generated, third.skipped, third.muxed) == (1, 4, 1)
+    for name, audio in _wavs(out).items():  # clip3 alone in its batch now: equal up to float rounding
+        np.testing.assert_allclose(audio, before[name], atol=2 / 32767)
+    lowered = _run(world, out, mux=0)
+    assert lowered.generated == 0 and not list(out.glob("*.mp4"))  # previews past `mux` go
+
+
+def test_changed_settings_clear_the_folder(world, tmp_path):
+    out = tmp_path / "s"
+    _run(world, out)
+    (out / "stale.txt").write_text("x")
+    models = _models(world)
+    features = pairs.read_spec(world / "features", "visual")
+    assert not sync_folder(out, sample_spec(models, features, EULER, 0, 1))  # same spec: kept
+    assert sync_folder(out, sample_spec(models, features, dataclasses.replace(EULER, cfg=2.0), 0, 1))
+    assert [p.name for p in out.iterdir()] == ["spec.json"]
+    report = _run(world, out, draws=2)  # K = 2: <id>-<k>.wav
+    assert report.generated == 10 and sorted(_wavs(out))[:2] == ["clip0-0.wav", "clip0-1.wav"]
+    wavs = _wavs(out)
+    assert not np.allclose(wavs["clip0-0.wav"], wavs["clip0-1.wav"])  # two draws of one clip differ
+
+
+@pytest.mark.parametrize("sampler", [EULER, Sampler("midpoint", 3, 0.0, "video")])
+def test_each_draw_is_the_same_whatever_the_batching(world, tmp_path, sampler):
+    _run(world, tmp_path / "b1", sampler, batch=1)
+    _run(world, tmp_path / "b3", sampler, batch=3)
+    a, b = _wavs(tmp_path / "b1"), _wavs(tmp_path / "b3")
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], atol=2 / 32767)  # equal up to float rounding of 16-bit PCM
+
+
+def test_adaptive_solver_solves_each_clip_alone(world):
+    # dopri5 chooses one step size per solve from an error norm over the whole batch: solved row by row, a clip's
+    # audio and step count do not depend on its batch neighbours.
+    models = _models(world)
+    x_v = torch.rand(2, T_V, D_V) * 2 - 1
+    eps = prior_noise([clip_seed(0, "a"), clip_seed(0, "b")], (T_A, D_A))
+    dopri5 = Sampler("dopri5", 1, 0.5, "video")
+    both, nfe = sample_latents(models.flow, x_v, eps, dopri5)
+    alone = [sample_latents(models.flow, x_v[i : i + 1], eps[i : i + 1], dopri5) for i in range(2)]
+    torch.testing.assert_close(both, torch.cat([a[0] for a in alone]), atol=1e-5, rtol=1e-5)
+    assert nfe == [a[1][0] for a in alone] and all(n > 2 for n in nfe)
+
+
+def test_draws_are_seeded_per_clip_and_zero_condition_makes_cfg_moot(world):
+    assert clip_seed(0, "a", 0) == clip_seed(0, "a", 0) != clip_seed(0, "a", 1) != clip_seed(1, "a", 0)
+    eps = prior_noise([clip_seed(0, "a"), clip_seed(0, "b")], (T_A, D_A))
+    assert torch.equal(eps[1], prior_noise([clip_seed(0, "b")], (T_A, D_A))[0])
+    models = _models(world)
+    x_v = torch.randn(2, T_V, D_V)
+    zero = Sampler("euler", 3, 2.0, "zero")
+    assert zero.applied_cfg(models.flow) == 0.0 and EULER.applied_cfg(models.flow) == 1.0
+    guided, _ = sample_latents(models.flow, x_v, eps, zero)
+    plain, _ = sample_latents(models.flow, x_v, eps, dataclasses.replace(zero, cfg=0.0))
+    visible, _ = sample_latents(models.flow, x_v, eps, dataclasses.replace(zero, cond="video"))
+    assert torch.equal(guided, plain) and not torch.allclose(guided, visible)
+
+
+def test_a_model_of_other_features_or_another_wavevae_is_refused(world, tmp_path):
+    spec = pairs.read_spec(world / "features", "visual")
+    other = {**artifacts.feature_identity(spec), "fps": 4.0}
+    with pytest.raises(artifacts.ModelMismatchError, match="visual features"):
+        load_models(world / "models" / "vaflow", world / "models" / "audio_vae", other)
+    torch.manual_seed(1)
+    encode.export_model(build(dataclasses.replace(SIZES["tiny"], sample_rate=SR)), tmp_path / "vae", {})
+    with pytest.raises(artifacts.ModelMismatchError, match="WaveVAE"):
+        load_models(world / "models" / "vaflow", tmp_path / "vae", artifacts.feature_identity(spec))
+    with pytest.raises(FileNotFoundError, match="audio_vae"):
+        load_models(world / "models" / "vaflow", tmp_path / "nothing", artifacts.feature_identity(spec))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The stage script
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _stage_main(argv: list[str]) -> None:
+    spec = importlib.util.spec_from_file_location("stage_sample", ROOT / "stages" / "sample.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(argv)
+
+
+def test_stage_writes_samples_metrics_and_resumes(world, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    # MLflow's file store: a new sqlite store costs ~10 s of migrations, the file store none (tests only).
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"file://{tmp_path}/mlruns")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    params = {"clip": {"duration": 0.2, "sample_rate": SR}, "sample": {"steps": 3, "batch_size": 2, "mux": 1}}
+
+    def run(overrides: dict | None = None) -> dict:
+        data = config.deep_merge(params, overrides or {})
+        (tmp_path / "params.yaml").write_text(config.dump(config.validate(data)))
+        _stage_main(["--features", str(world / "features"), "--model", str(world / "models" / "vaflow"),
+                     "--vae", str(world / "models" / "audio_vae"), "--prepared", str(world / "prepared"),
+                     "--out", "samples", "--metrics", "metrics"])  # fmt: skip
+        return json.loads((tmp_path / "metrics" / "sample.json").read_text())
+
+    first = run()
+    assert (first["clips"], first["samples"], first["generated"], first["muxed"]) == (5, 5, 5, 1)
+    assert (first["nfe_per_clip"], first["steps"], first["cfg"], first["cfg_applied"]) == (3, 3, 1.0, 1.0)
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == sorted(
+        [f"{i}.wav" for i in IDS] + ["clip0.mp4", "index.csv", "spec.json", ".journal.jsonl"]
+    )
+    spec = json.loads((tmp_path / "samples" / "spec.json").read_text())
+    assert spec["sampler"] == {"solver": "euler", "steps": 3, "cfg": 1.0, "cond": "video"}
+    assert (run()["generated"], run({"sample": {"batch_size": 3}})["generated"]) == (
+        0,
+        0,
+    )  # batching: same spec
+    zero = run({"sample": {"cond": "zero"}})
+    assert (zero["generated"], zero["cfg_applied"]) == (5, 0.0)
+    assert "has no effect" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_:
+        run({"clip": {"duration": 0.5}})  # the model was trained on 0.2 s clips
+    assert exit_.value.code == 2 and "T_a = 200" in capsys.readouterr().err
