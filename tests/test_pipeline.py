@@ -73,7 +73,15 @@ def test_repro_runs_the_dag(repo, first_repro):
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     stages = {r.data.tags["stage"] for r in runs}
-    assert {"prepare", "audio_vae", "visual_encoder", "train_align", "train_flow", "joint_tune", "sample"} <= stages
+    assert {
+        "prepare",
+        "audio_vae",
+        "visual_encoder",
+        "train_align",
+        "train_flow",
+        "joint_tune",
+        "sample",
+    } <= stages
     assert json.loads((work / "metrics" / "sample.json").read_text())["samples"] == micro["test"]
     for stage in ("train_align", "train_flow", "joint_tune"):
         final = json.loads((work / "metrics" / f"{stage}.json").read_text())
