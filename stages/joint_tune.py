@@ -54,7 +54,7 @@ def tune(params: config.Params, args: argparse.Namespace, tracker: Tracker) -> N
     if result is None:
         return  # not rank 0
     trained = [*card["trained"], {"stage": STAGE, "steps": result.step}]
-    training.export(result, data, out, trained, tracker)
+    training.export(result, data, cfg.val, out, trained, tracker)
 
 
 @exit_on_user_error

@@ -38,6 +38,7 @@ def train(params: config.Params, args: argparse.Namespace, tracker: Tracker) -> 
     print(f"train: {train_split.n_clips} clips; x_v ({t_v}, {d_v}) -> x_v^AE ({model_cfg.latent_length}, "
           f"{model_cfg.latent_dim})")  # fmt: skip
     val = training.load_validation(pairs.optional_split(args.features, "val"), cfg.val.clips)
+    validate = training.align_validation(val, cfg.val.seed) if val is not None else None
     sections = {STAGE: cfg.model_dump(mode="json"), "model": model_cfg.to_dict(), "features": identity}
     seed_everything(cfg.trainer.seed)  # before building the model: the same initial weights every run
     trainer = Trainer(
@@ -48,7 +49,7 @@ def train(params: config.Params, args: argparse.Namespace, tracker: Tracker) -> 
         run_dir(args.checkpoints, STAGE, sections),
         tracker,
         stage_config=sections,
-        validate=training.align_validation(val, cfg.val.seed) if val is not None else None,
+        validate=validate,
         validate_every=cfg.val.every,
     )
     result = trainer.fit()
@@ -56,10 +57,7 @@ def train(params: config.Params, args: argparse.Namespace, tracker: Tracker) -> 
         return
     out = Path(args.out)
     artifacts.save_align_vae(result.ema, out, identity, {"stage": STAGE, "steps": result.step})
-    final = {f"train_{k}": v for k, v in result.losses.items()}
-    final.update(
-        {k: v for k, v in result.history[-1].items() if k.startswith("val_")} if result.history else {}
-    )
+    final = training.final_metrics(result, validate)
     final["params"] = sum(p.numel() for p in result.ema.parameters())
     tracker.log_final(final)
     tracker.log_artifact(out / artifacts.ALIGN_CARD)

@@ -39,7 +39,7 @@ def train(params: config.Params, args: argparse.Namespace, tracker: Tracker) -> 
     if result is None:
         return  # not rank 0
     trained = [{"stage": STAGE, "steps": result.step}]
-    training.export(result, data, args.out, trained, tracker)
+    training.export(result, data, cfg.val, args.out, trained, tracker)
 
 
 @exit_on_user_error

@@ -162,3 +162,14 @@ def test_an_empty_train_split_is_an_error(work, capsys):
     with pytest.raises(SystemExit):
         _align()
     assert "no visual-*.tar shards for split 'train'" in capsys.readouterr().err
+
+
+def test_a_rerun_over_a_finished_checkpoint_writes_the_same_complete_metrics(work):
+    # DVC reruns a stage whose code changed; its finished checkpoint trains nothing, yet the metrics stay whole.
+    _align()
+    _flow()
+    first = _metrics(work, "train_align"), _metrics(work, "train_flow")
+    _align()
+    _flow()
+    assert (_metrics(work, "train_align"), _metrics(work, "train_flow")) == first
+    assert "val_loss" in first[0] and "val_flow" in first[1]

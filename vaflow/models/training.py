@@ -240,23 +240,29 @@ def fit(
     return result if trainer.dist.is_main else None
 
 
-def final_metrics(result: TrainResult) -> dict[str, float]:
-    """The last logging window's training losses (`train_…`) and the last validation (`val_…`)."""
+def final_metrics(
+    result: TrainResult, validate: Callable[[nn.Module], dict[str, float]] | None
+) -> dict[str, float]:
+    """The last logging window's training losses (`train_…`) and the validation of the exported EMA weights
+    (`val_…`), computed here rather than read from this run's log: a run that resumed a finished checkpoint
+    logged nothing, and its metrics must still be the complete ones."""
     final = {f"train_{k}": v for k, v in result.losses.items()}
-    for row in reversed(result.history):
-        vals = {k: v for k, v in row.items() if k.startswith("val_")}
-        if vals:
-            final.update(vals)
-            break
+    if validate is not None:
+        final.update(validate(result.ema))
     return final
 
 
-def export(result: TrainResult, data: FlowData, out: str | Path, trained: list[dict], tracker: Any) -> None:
-    """Write the EMA model (the one evaluated and shipped), log final metrics and the model card."""
+def export(
+    result: TrainResult, data: FlowData, val: Any, out: str | Path, trained: list[dict], tracker: Any
+) -> None:
+    """Write the EMA model (the one evaluated and shipped), log final metrics (`val`: the stage's validation
+    settings) and the model card."""
     out = Path(out)
     model = result.ema
     artifacts.save_vaflow(model, out, data.latent_length, data.features, data.wavevae, trained)
-    final = final_metrics(result)
+    final = final_metrics(
+        result, flow_validation(data.val, val.times, val.seed) if data.val is not None else None
+    )
     final["params_dit"] = sum(p.numel() for p in model.dit.parameters())
     tracker.log_final(final)
     tracker.log_artifact(out / artifacts.FLOW_CARD)
