@@ -471,6 +471,42 @@ class SampleConfig(Section):
         return self
 
 
+class EvaluatorsConfig(Section):
+    """The `evaluators` stage: proxy evaluators for FD/KL/IS, IB-VA and Acc (DESIGN §6), trained on the train split."""
+
+    # `train` the three evaluators on the train split, or `import` a folder that this stage wrote elsewhere.
+    mode: Literal["train", "import"] = "train"
+    # `import` mode: the folder holding <name>.safetensors + <name>.json of all three evaluators.
+    source: str = ""
+    # Frames per second the video towers see: 125 ms steps, finer than the shortest misalignment (min_shift).
+    fps: float = Field(8.0, gt=0)
+    # Frame side in pixels: the synthetic world's objects stay legible at 32 and the towers stay cheap.
+    side: int = Field(32, ge=8)
+    # Mel bins of the log-mel front end: enough to tell the world's sound classes apart.
+    n_mels: int = Field(64, ge=8)
+    # Classifier penultimate width = FD's dimension; 16 < 32 clips per half of the 64-clip test split, so the
+    # calibration FD of two halves (and FD of 64 generated vs 64 real clips) is not rank-deficient.
+    embed_dim: int = Field(16, ge=2)
+    # Joint video-audio space of the IB-VA stand-in.
+    av_dim: int = Field(64, ge=2)
+    # Passes over the train split, per evaluator: the default world's calibration figures stop improving by 15.
+    epochs: int = Field(15, ge=1)
+    # Clips per step; also the in-batch negatives of InfoNCE.
+    batch_size: int = Field(32, ge=2)
+    # AdamW learning rate: the small nets converge within the epochs above.
+    lr: float = Field(2e-3, gt=0)
+    # Seconds: smallest circular shift of a "shifted" (misaligned) pair, in training and calibration (DESIGN §6).
+    min_shift: float = Field(0.25, gt=0)
+    # Seed of the initial weights, batch order, shifts and swaps.
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _source_for_import(self) -> EvaluatorsConfig:
+        if self.mode == "import" and not self.source:
+            raise ValueError("source: mode 'import' needs the folder of saved evaluators")
+        return self
+
+
 # --------------------------------------------------------------------------------------------
 # The whole file
 # --------------------------------------------------------------------------------------------
@@ -491,6 +527,7 @@ class Params(Section):
     train_flow: TrainFlowConfig = TrainFlowConfig()
     joint_tune: JointTuneConfig = JointTuneConfig()
     sample: SampleConfig = SampleConfig()
+    evaluators: EvaluatorsConfig = EvaluatorsConfig()
 
     @model_validator(mode="after")
     def _vae_rate_matches_clip(self) -> Params:
@@ -628,6 +665,7 @@ __all__ = [
     "SPLITS",
     "ClipConfig",
     "ConfigError",
+    "EvaluatorsConfig",
     "FlowConfig",
     "JointTuneConfig",
     "Params",
