@@ -18,9 +18,9 @@ import torch
 
 from vaflow import config
 from vaflow.audio import encode
-from vaflow.cli import exit_on_user_error
 from vaflow.data import media
 from vaflow.data.prepare import load_manifest
+from vaflow.errors import exit_on_user_error
 from vaflow.train.distributed import env_rank
 
 SHARD_NAME = "audio"

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from vaflow import atomic, config
-from vaflow.cli import exit_on_user_error
 from vaflow.data.prepare import load_manifest
+from vaflow.errors import exit_on_user_error
 from vaflow.eval import evaluator_training as et
 from vaflow.eval import evaluators as ev
 from vaflow.eval.evaluator_nets import EvaluatorConfig

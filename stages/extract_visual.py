@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 from vaflow import config
-from vaflow.cli import exit_on_user_error
 from vaflow.data.extract import extract_split
 from vaflow.data.prepare import load_manifest
+from vaflow.errors import exit_on_user_error
 from vaflow.train.distributed import barrier, init_distributed
 from vaflow.visual import extract as vx
 

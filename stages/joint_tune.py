@@ -9,7 +9,7 @@ import dataclasses
 from pathlib import Path
 
 from vaflow import config
-from vaflow.cli import exit_on_user_error
+from vaflow.errors import exit_on_user_error
 from vaflow.hashing import weights_hash
 from vaflow.models import artifacts, training
 from vaflow.tracking import Tracker

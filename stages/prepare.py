@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from vaflow import config
-from vaflow.cli import exit_on_user_error
 from vaflow.data import prepare, sources
+from vaflow.errors import exit_on_user_error
 from vaflow.tracking import Tracker
 
 

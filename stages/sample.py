@@ -8,9 +8,9 @@ import argparse
 from pathlib import Path
 
 from vaflow import config
-from vaflow.cli import exit_on_user_error
 from vaflow.data import pairs
 from vaflow.data.prepare import load_manifest
+from vaflow.errors import exit_on_user_error
 from vaflow.generate import Sampler, default_device, load_models, sample_spec, sample_split, sync_folder
 from vaflow.generate.samples import INDEX_FILE, SPEC_FILE
 from vaflow.models import artifacts

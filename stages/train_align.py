@@ -7,8 +7,8 @@ import argparse
 from pathlib import Path
 
 from vaflow import config
-from vaflow.cli import exit_on_user_error
 from vaflow.data import pairs
+from vaflow.errors import exit_on_user_error
 from vaflow.models import artifacts, training
 from vaflow.models.align_vae import AlignLossWeights, AlignVAE, AlignVAEConfig
 from vaflow.tracking import Tracker

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from vaflow import config
-from vaflow.cli import exit_on_user_error
+from vaflow.errors import exit_on_user_error
 from vaflow.hashing import weights_hash
 from vaflow.models import artifacts, training
 from vaflow.tracking import Tracker

@@ -7,8 +7,8 @@ import argparse
 from pathlib import Path
 
 from vaflow import config
-from vaflow.cli import exit_on_user_error
 from vaflow.data.prepare import load_manifest
+from vaflow.errors import exit_on_user_error
 from vaflow.tracking import Tracker
 from vaflow.train.checkpoint import run_dir
 from vaflow.train.distributed import env_rank

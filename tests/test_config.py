@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vaflow import cli, config
+from vaflow import cli, config, errors
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -92,12 +92,12 @@ def test_cli_preset_writes_a_valid_file_and_check_reports_errors(tmp_path, capsy
 def test_user_errors_are_recognised_by_name():
     from vaflow.data.media import FFmpegNotFoundError, MediaError
 
-    assert cli.is_user_error(FFmpegNotFoundError("x", "y"))  # a subclass counts
-    assert cli.is_user_error(MediaError("x", "y")) and cli.is_user_error(FileNotFoundError("x"))
-    assert not cli.is_user_error(KeyError("x"))
+    assert errors.is_user_error(FFmpegNotFoundError("x", "y"))  # a subclass counts
+    assert errors.is_user_error(MediaError("x", "y")) and errors.is_user_error(FileNotFoundError("x"))
+    assert not errors.is_user_error(KeyError("x"))
     # every listed name exists, so a rename cannot silently turn an error into a traceback
     import importlib
 
-    for entry in cli.USER_ERRORS:
+    for entry in errors.USER_ERRORS:
         module, name = entry.split(":")
         assert isinstance(getattr(importlib.import_module(module), name), type), entry

@@ -13,6 +13,8 @@ import yaml
 
 from vaflow.data import shards
 
+from .browser import open_page
+
 ROOT = Path(__file__).resolve().parent.parent
 COPIED = ["dvc.yaml", "stages", "vaflow", "configs", "pyproject.toml", ".dvcignore"]
 
@@ -81,6 +83,8 @@ def test_repro_runs_the_dag(repo, first_repro):
         "train_flow",
         "joint_tune",
         "sample",
+        "evaluators",
+        "evaluate",
     } <= stages
     assert json.loads((work / "metrics" / "sample.json").read_text())["samples"] == micro["test"]
     for stage in ("train_align", "train_flow", "joint_tune"):
@@ -90,6 +94,36 @@ def test_repro_runs_the_dag(repo, first_repro):
     assert [t["stage"] for t in card["trained"]] == ["train_flow", "joint_tune"]
     assert card["features"]["kind"] == "cavp" and card["latent"]["length"] == 31  # 1 s at 8 kHz, hop 256
     assert len({r.data.tags["vaflow.group"] for r in runs}) == 1, "one repro, one run group"
+    evaluate = next(r for r in runs if r.data.tags["stage"] == "evaluate")
+    logged = {a.path for a in client.list_artifacts(evaluate.info.run_id)}
+    assert {"table.md", "gallery"} <= logged, logged
+    assert evaluate.data.tags["provenance.clips"] == str(micro["test"])
+
+
+def test_repro_evaluates_into_metrics_a_table_and_a_gallery(repo, first_repro):
+    work, env = repo
+    micro = yaml.safe_load((work / "configs" / "micro.yaml").read_text())
+    final = json.loads((work / "metrics" / "eval.json").read_text())
+    n = micro["synth"]["clips_per_split"]["test"]
+    for row in ("ground_truth", "wavevae_ceiling", "prior_decoded", "vaflow"):
+        assert final[f"{row}.clips"] == n, row
+        assert final[f"{row}.scored"] + final[f"{row}.nonfinite"] + final[f"{row}.silent"] == n, row
+    assert (
+        final["provenance"]["clips"] == n
+        and final["provenance"]["sampler"]["steps"] == micro["sample"]["steps"]
+    )
+    assert set(final["provenance"]["evaluators"]) == {"audio_classifier", "av_embedder", "sync_classifier"}
+    table = (work / "reports" / "table.md").read_text()
+    for text in (
+        "| **VAFlow (ours)** |",
+        "Ground truth → WaveVAE (ceiling)",
+        "proxy classifier",
+        "## Provenance",
+    ):
+        assert text in table, text
+    page = open_page(work / "reports" / "index.html")
+    assert page.errors == [] and len(page.media) == 2 * micro["evaluate"]["gallery"]
+    assert all(m["error"] is None and m["duration"] > 0.9 for m in page.media), page.media
 
 
 def test_second_repro_is_a_noop(repo, first_repro):
@@ -123,6 +157,7 @@ def test_visual_params_rerun_only_the_visual_side(repo, first_repro):
         "train_flow",
         "joint_tune",
         "sample",
+        "evaluate",
     }
 
 
@@ -136,19 +171,25 @@ def test_audio_params_rerun_only_the_audio_side(repo, first_repro):
         "train_flow",
         "joint_tune",
         "sample",
+        "evaluate",
     }
 
 
 def test_flow_params_rerun_only_the_flow_stages(repo, first_repro):
     work, env = repo
     _set_param(work, "train_flow", "trainer.steps", 8)
-    assert _stages_run(_run(["dvc", "repro"], work, env)) == {"train_flow", "joint_tune", "sample"}
+    assert _stages_run(_run(["dvc", "repro"], work, env)) == {
+        "train_flow",
+        "joint_tune",
+        "sample",
+        "evaluate",
+    }
 
 
 def test_joint_tune_with_zero_steps_passes_the_flow_model_through(repo, first_repro):
     work, env = repo
     _set_param(work, "joint_tune", "trainer.steps", 0)
-    assert _stages_run(_run(["dvc", "repro"], work, env)) == {"joint_tune", "sample"}
+    assert _stages_run(_run(["dvc", "repro"], work, env)) == {"joint_tune", "sample", "evaluate"}
     models = work / "data" / "models"
     assert (models / "vaflow" / "vaflow.safetensors").read_bytes() == (
         models / "flow" / "vaflow.safetensors"

@@ -3,53 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import functools
-import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from vaflow import config
-
-# Errors that name a bad input (params, files, media, checkpoints, a server) rather than a bug: a stage shows them
-# as one clear message without a traceback. Listed by name so that checking needs no heavy import.
-USER_ERRORS = frozenset(
-    {
-        "vaflow.config:ConfigError",
-        "vaflow.data.sources:SourceError",
-        "vaflow.data.media:MediaError",
-        "vaflow.data.shards:ShardError",
-        "vaflow.audio.wavevae:CheckpointError",
-        "vaflow.visual.base:WeightsError",
-        "vaflow.models.artifacts:ModelMismatchError",
-        "vaflow.train.checkpoint:CheckpointError",
-        "vaflow.train.checkpoint:ConfigMismatchError",
-        "vaflow.train.trainer:NonFiniteError",
-        "vaflow.train.trainer:EmptyStreamError",
-        "vaflow.tracking:TrackingError",
-        "builtins:FileNotFoundError",
-    }
-)
-
-
-def is_user_error(err: BaseException) -> bool:
-    """Whether `err` (or one of its base classes) is one of USER_ERRORS."""
-    return any(f"{cls.__module__}:{cls.__qualname__}" in USER_ERRORS for cls in type(err).__mro__)
-
-
-def exit_on_user_error(main: Callable[..., object]) -> Callable[..., object]:
-    """Wrap a stage's `main`: a bad input prints `error: <message>` and exits 2 instead of a traceback."""
-
-    @functools.wraps(main)
-    def wrapped(*args, **kwargs):
-        try:
-            return main(*args, **kwargs)
-        except Exception as err:
-            if not is_user_error(err):
-                raise
-            print(f"error: {err}", file=sys.stderr)
-            raise SystemExit(2) from None
-
-    return wrapped
+from vaflow.errors import exit_on_user_error
 
 
 def _cmd_preset(args: argparse.Namespace) -> None:

@@ -507,6 +507,20 @@ class EvaluatorsConfig(Section):
         return self
 
 
+class EvaluateConfig(Section):
+    """The `evaluate` stage: the paper-style table, metrics/eval.json and the gallery (DESIGN §6)."""
+
+    # Seconds: a detected onset matches a true event within ±tolerance; 50 ms is mir_eval's onset default.
+    onset_tolerance: float = Field(0.05, gt=0)
+    # IS splits (torch-fidelity's 10); fewer clips than splits use one clip per split, said in the table.
+    is_splits: int = Field(10, ge=1)
+    # dBFS: a clip whose RMS is below this is "silent" (a dead model), counted and left out of every metric.
+    # 10 dB under the synthetic world's noise floor (−60 dBFS), which every real clip is above.
+    silent_db: float = Field(-70.0, lt=0)
+    # Test clips (in shard order) shown in reports/index.html with their video, audio and mel images.
+    gallery: int = Field(16, ge=0)
+
+
 # --------------------------------------------------------------------------------------------
 # The whole file
 # --------------------------------------------------------------------------------------------
@@ -528,6 +542,7 @@ class Params(Section):
     joint_tune: JointTuneConfig = JointTuneConfig()
     sample: SampleConfig = SampleConfig()
     evaluators: EvaluatorsConfig = EvaluatorsConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
 
     @model_validator(mode="after")
     def _vae_rate_matches_clip(self) -> Params:

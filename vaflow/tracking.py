@@ -166,17 +166,19 @@ class Tracker:
         rank: int | None = None,
         world_size: int | None = None,
         mlflow: bool = True,
+        metrics_name: str | None = None,
     ):
         """`params`: the config to log (nested mapping or section; `{"flow": cfg.flow}` gives `flow.key=…`).
         `root`: repo root (default `repo_root()`); `rank`/`world_size` default to the RANK/WORLD_SIZE env;
-        `mlflow=False` writes only the metrics files."""
+        `mlflow=False` writes only the metrics files; `metrics_name`: stem of the metrics files (default the
+        stage name)."""
         self.stage = stage
         self.rank = int(os.environ.get("RANK", 0)) if rank is None else rank
         self.world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
         self.enabled = self.rank == 0
         self.metrics_dir = Path(metrics_dir)
-        self.final_path = self.metrics_dir / f"{stage}.json"
-        self.steps_path = self.metrics_dir / f"{stage}_steps.tsv"
+        self.final_path = self.metrics_dir / f"{metrics_name or stage}.json"
+        self.steps_path = self.metrics_dir / f"{metrics_name or stage}_steps.tsv"
         self.final: dict[str, Any] = {}
         self.client: Any = None
         self.run_id: str | None = None
@@ -354,6 +356,15 @@ class Tracker:
             ]
             if batch:
                 self.client.log_batch(self.run_id, metrics=batch)
+
+    def log_provenance(self, provenance: Mapping[str, Any]) -> None:
+        """What the final metrics were computed with (ids, hashes, counts, settings): written under
+        `provenance` in the metrics file, beside the numbers, and set as `provenance.*` tags of the run."""
+        if not self.enabled:
+            return
+        self.final["provenance"] = json.loads(json.dumps(provenance))  # plain JSON types, a copy
+        atomic.write_text(self.final_path, json.dumps(self.final, indent=2, sort_keys=True) + "\n")
+        self.set_tags(flatten_params({"provenance": provenance}))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Upload a file or directory to the run's artifacts."""

@@ -12,77 +12,15 @@ import pytest
 import torch
 
 from vaflow import config
-from vaflow.data import prepare, sources
-from vaflow.data.prepare import load_manifest
 from vaflow.eval import evaluator_training as et
 from vaflow.eval import evaluators as ev
 from vaflow.hashing import weights_hash
 from vaflow.tracking import Tracker
 
+from .world import FAST, WORLD, rows
+
 ROOT = Path(__file__).resolve().parents[2]
 STAGE = ROOT / "stages" / "evaluators.py"
-# A micro world: 2 clips of each of the 8 classes to train on, 1 s at 8 kHz, 32 px; the evaluators see 8 frames.
-WORLD = {
-    "clip": {"duration": 1.0, "sample_rate": 8000},
-    "synth": {
-        "clips_per_split": {"train": 16, "test": 8},
-        "size": 32,
-        "fps": 10,
-        "duration": 1.0,
-        "sample_rate": 8000,
-        "workers": 1,
-    },
-    "prepare": {"verify": "probe", "workers": 1},
-}
-# A short training: enough for every evaluator to fit the 16 training clips, a few seconds in all.
-FAST = config.EvaluatorsConfig(epochs=16, batch_size=8)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)  # the machine's other cores are not ours
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
-    """The prepared micro world (manifest.csv + media), built once."""
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("world")
-    params = config.validate(WORLD)
-    items = sources.synth_items(params.synth, root / "prepared" / "synth", progress=False)
-    prepare.prepare(items, params.clip, params.prepare, root / "prepared", progress=False)
-    return root / "prepared"
-
-
-def _rows(world: Path, split: str) -> list[dict]:
-    return load_manifest(world / "manifest.csv", split).to_dict("records")
-
-
-@pytest.fixture(scope="module")
-def data(world):
-    """(labels, evaluator config, train clips, test clips) of the micro world."""
-    labels = sorted({r["label"] for r in _rows(world, "train")})
-    cfg = et.evaluator_config(FAST, 8000, len(labels))
-    return (
-        labels,
-        cfg,
-        et.load_split(_rows(world, "train"), cfg, 1.0),
-        et.load_split(_rows(world, "test"), cfg, 1.0),
-    )
-
-
-@pytest.fixture(scope="module")
-def trained(data):
-    """The three evaluators after a short training on the train split, by name."""
-    torch.set_num_threads(1)
-    labels, cfg, train, _ = data
-    return {
-        "audio_classifier": et.train_audio_classifier(train, labels, cfg, FAST)[0],
-        "av_embedder": et.train_av_embedder(train, cfg, FAST)[0],
-        "sync_classifier": et.train_sync_classifier(train, cfg, FAST)[0],
-    }
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Data, training and calibration
 # ---------------------------------------------------------------------------------------------------------------
@@ -93,10 +31,10 @@ def test_load_split_decodes_windows_at_the_evaluator_rate(world, data):
     assert train.frames.shape == (16, 8, 32, 32, 3) and train.frames.dtype == torch.uint8
     assert train.audio.shape == (16, 8000) and train.audio.dtype == torch.float32
     assert len(labels) == 8 and set(train.labels) == set(labels) and len(test) == 8
-    rows = _rows(world, "test")[:1] + [
-        {**_rows(world, "test")[0], "id": "broken", "path": str(world / "no.mp4")}
+    test_rows = rows(world, "test")[:1] + [
+        {**rows(world, "test")[0], "id": "broken", "path": str(world / "no.mp4")}
     ]
-    some = et.load_split(rows, cfg, 1.0)
+    some = et.load_split(test_rows, cfg, 1.0)
     assert len(some) == 1 and some.rejected == [("broken", "no such file")]
 
 

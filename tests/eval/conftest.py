@@ -1,0 +1,67 @@
+"""Fixtures of the evaluation tests: the prepared micro world, its decoded splits and evaluators trained on it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from vaflow import config
+from vaflow.data import prepare, sources
+from vaflow.eval import evaluator_training as et
+
+from .world import FAST, WORLD, rows
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)  # the machine's other cores are not ours
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    """The prepared micro world (manifest.csv + media), built once."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("world")
+    params = config.validate(WORLD)
+    items = sources.synth_items(params.synth, root / "prepared" / "synth", progress=False)
+    prepare.prepare(items, params.clip, params.prepare, root / "prepared", progress=False)
+    return root / "prepared"
+
+
+@pytest.fixture(scope="module")
+def data(world):
+    """(labels, evaluator config, train clips, test clips) of the micro world."""
+    labels = sorted({r["label"] for r in rows(world, "train")})
+    cfg = et.evaluator_config(FAST, 8000, len(labels))
+    return (
+        labels,
+        cfg,
+        et.load_split(rows(world, "train"), cfg, 1.0),
+        et.load_split(rows(world, "test"), cfg, 1.0),
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(data):
+    """The three evaluators after a short training on the train split, by name."""
+    torch.set_num_threads(1)
+    labels, cfg, train, _ = data
+    return {
+        "audio_classifier": et.train_audio_classifier(train, labels, cfg, FAST)[0],
+        "av_embedder": et.train_av_embedder(train, cfg, FAST)[0],
+        "sync_classifier": et.train_sync_classifier(train, cfg, FAST)[0],
+    }
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory, data, trained):
+    """The trained evaluators saved with their cards and loaded back, as the evaluate stage sees them."""
+    from vaflow.eval import evaluators as ev
+
+    labels = data[0]
+    folder = tmp_path_factory.mktemp("evaluators")
+    for name, model in trained.items():
+        ev.save_evaluator(folder, name, model, labels, {"calibration": {}})
+    return ev.load_evaluators(folder)
