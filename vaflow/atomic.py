@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,3 +34,26 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 def write_json(path: str | os.PathLike, data: Any, indent: int = 2) -> None:
     """`data` as sorted, indented JSON, written atomically."""
     write_text(path, json.dumps(data, indent=indent, sort_keys=True) + "\n")
+
+
+@contextmanager
+def replacing(path: str | os.PathLike) -> Iterator[Path]:
+    """For writers that need a file name (safetensors, torch.save, wave, matplotlib): yields a unique temporary
+    path beside `path`; when the block ends without an error it is renamed onto `path`, otherwise deleted.
+
+        with atomic.replacing(out / "model.safetensors") as tmp:
+            save_file(state, tmp)
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp creates 0600; these are ordinary outputs
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

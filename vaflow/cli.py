@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vaflow import config
+from vaflow import atomic, config
 from vaflow.errors import exit_on_user_error
 
 
@@ -15,9 +15,7 @@ def _cmd_preset(args: argparse.Namespace) -> None:
         return
     params = config.preset(args.name)
     path = Path(args.params)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(config.dump(params))
-    tmp.replace(path)
+    atomic.write_text(path, config.dump(params))
     print(f"{path}: preset '{args.name}' written; run `dvc repro` (or `dvc status`) to see what it changes")
 
 

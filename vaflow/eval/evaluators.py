@@ -92,7 +92,8 @@ def save_evaluator(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     weights = out / f"{name}.safetensors"
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, weights)
+    with atomic.replacing(weights) as tmp:
+        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, tmp)
     c: EvaluatorConfig = model.config
     card = {
         "format": CARD_FORMAT,

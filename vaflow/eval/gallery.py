@@ -55,8 +55,8 @@ def write_mel_png(path: str | Path, mel_db: np.ndarray, vmin: float, vmax: float
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    plt.imsave(path, mel_db[::-1], cmap="magma", vmin=vmin, vmax=vmax, format="png")
+    with atomic.replacing(path) as tmp:
+        plt.imsave(tmp, mel_db[::-1], cmap="magma", vmin=vmin, vmax=vmax, format="png")
 
 
 @dataclass

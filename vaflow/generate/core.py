@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import uuid
 import wave
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -21,6 +20,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from vaflow import atomic
 from vaflow.audio.encode import load_model
 from vaflow.audio.wavevae import WaveVAE
 from vaflow.flow.solvers import ADAPTIVE
@@ -195,17 +195,11 @@ def write_wav(path: str | os.PathLike, audio: np.ndarray, sample_rate: int) -> b
     finite = bool(np.isfinite(audio).all())
     clean = np.clip(np.nan_to_num(audio, nan=0.0, posinf=0.0, neginf=0.0), -1.0, 1.0)
     pcm = np.round(clean * 32767).astype("<i2")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with wave.open(str(tmp), "wb") as f:
-            f.setnchannels(1)
-            f.setsampwidth(2)
-            f.setframerate(int(sample_rate))
-            f.writeframes(pcm.tobytes())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic.replacing(path) as tmp, wave.open(str(tmp), "wb") as f:
+        f.setnchannels(1)
+        f.setsampwidth(2)
+        f.setframerate(int(sample_rate))
+        f.writeframes(pcm.tobytes())
     return finite
 
 

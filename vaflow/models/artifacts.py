@@ -86,11 +86,9 @@ def read_card(model_dir: str | Path, card: str) -> dict[str, Any]:
 
 
 def _save(model: torch.nn.Module, out_dir: Path, weights: str, card: str, info: dict[str, Any]) -> Path:
-    out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    tmp = out_dir / f".{weights}.tmp"
-    save_file(state, str(tmp))
-    tmp.replace(out_dir / weights)
+    with atomic.replacing(out_dir / weights) as tmp:
+        save_file(state, str(tmp))
     atomic.write_json(out_dir / card, {"format": FORMAT, **info})
     return out_dir / weights
 

@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vaflow import atomic
 from vaflow.visual.base import VisualEncoder, WeightsError, as_frames, describe_state_mismatch, weight_hash
 
 __all__ = [
@@ -391,13 +391,10 @@ class CAVP(nn.Module):
         """Write the weights and config to a safetensors file, atomically (temp + rename)."""
         from safetensors.torch import save_file
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         metadata = {"format": _CHECKPOINT_FORMAT, "config": json.dumps(self.config.to_dict())}
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(state, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
+        with atomic.replacing(path) as tmp:
+            save_file(state, str(tmp), metadata=metadata)
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> CAVP:
