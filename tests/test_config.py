@@ -50,6 +50,14 @@ def test_synth_shorter_than_clip_is_rejected():
         config.validate({"clip": {"duration": 3.0}})
 
 
+def test_audio_and_visual_shards_must_hold_the_same_clips():
+    with pytest.raises(
+        config.ConfigError, match=r"encode_audio.per_shard \(8\) and extract_visual.per_shard \(256\)"
+    ):
+        config.validate({"encode_audio": {"per_shard": 8}})
+    config.validate({"encode_audio": {"per_shard": 8}, "extract_visual": {"per_shard": 8}})
+
+
 def test_derived_lengths():
     clip = config.ClipConfig(duration=10.0, sample_rate=44100)
     assert clip.n_samples == 441000

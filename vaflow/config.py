@@ -568,6 +568,16 @@ class Params(Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _shards_pair_by_position(self) -> Params:
+        # The flow reads audio shard i with visual shard i (vaflow.data.pairs): both must cut the clip list alike.
+        if self.encode_audio.per_shard != self.extract_visual.per_shard:
+            raise ValueError(
+                f"encode_audio.per_shard ({self.encode_audio.per_shard}) and extract_visual.per_shard "
+                f"({self.extract_visual.per_shard}) must agree: audio and visual shards are paired by position"
+            )
+        return self
+
 
 # --------------------------------------------------------------------------------------------
 # Loading, validation messages, presets
