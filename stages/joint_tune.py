@@ -9,6 +9,7 @@ import dataclasses
 from pathlib import Path
 
 from vaflow import config
+from vaflow.code import stage_code
 from vaflow.errors import exit_on_user_error
 from vaflow.hashing import weights_hash
 from vaflow.models import artifacts, training
@@ -47,6 +48,7 @@ def tune(params: config.Params, args: argparse.Namespace, tracker: Tracker) -> N
         "features": data.features,
         "wavevae": data.wavevae,
         "flow_model": weights_hash(Path(args.flow) / artifacts.FLOW_WEIGHTS),
+        "code": stage_code(__file__),  # changed code never resumes a checkpoint of the old one
     }
     seed_everything(cfg.trainer.seed)
     result = training.fit(model, data, cfg, flow_cfg.compile, run_dir(args.checkpoints, STAGE, sections),

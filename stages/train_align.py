@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from vaflow import config
+from vaflow.code import stage_code
 from vaflow.data import pairs
 from vaflow.errors import exit_on_user_error
 from vaflow.models import artifacts, training
@@ -39,7 +40,12 @@ def train(params: config.Params, args: argparse.Namespace, tracker: Tracker) -> 
           f"{model_cfg.latent_dim})")  # fmt: skip
     val = training.load_validation(pairs.optional_split(args.features, "val"), cfg.val.clips)
     validate = training.align_validation(val, cfg.val.seed) if val is not None else None
-    sections = {STAGE: cfg.model_dump(mode="json"), "model": model_cfg.to_dict(), "features": identity}
+    sections = {
+        STAGE: cfg.model_dump(mode="json"),
+        "model": model_cfg.to_dict(),
+        "features": identity,
+        "code": stage_code(__file__),  # changed code never resumes a checkpoint of the old one
+    }
     seed_everything(cfg.trainer.seed)  # before building the model: the same initial weights every run
     trainer = Trainer(
         AlignVAE(model_cfg, weights),

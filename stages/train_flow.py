@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from vaflow import config
+from vaflow.code import stage_code
 from vaflow.errors import exit_on_user_error
 from vaflow.hashing import weights_hash
 from vaflow.models import artifacts, training
@@ -31,6 +32,7 @@ def train(params: config.Params, args: argparse.Namespace, tracker: Tracker) -> 
         "features": data.features,
         "wavevae": data.wavevae,
         "align": weights_hash(Path(args.align) / artifacts.ALIGN_WEIGHTS),
+        "code": stage_code(__file__),  # changed code never resumes a checkpoint of the old one
     }
     seed_everything(cfg.trainer.seed)  # before building the model: the same initial weights every run
     model = training.build_vaflow(flow_cfg, align, data.feature_dim, data.latent_dim, mean, std)

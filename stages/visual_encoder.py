@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from vaflow import config
+from vaflow.code import stage_code
 from vaflow.data.prepare import load_manifest
 from vaflow.errors import exit_on_user_error
 from vaflow.tracking import Tracker
@@ -39,7 +40,11 @@ def train(params: config.Params, args: argparse.Namespace, tracker: Tracker) -> 
     def stream(spec):
         return training.ClipBatches(data, spec.batch_size, spec.rank, spec.world_size, spec.seed)
 
-    sections = {STAGE: cfg.model_dump(mode="json"), "clip": params.clip.model_dump(mode="json")}
+    sections = {
+        STAGE: cfg.model_dump(mode="json"),
+        "clip": params.clip.model_dump(mode="json"),
+        "code": stage_code(__file__),  # changed code never resumes a checkpoint of the old one
+    }
     seed_everything(cfg.trainer.seed)  # before building the model: the same initial weights every run
     objective = training.CAVPObjective(CAVP(model_cfg))
     trainer = Trainer(

@@ -1,0 +1,99 @@
+"""Code identity: which of the project's source files a stage runs, and one hash of them (DESIGN §4).
+
+A stage's result depends on its params, its inputs and its code. DVC tracks the first two; for the third, a
+stage script's *import closure* — the script and every `vaflow` module it imports, directly or transitively,
+including imports inside functions — is found by reading the sources (`ast`, nothing is imported), so it cannot
+drift from the code:
+
+- `tests/test_stage_deps.py` checks that every stage's `deps` in dvc.yaml cover its closure;
+- training stages key their resumable checkpoint folders on the closure's hash as well as their config, and
+  extraction stages write it into their `spec.json`, so changed code never resumes or reuses old results.
+
+"The same code" means byte-identical files of the closure: editing a comment counts as a change (as it does for
+DVC's own file hashes); files the stage does not import do not.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+__all__ = ["PACKAGE", "code_hash", "import_closure", "package_root", "stage_code"]
+
+PACKAGE = "vaflow"
+
+
+def package_root() -> Path:
+    """The folder that holds the `vaflow` package (the repository root in a checkout)."""
+    return Path(__file__).resolve().parent.parent
+
+
+def _module_file(root: Path, name: str) -> Path | None:
+    """The source file of module `name` (a.b.c) under `root`, or None when it is not a project module."""
+    base = root.joinpath(*name.split("."))
+    for path in (base / "__init__.py", base.with_suffix(".py")):
+        if path.is_file():
+            return path
+    return None
+
+
+def _imported_names(path: Path, root: Path) -> set[str]:
+    """Every dotted module name `path` imports (absolute and relative, at any depth of the file)."""
+    rel = path.resolve().relative_to(root)
+    package = list(rel.parts[:-1])  # the package a relative import starts from (an __init__ is its own)
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - node.level + 1] + ([node.module] if node.module else [])
+                module = ".".join(base)
+            else:
+                module = node.module or ""
+            names.add(module)
+            names.update(f"{module}.{alias.name}" for alias in node.names)  # `from pkg import module`
+    return names
+
+
+def import_closure(script: str | os.PathLike, root: str | os.PathLike | None = None) -> list[Path]:
+    """`script` and every `vaflow` source file it imports transitively, sorted; `root` holds the package.
+
+    Importing `a.b.c` also runs `a/__init__.py` and `a/b/__init__.py`, so those are part of the closure.
+    """
+    root = Path(root or package_root()).resolve()
+    seen: set[Path] = set()
+    todo = [Path(script).resolve()]
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for name in _imported_names(path, root):
+            parts = name.split(".")
+            if parts[0] != PACKAGE:
+                continue
+            for depth in range(1, len(parts) + 1):
+                found = _module_file(root, ".".join(parts[:depth]))
+                if found is not None and found not in seen:
+                    todo.append(found)
+    return sorted(seen)
+
+
+def code_hash(files: Iterable[str | os.PathLike], root: str | os.PathLike | None = None) -> str:
+    """sha256 (16 hex digits) of the files' paths relative to `root` and their bytes, in path order."""
+    root = Path(root or package_root()).resolve()
+    digest = hashlib.sha256()
+    for path in sorted(Path(f).resolve() for f in files):
+        name = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
+        digest.update(name.encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()[:16]
+
+
+def stage_code(script: str | os.PathLike) -> str:
+    """The code identity of a stage: `code_hash` of its script's `import_closure`."""
+    return code_hash(import_closure(script))
