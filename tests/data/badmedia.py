@@ -4,9 +4,10 @@
 sources in a fraction of a second, and says which ones a data stage must accept and why it must reject the
 others. `make_clip` writes one normal clip.
 
-Expected reasons are keywords, not ffmpeg messages: "unreadable", "truncated", "no audio", "no video",
-"too short" (judged against `REQUESTED_DURATION`). None means "usable": probing and decoding succeed and
-read_frames / read_audio at any requested size and rate give a full window.
+Expected reasons are keywords, not ffmpeg messages: "unreadable", "truncated", "corrupt", "no audio", "no video",
+"too short", "short audio" (both judged against `REQUESTED_DURATION`; the second only by decoding: the container
+lasts long enough). None means "usable": probing and decoding succeed and read_frames / read_audio at any
+requested size and rate give a full window.
 """
 
 from __future__ import annotations
@@ -44,11 +45,13 @@ def make_clip(
     pix_fmt: str = "yuv420p",
     acodec: str = "aac",
     faststart: bool = True,
+    audio_duration: float | None = None,
 ) -> Path:
     """Write a clip of `testsrc2` video (size = (height, width)) and a 440 Hz tone; return its path.
 
     The container follows the suffix (.mp4, .m4a, .mkv, .avi, ...). x264 "veryfast" uses B-frames, like
-    most real H.264 files, so time stamps start with a composition offset.
+    most real H.264 files, so time stamps start with a composition offset. `audio_duration`: a shorter (or
+    longer) audio track than the video's `duration`.
     """
     path = Path(path)
     height, width = size
@@ -72,7 +75,8 @@ def make_clip(
             maps += ["-preset", "veryfast"]
     if audio:
         layout = _LAYOUTS[channels]
-        args += ["-f", "lavfi", "-i", f"sine=frequency=440:sample_rate={sample_rate}:duration={duration}"]
+        seconds = duration if audio_duration is None else audio_duration
+        args += ["-f", "lavfi", "-i", f"sine=frequency=440:sample_rate={sample_rate}:duration={seconds}"]
         maps += ["-map", f"{1 if video else 0}:a", "-af", f"aformat=channel_layouts={layout}", "-c:a", acodec]
     if faststart and path.suffix in (".mp4", ".m4a", ".mov"):
         maps += ["-movflags", "+faststart"]
@@ -92,6 +96,28 @@ def _make_vfr(path: Path) -> None:
     )  # fmt: skip
 
 
+def _make_joined_vfr(path: Path) -> None:
+    # A 10 fps part and a 30 fps part joined without re-encoding, as a user would join them. Each part keeps its mp4
+    # time base (10240 and 15360 ticks/s), so the joined video is variable-rate, its second part slowed, and ffmpeg's
+    # null muxer logs "non monotonically increasing dts" although every frame decodes. Container 3.98 s, audio 2.6 s.
+    parts = [
+        make_clip(path.with_name(f"{path.stem}.part{fps}.mp4"), duration=1.25, fps=fps) for fps in (10, 30)
+    ]
+    listing = path.with_name(f"{path.stem}.concat.txt")
+    listing.write_text("".join("file '{}'\n".format(str(p).replace("'", "'\\''")) for p in parts))
+    _ffmpeg("-f", "concat", "-safe", "0", "-i", str(listing), "-c", "copy", str(path))
+    for tmp in (*parts, listing):
+        tmp.unlink()
+
+
+def _corrupt(src: Path, dst: Path) -> None:
+    # 2000 bytes of the media data, a third into a faststart file (past its index), XOR-ed: probes fine, decoders fail.
+    data = bytearray(src.read_bytes())
+    start = len(data) // 3
+    data[start : start + 2000] = bytes(b ^ 0x5A for b in data[start : start + 2000])
+    dst.write_bytes(bytes(data))
+
+
 # {file name: None if usable, else the reason keyword}: what make_bad_media writes and what to expect of it.
 BAD_MEDIA_CASES: dict[str, str | None] = {
     "good.mp4": None,
@@ -103,6 +129,9 @@ BAD_MEDIA_CASES: dict[str, str | None] = {
     "short.mp4": "too short",  # 0.5 s < REQUESTED_DURATION
     "odd_33x17.mkv": None,  # odd width and height (x264 4:4:4)
     "vfr.mp4": None,  # 10 fps then 30 fps, variable frame rate
+    "joined_vfr.mp4": None,  # a 10 fps and a 30 fps file joined with `-f concat -c copy`: muxer errors, all decodes
+    "corrupt.mp4": "corrupt",  # media bytes overwritten mid-file: probes fine, the decoder fails
+    "short_audio.mp4": "short audio",  # 2.5 s of video, 1.0 s of audio: the container says 2.5 s
     "six_channels_48k.mp4": None,  # 5.1 at 48 kHz
     "audio_8k.mp4": None,
     "portrait_48x96.mp4": None,  # width 48, height 96
@@ -132,6 +161,9 @@ def make_bad_media(root: str | Path) -> dict[str, str | None]:
     # Odd sizes rule out yuv420p; x264 in 4:4:4 accepts them.
     make_clip(root / "odd_33x17.mkv", size=(17, 33), pix_fmt="yuv444p")
     _make_vfr(root / "vfr.mp4")
+    _make_joined_vfr(root / "joined_vfr.mp4")
+    _corrupt(root / "good.mp4", root / "corrupt.mp4")
+    make_clip(root / "short_audio.mp4", audio_duration=1.0)
     make_clip(root / "six_channels_48k.mp4", sample_rate=48000, channels=6)
     make_clip(root / "audio_8k.mp4", sample_rate=8000)
     make_clip(root / "portrait_48x96.mp4", size=(96, 48))

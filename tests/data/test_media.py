@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -251,7 +252,8 @@ def test_bad_media_case(bad_media, name, keyword):
     if keyword is None:
         info = media.probe(path)
         assert info.has_video and info.has_audio and info.duration >= REQUESTED_DURATION
-        media.verify_decode(path)
+        decoded = media.verify_decode(path)
+        assert decoded.video_end >= REQUESTED_DURATION and decoded.audio_end >= REQUESTED_DURATION
         frames = media.read_frames(path, 10, size=(32, 32), duration=REQUESTED_DURATION)
         audio = media.read_audio(path, 16000, duration=REQUESTED_DURATION)
         assert frames.shape == (20, 32, 32, 3)
@@ -271,6 +273,17 @@ def test_bad_media_case(bad_media, name, keyword):
         _assert_names_file(err.value, path)
         assert err.value.reason.startswith("truncated")
         assert len(media.read_frames(path, 10, duration=REQUESTED_DURATION)) < 20  # what decodes, no error
+    elif keyword == "corrupt":
+        assert media.probe(path).duration >= REQUESTED_DURATION
+        with pytest.raises(MediaError) as err:
+            media.verify_decode(path)
+        _assert_names_file(err.value, path)
+        assert err.value.reason.startswith("corrupt")
+    elif keyword == "short audio":
+        assert media.probe(path).duration >= REQUESTED_DURATION  # only decoding tells
+        decoded = media.verify_decode(path)
+        assert decoded.video_end >= REQUESTED_DURATION and decoded.audio_end == pytest.approx(1.0, abs=0.07)
+        assert len(media.read_audio(path, 16000, duration=REQUESTED_DURATION)) < 17000
     elif keyword == "no audio":
         assert not media.probe(path).has_audio
         with pytest.raises(MediaError, match="no audio stream") as err:
@@ -290,6 +303,40 @@ def test_bad_media_case(bad_media, name, keyword):
         assert len(frames) == 5 and abs(len(audio) - 8000) <= 160  # what exists, never padded out
     else:
         raise AssertionError(f"unknown expected reason {keyword!r}")
+
+
+def test_decoding_reports_how_far_each_stream_goes(bad_media):
+    root, _ = bad_media
+    good = media.verify_decode(root / "good.mp4")  # 2.5 s at 20 fps, 16 kHz AAC
+    assert good.video_frames == 50
+    assert good.video_end == pytest.approx(2.5, abs=1e-3) and good.audio_end == pytest.approx(2.5, abs=1e-3)
+    audio_only = media.verify_decode(root / "audio_only.m4a")
+    assert audio_only.video_end is None and audio_only.video_frames == 0 and audio_only.audio_end > 2.4
+
+
+def test_muxer_errors_do_not_fail_a_file_that_decodes(bad_media):
+    """The joined VFR file makes ffmpeg log error-level lines while decoding it to the null muxer (the old check's
+    criterion); every frame and the audio still decode, and that is what counts."""
+    path = bad_media[0] / "joined_vfr.mp4"
+    cmd = [
+        media.ffmpeg_exe(),
+        "-hide_banner",
+        "-nostdin",
+        "-loglevel",
+        "error",
+        "-i",
+        str(path),
+        "-f",
+        "null",
+        "-",
+    ]
+    log = subprocess.run(cmd, capture_output=True, text=True, timeout=60).stderr
+    assert "non monotonically increasing dts" in log  # the trap is still there in this ffmpeg
+    decoded = media.verify_decode(path)
+    assert decoded.video_frames == 51 and decoded.video_end > 3.5  # 13 + 38 frames, the second part slowed
+    assert decoded.audio_end == pytest.approx(
+        2.6, abs=0.05
+    )  # the two 1.25 s tracks, with their encoder delay
 
 
 def test_missing_file_and_directory(tmp_path):

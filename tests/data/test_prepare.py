@@ -11,7 +11,9 @@ CLIP = ClipConfig(duration=2.0, sample_rate=16000)
 # The rejection reason (its prefix) expected for each kind of bad file.
 REASONS = {
     "unreadable": ("unreadable",),
-    "truncated": ("unreadable", "decode failed", "too short"),
+    "truncated": ("decode failed: truncated",),
+    "corrupt": ("decode failed: corrupt",),
+    "short audio": ("too short: audio decodes to 1.0",),
     "no audio": ("no audio stream",),
     "no video": ("no video stream",),
     "too short": ("too short",),

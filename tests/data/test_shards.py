@@ -1,4 +1,4 @@
-"""Feature shards: round trip, resume, rank split, rejections, zipped reading, training stream."""
+"""Feature shards: round trip, resume, rank split, rejections, zipped reading (training streams: test_streams.py)."""
 
 import io
 import json
@@ -8,7 +8,6 @@ import tarfile
 
 import numpy as np
 import pytest
-import torch
 
 from vaflow.data.shards import (
     ShardError,
@@ -18,9 +17,9 @@ from vaflow.data.shards import (
     sanitize_key,
     shard_paths,
     shard_plan,
-    training_stream,
     write_shards,
 )
+from vaflow.data.streams import training_stream
 
 IDS = [f"clip{i}" for i in range(9)] + ["a.b/c"]
 
@@ -213,46 +212,6 @@ def test_read_zipped_inconsistent_orders_raise(tmp_path):
 def shards(tmp_path):
     write_shards(tmp_path, "x", IDS, make_sample, per_shard=3, progress=False)
     return tmp_path
-
-
-def test_training_stream_one_pass(shards):
-    stream = training_stream(str(shards / "x-{000000..000003}.tar"), ["mean", "meta"], 4, resampled=False)
-    batches = list(stream)
-    assert [b["mean"].shape for b in batches] == [(4, 4, 5), (4, 4, 5), (2, 4, 5)]
-    assert all(b["mean"].dtype == torch.float32 for b in batches)
-    assert sorted(i for b in batches for i in b["id"]) == sorted(IDS)
-    assert [m["id"] for m in batches[0]["meta"]] == batches[0]["id"]
-
-    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=2)
-    assert sorted(i for b in loader for i in b["id"]) == sorted(IDS)
-
-
-def test_training_stream_resampled_epoch(shards):
-    stream = training_stream(shards, ["mean", "std"], 4, shuffle_buffer=8, epoch_samples=18)
-    for _ in range(2):  # each pass is one epoch of 18 // 4 batches
-        batches = list(stream)
-        assert len(batches) == 4
-        assert all(b["mean"].shape == (4, 4, 5) and b["std"].shape == (4, 3) for b in batches)
-        assert all(set(b["id"]) <= set(IDS) for b in batches)
-    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=2)
-    assert len(list(loader)) == 4  # the epoch is split over the workers, not repeated by each
-
-
-def test_training_stream_empty_pattern(tmp_path):
-    pattern = str(tmp_path / "none-{000000..000003}.tar")
-    with pytest.raises(ShardError, match="none-"):
-        training_stream(pattern, ["mean"], 2)
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(ShardError, match="empty.*no shard"):
-        training_stream(str(tmp_path / "empty"), ["mean"], 2)
-    with pytest.raises(ShardError, match="no shard"):
-        training_stream(str(tmp_path / "nothing-*.tar"), ["mean"], 2)
-
-    write_shards(
-        tmp_path / "all_bad", "x", IDS, rejecting(set(IDS)), on_error=lambda i, e: True, progress=False
-    )
-    with pytest.raises(ShardError, match="no sample"):
-        training_stream(tmp_path / "all_bad", ["mean"], 2)
 
 
 def test_pickle_payloads_refused(tmp_path):

@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import random
 import shlex
 import signal
 import socket
@@ -15,12 +16,21 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from tests.train.run_toy import train_toy
-from tests.train.toy import Crash, StatefulToyStream, ToyStream, make_model, toy_loss
+from tests.train.toy import (
+    Crash,
+    EpochToyStream,
+    ResumableEpochToyStream,
+    StatefulToyStream,
+    ToyStream,
+    make_model,
+    toy_loss,
+)
 from vaflow.train.checkpoint import CheckpointError, ConfigMismatchError, read_checkpoint
 from vaflow.train.config import TrainerConfig
 from vaflow.train.trainer import EMA, EmptyStreamError, NonFiniteError, Trainer, lr_factor, seed_everything
@@ -141,22 +151,54 @@ def test_batch_not_divisible_names_the_numbers():
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("stream_cls", [ToyStream, StatefulToyStream], ids=["replayed", "stateful"])
-def test_resume_is_exact(tmp_path, stream_cls):
-    """A run that dies in step 15 resumes from its step-12 checkpoint and ends bitwise equal to an uninterrupted
-    run. The noisy loss draws from the torch RNG; the 96-sample stream has 12 batches per epoch, so the resume
-    point is an epoch boundary (the stateful stream comes back exhausted and must simply start the next epoch)."""
-    cfg = _cfg(steps=20, checkpoint_every=6)
+STREAMS = {
+    "replayed": ToyStream,  # neither set_epoch nor state: replayed from the first pass
+    "stateful": StatefulToyStream,  # state only
+    "by_epoch": EpochToyStream,  # set_epoch only: the resumed pass is drawn again up to its position
+    "both": ResumableEpochToyStream,  # set_epoch and state: restored, and set_epoch only from the next pass on
+}
+
+
+@pytest.mark.parametrize(
+    "every, crash_at, resume_at", [(6, 15, 12), (5, 18, 15)], ids=["pass_end", "mid_pass"]
+)
+@pytest.mark.parametrize("kind", list(STREAMS))
+def test_resume_is_exact(tmp_path, kind, every, crash_at, resume_at):
+    """A run that dies after its checkpoint at `resume_at` resumes and ends bitwise equal to an uninterrupted run.
+    The noisy loss draws from the torch RNG; the 96-sample stream has 12 batches of 8 per pass, so step 12 ends a
+    pass (a restored stream comes back exhausted and must simply start the next pass) and step 15 is mid-pass."""
+    stream_cls = STREAMS[kind]
+    cfg = _cfg(steps=20, checkpoint_every=every)
     _, full = _train(tmp_path / "full", cfg, stream_cls)
     with pytest.raises(Crash):
-        _train(tmp_path / "part", cfg, stream_cls, loss=toy_loss(noisy=True, crash_at=15))
+        _train(tmp_path / "part", cfg, stream_cls, loss=toy_loss(noisy=True, crash_at=crash_at))
     trainer, second = _train(tmp_path / "part", cfg, stream_cls)
-    assert second.resumed_from == 12 and second.step == 20
+    assert second.resumed_from == resume_at and second.step == 20
     assert _states_equal(second.model.state_dict(), full.model.state_dict())
     assert _states_equal(second.ema.state_dict(), full.ema.state_dict())
-    assert [h["loss"] for h in second.history] == [h["loss"] for h in full.history[12:]]
-    if stream_cls is StatefulToyStream:
-        assert trainer.stream.epoch > 0  # state restored, not replayed from epoch 0
+    assert [h["loss"] for h in second.history] == [h["loss"] for h in full.history[resume_at:]]
+    # What the resume cost in data loading: batches drawn again before the first new one.
+    in_pass = resume_at - 12 * (
+        (resume_at - 1) // 12
+    )  # batches of the interrupted pass consumed before the crash
+    replayed = {"replayed": resume_at, "stateful": 0, "by_epoch": in_pass, "both": 0}[kind]
+    assert trainer.stream.drawn == replayed + (20 - resume_at)
+
+
+def test_checkpoint_without_stream_positions_still_resumes_exactly(tmp_path):
+    """Checkpoints written before per-rank positions were stored hold data = {"consumed", "state"}: a stream without
+    state is then replayed from its first pass, set_epoch before each one, as the trainer did then."""
+    cfg = _cfg(steps=20, checkpoint_every=5)
+    _, full = _train(tmp_path / "full", cfg, EpochToyStream)
+    with pytest.raises(Crash):
+        _train(tmp_path / "part", cfg, EpochToyStream, loss=toy_loss(noisy=True, crash_at=18))
+    last = tmp_path / "part" / "last.pt"
+    old = torch.load(last, weights_only=True)
+    old["data"] = {"consumed": old["data"]["consumed"], "state": None}
+    torch.save(old, last)
+    trainer, second = _train(tmp_path / "part", cfg, EpochToyStream)
+    assert second.resumed_from == 15 and trainer.stream.drawn == 20
+    assert _states_equal(second.model.state_dict(), full.model.state_dict())
 
 
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path, one_thread):
@@ -339,9 +381,66 @@ def test_ema_tracks_parameters_and_copies_buffers():
 
 
 def test_ema_is_the_average_of_the_run(tmp_path):
-    _, result = _train(tmp_path, _cfg(steps=4, ema_decay=0.0))
-    assert _states_equal(result.ema.state_dict(), result.model.state_dict())
+    """After n steps the EMA is d^n·θ_0 + Σ_k (1−d)·d^(n−k)·θ_k over the weights θ_k after each step k: recorded here
+    through the loss, which sees θ_(k−1) at step k. At d = 0.7 over 6 steps every θ_k weighs in (θ_0 by 0.12)."""
+    decay, steps = 0.7, 6
+    seen: list[dict[str, torch.Tensor]] = []
+    inner = toy_loss(noisy=True)
+
+    def loss_fn(model, batch):
+        seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return inner(model, batch)
+
+    _, result = _train(tmp_path, _cfg(steps=steps, ema_decay=decay), loss=loss_fn)
+    thetas = [*seen, result.model.state_dict()]  # θ_0 … θ_n
+    assert len(thetas) == steps + 1
+    for name, got in result.ema.state_dict().items():
+        want = decay**steps * thetas[0][name]
+        for k in range(1, steps + 1):
+            want = want + (1 - decay) * decay ** (steps - k) * thetas[k][name]
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7, msg=name)
+        assert not torch.allclose(got, thetas[-1][name]), f"{name}: the EMA is just the last weights"
     assert math.isfinite(result.losses["loss"]) and "mae" in result.losses
+
+
+def test_two_cpu_runs_are_bit_identical(tmp_path):
+    """The same config twice in one process gives the same weights to the bit, whatever the global RNGs held before
+    `fit` (it seeds them from trainer.seed): CPU runs need no `deterministic` switch."""
+
+    def run(out: Path, disturb: bool):
+        model = make_model()
+        if disturb:  # whatever ran before in the process must not leak into the run
+            torch.rand(3), np.random.rand(), random.random()
+        stream = lambda spec: ToyStream(spec.rank, spec.world_size, spec.batch_size)  # noqa: E731
+        return Trainer(model, toy_loss(noisy=True), stream, _cfg(steps=8), out, stage_config={"w": 32}).fit()
+
+    a, b = run(tmp_path / "a", False), run(tmp_path / "b", True)
+    assert _states_equal(a.model.state_dict(), b.model.state_dict())
+    assert _states_equal(a.ema.state_dict(), b.ema.state_dict())
+
+
+def test_deterministic_option_holds_for_the_run_only(tmp_path, monkeypatch):
+    """trainer.deterministic turns torch's deterministic algorithms on inside `fit` (and the cuBLAS workspace
+    setting on) and restores the process's settings afterwards; on CPU it changes no bit of the result."""
+    monkeypatch.setenv(
+        "CUBLAS_WORKSPACE_CONFIG", ""
+    )  # recorded, so that the test leaves the variable as it was
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
+    seen = []
+    inner = toy_loss()
+
+    def loss_fn(model, batch):
+        seen.append((torch.are_deterministic_algorithms_enabled(), os.environ.get("CUBLAS_WORKSPACE_CONFIG")))
+        return inner(model, batch)
+
+    before = torch.are_deterministic_algorithms_enabled()
+    _, det = _train(tmp_path / "det", _cfg(steps=3, deterministic=True), loss=loss_fn)
+    assert seen == [(True, ":4096:8")] * 3
+    assert torch.are_deterministic_algorithms_enabled() == before
+    seen.clear()
+    _, free = _train(tmp_path / "free", _cfg(steps=3), loss=loss_fn)
+    assert [on for on, _ in seen] == [before] * 3
+    assert _states_equal(det.model.state_dict(), free.model.state_dict())
 
 
 def test_bf16_autocast_runs_on_cpu(tmp_path):

@@ -36,6 +36,7 @@ class ToyStream:
         self.rank, self.world, self.batch_size, self.seed = rank, world, batch_size, seed
         self.x, self.y = toy_data(n_samples, seed)
         self.epoch = 0
+        self.drawn = 0  # batches produced so far, replayed ones included
 
     def _order(self, epoch: int) -> torch.Tensor:
         return torch.randperm(len(self.x), generator=torch.Generator().manual_seed(self.seed * 1000 + epoch))
@@ -47,6 +48,7 @@ class ToyStream:
         for k in range(start, n_chunks // self.world):
             c = k * self.world + self.rank
             idx = order[c * chunk : (c + 1) * chunk]
+            self.drawn += 1
             yield k, (self.x[idx], self.y[idx])
 
     def __iter__(self):
@@ -61,7 +63,6 @@ class StatefulToyStream(ToyStream):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.pos = 0
-        self.replayed = 0  # batches produced before the first one after load_state_dict (must stay 0)
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "pos": self.pos}
@@ -77,6 +78,40 @@ class StatefulToyStream(ToyStream):
             self.pos = k + 1
             yield batch
         self.pos = 0
+
+
+class EpochToyStream(ToyStream):
+    """A stream whose pass is chosen by `set_epoch`, a pure function of the epoch (like `pairs.ClipStream`)."""
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        for _, batch in self._epoch_batches(self.epoch):
+            yield batch
+
+
+class ResumableEpochToyStream(EpochToyStream):
+    """`set_epoch` and `state_dict` (like `streams.ShardStream`): `__iter__` continues the current pass from its
+    position, so a `set_epoch` after `load_state_dict` would restart the restored pass."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.pos = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self.pos = epoch, 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.pos = state["epoch"], state["pos"]
+
+    def __iter__(self):
+        for k, batch in self._epoch_batches(self.epoch, self.pos):
+            self.pos = k + 1
+            yield batch
 
 
 class Crash(RuntimeError):

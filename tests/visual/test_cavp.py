@@ -120,29 +120,42 @@ def test_mismatched_audio_length_is_refused():
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def test_loss_decreases_and_retrieval_rises_above_chance():
+def _class_retrieval(model: CAVP, frames: torch.Tensor, mel: torch.Tensor) -> float:
+    """Top-1 video -> audio retrieval within groups of 4 consecutive clips, one of each class: chance 1/4."""
+    with torch.no_grad():
+        v, a = model.embed_clips(frames, mel)
+    return float(
+        np.mean([retrieval_topk(v[i : i + 4], a[i : i + 4], ks=(1,))["top1"] for i in range(0, len(v), 4)])
+    )
+
+
+def test_loss_decreases_and_retrieval_rises_above_chance_on_held_out_clips():
+    """80 steps on 32 clips, then retrieval on 16 other clips (their own flash times, positions and noise): only a
+    model that learned which pitch goes with which colour beats chance there; memorising the training clips does not.
+    Observed for seeds 0-3: 0.69-0.81 after training, 0.19-0.31 before."""
     torch.manual_seed(0)
     model = CAVP(TINY)
-    frames, audio = synthetic_clips(8)
+    frames, audio = synthetic_clips(32)
     mel = model.log_mel(audio)
+    held_frames, held_audio = synthetic_clips(16, seed=1)
+    held_mel = model.log_mel(held_audio)
+    before = _class_retrieval(model, held_frames, held_mel)
     generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        before = retrieval_topk(*model.embed_clips(frames, mel), ks=(1,))["top1"]
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     history = []
-    for _ in range(30):
-        total, parts = model.loss(frames, mel, generator=generator)
+    for _ in range(80):
+        batch = torch.randperm(len(frames), generator=generator)[:8]
+        total, parts = model.loss(frames[batch], mel[batch], generator=generator)
         assert set(parts) == {"semantic", "temporal"} and not parts["semantic"].requires_grad
         opt.zero_grad()
         total.backward()
         opt.step()
         history.append((total.item(), parts["semantic"].item(), parts["temporal"].item()))
-    first, last = np.mean(history[:3], axis=0), np.mean(history[-3:], axis=0)
+    first, last = np.mean(history[:10], axis=0), np.mean(history[-10:], axis=0)
     assert last[0] < 0.5 * first[0], history
     assert last[1] < first[1] and last[2] < first[2], history  # both contrasts learn, not just one
-    with torch.no_grad():
-        after = retrieval_topk(*model.embed_clips(frames, mel), ks=(1,))["top1"]
-    assert after >= 0.5 > 1 / 8, (before, after)  # chance is 1/8
+    after = _class_retrieval(model, held_frames, held_mel)
+    assert after >= 0.5 and after > before, (before, after)  # chance is 1/4
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import open_clip  # a declared dependency: a broken install must fail here, not skip
 import pytest
 import torch
 import torch.nn.functional as F
 
-open_clip = pytest.importorskip("open_clip")
-
-from vaflow.visual import WeightsError, build_encoder, weight_hash  # noqa: E402
-from vaflow.visual.clip import CLIPEncoder  # noqa: E402
+from vaflow.visual import WeightsError, build_encoder, weight_hash
+from vaflow.visual.clip import CLIPEncoder
 
 TINY = "vaflow-test-tiny-vit"
 TINY_WIDE = "vaflow-test-tiny-vit-wide"

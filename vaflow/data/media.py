@@ -33,6 +33,7 @@ import numpy as np
 
 __all__ = [
     "AudioStream",
+    "Decoded",
     "FFmpegNotFoundError",
     "MediaError",
     "MediaInfo",
@@ -487,21 +488,80 @@ def probe(path: str | os.PathLike, timeout: float = 30.0) -> MediaInfo:
     return info
 
 
-def verify_decode(path: str | os.PathLike, timeout: float = 120.0) -> None:
-    """Decode every audio and video stream to nothing; MediaError if ffmpeg reports any error.
+@dataclass(frozen=True)
+class Decoded:
+    """What decoding a file yielded: where its first video and audio streams end (None: no such stream)."""
 
-    ffmpeg exits 0 on many damaged files (a truncated mp4 decodes what it can and logs "partial file"),
-    so any line at log level "error" counts as a failure, not only the exit code. Reasons: as probe's for
-    files ffmpeg cannot open, "truncated: ..." when the data ends before the index says, else
-    "corrupt: <ffmpeg's first error>".
+    video_end: (
+        float | None
+    )  # seconds, on the readers' clock: the last frame's time plus the frame interval before it
+    audio_end: float | None  # seconds: the last audio frame's time plus its samples / sample rate
+    video_frames: int
+
+
+def _decoded_end(stats_file: str) -> tuple[float, int] | None:
+    """(end in seconds, frames) from one stream's `-stats_enc_pre` lines "{t} {samp} {tb}"; None: not decoded."""
+    if not os.path.exists(stats_file):
+        return None
+    rows = []
+    with open(stats_file) as f:
+        for line in f:
+            t, samples, tb = line.split()
+            if t != "N/A":
+                rows.append((float(t), int(samples), tb))
+    if not rows:
+        return 0.0, 0
+    t, samples, tb = rows[-1]
+    if samples:  # audio: the encoder's time base is 1 / sample rate
+        num, den = (int(v) for v in tb.split("/"))
+        return t + samples * num / den, len(rows)
+    return t + (t - rows[-2][0] if len(rows) > 1 else 0.0), len(rows)  # video: as long as the frame before
+
+
+def verify_decode(path: str | os.PathLike, timeout: float = 120.0) -> Decoded:
+    """Decode the first video and the first audio stream (the ones the readers use); return how far each got.
+
+    A file is judged by what decoding yields, never by the presence of an error-level log line: ffmpeg's muxers log
+    errors about the output (the null muxer's "non monotonically increasing dts" on a VFR file joined with
+    `-f concat -c copy`) that say nothing about the file. MediaError:
+    - probe's reasons for a file ffmpeg cannot open;
+    - "truncated: ..." when the demuxer finds the data ending before its index says ("partial file");
+    - "corrupt: <the first error>" when a decoder fails on any packet (`-max_error_rate 0` makes ffmpeg exit 69).
+    A file cut cleanly between packets decodes without an error but ends early: callers compare `video_end` and
+    `audio_end` with the time they need (prepare: the clip's window). Needs ffmpeg >= 6.1 (`-stats_enc_pre`).
     """
     _check_readable(path)
-    cmd = _base_cmd("error") + ["-i", _ff_path(path), "-map", "0:v?", "-map", "0:a?", "-f", "null", "-"]
-    _, err, rc = _run(cmd, path, timeout)
-    if "Error opening input" in err:
-        raise MediaError(path, _first_error(err), err)
-    if rc != 0 or err.strip():
-        raise MediaError(path, _decode_failure_reason(err, default="corrupt"), err)
+    with tempfile.TemporaryDirectory(prefix="vaflow-decode-") as tmp:
+        stats = {kind: os.path.join(tmp, f"{kind}.txt") for kind in "va"}
+        cmd = _base_cmd("error") + ["-max_error_rate", "0", "-i", _ff_path(path)]
+        cmd += ["-map", "0:V:0?", "-map", "0:a:0?"]  # V: a video stream that is not cover art
+        # Frames as decoded, timed on the file's clock (no frame-rate conversion drops or duplicates any).
+        cmd += ["-fps_mode:v", "passthrough", "-enc_time_base:v", "demux"]
+        cmd += [
+            "-stats_enc_pre:v",
+            stats["v"],
+            "-stats_enc_pre:a",
+            stats["a"],
+            "-stats_enc_pre_fmt",
+            "{t} {samp} {tb}",
+        ]
+        _, err, rc = _run([*cmd, "-f", "null", "-"], path, timeout)
+        if "Unrecognized option" in err:
+            raise FFmpegNotFoundError(
+                cmd[0], f"{cmd[0]} lacks options verify_decode needs (ffmpeg >= 6.1)", err
+            )
+        if "Error opening input" in err:
+            raise MediaError(path, _first_error(err), err)
+        if "partial file" in err:  # the demuxer ran out of bytes that the index promised
+            raise MediaError(path, "truncated: " + _first_error(err), err)
+        if rc != 0:
+            raise MediaError(path, "corrupt: " + _first_error(err), err)
+        video, audio = _decoded_end(stats["v"]), _decoded_end(stats["a"])
+    return Decoded(
+        video_end=None if video is None else video[0],
+        audio_end=None if audio is None else audio[0],
+        video_frames=0 if video is None else video[1],
+    )
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -62,11 +62,18 @@ class PrepareReport:
 
 
 def check_item(item: SourceItem, clip: ClipConfig, cfg: PrepareConfig) -> dict:
-    """Probe (and with `verify: decode`, fully decode) one clip; returns a manifest row or a rejection row."""
+    """Probe (and with `verify: decode`, fully decode) one clip; returns a manifest row or a rejection row.
+
+    `verify: decode` rejects a clip whose decoders fail, whose data ends before its index says, or whose decoded
+    video or audio ends before the clip's window does; ffmpeg's log lines alone reject nothing. Raises
+    FFmpegNotFoundError (a missing or too old ffmpeg is no reason to reject a clip).
+    """
     if item.problem:
         return {"id": item.id, "path": item.path, "reason": item.problem}
     try:
         info = media.probe(item.path, timeout=cfg.timeout)
+    except media.FFmpegNotFoundError:
+        raise
     except media.MediaError as err:
         return {"id": item.id, "path": item.path, "reason": f"unreadable: {err.reason}"}
     if not info.has_video:
@@ -79,9 +86,24 @@ def check_item(item: SourceItem, clip: ClipConfig, cfg: PrepareConfig) -> dict:
         return {"id": item.id, "path": item.path, "reason": f"too short: {have} < {need:.2f}s"}
     if cfg.verify == "decode":
         try:
-            media.verify_decode(item.path, timeout=cfg.timeout)
+            decoded = media.verify_decode(item.path, timeout=cfg.timeout)
+        except media.FFmpegNotFoundError:
+            raise  # the setup, not this clip: rejecting every clip for it would hide it
         except media.MediaError as err:
             return {"id": item.id, "path": item.path, "reason": f"decode failed: {err.reason}"}
+        # Judged by what decodes: the container's duration may promise more than a stream holds.
+        ends = (("video", decoded.video_end), ("audio", decoded.audio_end))
+        short = [
+            f"{kind} decodes to {end or 0:.2f}s"
+            for kind, end in ends
+            if (end or 0) < need - DURATION_TOLERANCE
+        ]
+        if short:
+            return {
+                "id": item.id,
+                "path": item.path,
+                "reason": f"too short: {', '.join(short)} < {need:.2f}s",
+            }
     stream = info.audio[0]
     return {
         "id": item.id,

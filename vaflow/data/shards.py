@@ -8,6 +8,8 @@ and can be read together (`read_zipped`). Payloads are never pickled and readers
 
 Scale-out (DESIGN §8): `write_shards(rank=r, world=w)` writes shard i only when `i % w == r`; each finished
 shard appears atomically (temp file + `os.replace`), so a rerun skips finished shards and redoes the rest.
+
+Training streams over these shards (seeded, resumable, for DDP) are in `vaflow.data.streams`.
 """
 
 from __future__ import annotations
@@ -18,14 +20,12 @@ import json
 import os
 import re
 import tarfile
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 import webdataset as wds
 from tqdm import tqdm
 
@@ -39,7 +39,6 @@ __all__ = [
     "sanitize_key",
     "shard_paths",
     "shard_plan",
-    "training_stream",
     "write_shards",
 ]
 
@@ -343,8 +342,11 @@ def expand(pattern: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _iter_raw(url: str) -> Iterator[dict[str, Any]]:
-    """Stream one tar as raw samples {"__key__", "__url__", suffix: bytes}, in member order."""
+def _iter_raw(url: str, fields: frozenset[str] | None = None) -> Iterator[dict[str, Any]]:
+    """Stream one tar as raw samples {"__key__", "__url__", suffix: bytes}, in member order.
+
+    fields: read only the members of these fields (the others' payloads are skipped unread); None reads all.
+    """
     current: dict[str, Any] | None = None
     with wds.gopen(url, "rb") as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
         for info in tar:
@@ -353,6 +355,8 @@ def _iter_raw(url: str) -> Iterator[dict[str, Any]]:
             key, sep, suffix = info.name.rpartition("/")[2].partition(".")
             if not sep or not key:
                 raise ShardError(f"{url}: member {info.name!r} is not <key>.<field>.<ext>")
+            if fields is not None and suffix.partition(".")[0].lower() not in fields:
+                continue
             if current is None or current["__key__"] != key:
                 if current is not None:
                     yield current
@@ -460,115 +464,3 @@ def read_zipped(
                     "same key, different ids, or a shard changed while being read"
                 )
             yield sample_a, sample_b
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Training
-# ---------------------------------------------------------------------------------------------------------
-
-
-def _select_member(fname: str, fields: frozenset[str]) -> bool:
-    """Keep only members of the requested fields (plus meta), so unused payloads are never decoded."""
-    parts = fname.rpartition("/")[2].split(".")
-    return len(parts) >= 3 and parts[1] in fields
-
-
-def _collate(samples: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, Any]:
-    """Batch decoded samples: arrays stack to tensors (B, ...), float16 -> float32; the rest to lists."""
-    batch: dict[str, Any] = {"id": [s["id"] for s in samples]}
-    for key in keys:
-        values = [s[key] for s in samples]
-        if isinstance(values[0], np.ndarray):
-            shapes = {v.shape for v in values}
-            if len(shapes) != 1:
-                raise ShardError(f"field {key!r}: shapes differ within a batch {sorted(shapes)}")
-            stacked = np.stack(values)
-            if stacked.dtype == np.float16:
-                stacked = stacked.astype(np.float32)  # fp16 is a storage format; training math runs in fp32
-            batch[key] = torch.from_numpy(stacked)
-        else:
-            batch[key] = values
-    return batch
-
-
-def _worker_share(src: Iterable[Any], n_batches: int) -> Iterator[Any]:
-    """Yield this DataLoader worker's share of an epoch of n_batches, so all workers together give n_batches."""
-    info = torch.utils.data.get_worker_info()
-    worker, n_workers = (0, 1) if info is None else (info.id, info.num_workers)
-    share = n_batches // n_workers + (1 if worker < n_batches % n_workers else 0)
-    it = iter(src)
-    for _ in range(share):
-        try:
-            yield next(it)
-        except StopIteration:
-            return
-
-
-def _has_a_sample(urls: Sequence[str]) -> bool:
-    """True when some local shard holds a member, or when any shard is remote (cannot check cheaply)."""
-    for url in urls:
-        if _is_remote(url):
-            return True
-        with tarfile.open(url, "r:") as tar:
-            if tar.next() is not None:
-                return True
-    return False
-
-
-def training_stream(
-    urls: str | os.PathLike | Sequence[str | os.PathLike],
-    keys: Sequence[str],
-    batch_size: int,
-    shuffle_buffer: int = 1000,
-    seed: int = 0,
-    resampled: bool = True,
-    epoch_samples: int | None = None,
-) -> wds.WebDataset:
-    """A shuffled, batched webdataset stream of dict batches {"id": list[str], key: Tensor (B, ...)}.
-
-    urls: shard spec (see `expand`). keys: fields to load; `.npy` fields stack to tensors (float16 becomes
-    float32), `.json` fields become lists. Use with `DataLoader(stream, batch_size=None, num_workers=n)`.
-    resampled=True (training under DDP): every rank and worker draws shards with replacement on its own,
-    so no node splitting is needed and the stream is endless; `epoch_samples` (per rank) then ends one pass
-    after epoch_samples // batch_size batches in total over all DataLoader workers. resampled=False: every
-    shard once per pass, shards split over ranks and workers, shard order reshuffled each pass from `seed`.
-    Raises ShardError when `urls` resolves to no shard or its local shards hold no sample.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    keys = tuple(keys)
-    for key in keys:
-        _check_field_name(key)
-    shard_list = expand(urls)
-    if not shard_list:
-        raise ShardError(f"shard spec {urls!r} resolves to no shard")
-    if not _has_a_sample(shard_list):
-        raise ShardError(f"shard spec {urls!r}: its {len(shard_list)} shard(s) hold no sample")
-    n_batches = None
-    if epoch_samples is not None:
-        n_batches = epoch_samples // batch_size
-        if n_batches < 1:
-            raise ValueError(f"epoch_samples={epoch_samples} is less than one batch of {batch_size}")
-    fields = frozenset(keys) | {"meta"}
-    stream = wds.WebDataset(
-        shard_list,
-        resampled=resampled,
-        # resampled draws shards at random already (webdataset ignores shardshuffle then); otherwise a
-        # seeded permutation of all shards, a new one each pass.
-        shardshuffle=False if resampled else len(shard_list),
-        detshuffle=True,
-        seed=seed,
-        # Resampled: each rank draws on its own (the webdataset DDP pattern). Otherwise split shards by rank.
-        nodesplitter=None if resampled else wds.split_by_node,
-        select_files=partial(_select_member, fields=fields),
-        # Checked above for the whole set; a worker with no shard of its own should just finish.
-        empty_check=False,
-    )
-    stream = (
-        stream.shuffle(shuffle_buffer, seed=seed)
-        .map(partial(_decode_sample, keys=frozenset(keys)))
-        .batched(batch_size, collation_fn=partial(_collate, keys=keys), partial=not resampled)
-    )
-    if n_batches is not None:
-        stream = stream.compose(partial(_worker_share, n_batches=n_batches))
-    return stream

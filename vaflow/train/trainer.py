@@ -18,11 +18,15 @@ The same script runs as `python stages/x.py` or `torchrun --nproc-per-node=N sta
 
 Data. `data` is either an iterable of batches or a factory `data(spec: StreamSpec) -> iterable`; the factory is
 called once per process with its rank, the world size, the PER-RANK batch size, `num_workers` and the seed, and
-must return this rank's share of the data (webdataset: `resampled=True` shards, or `split_by_node`, then
-`.batched(spec.batch_size)`; seed any shuffling from `spec.seed` and `spec.rank`, not from the global RNG).
-An exhausted iterable is iterated again (a new epoch; `set_epoch(epoch)` is called first when the stream has it);
-one that yields no batch at all is an EmptyStreamError naming it (its `pattern` when it has one).
+must return this rank's share of the data (shards: `vaflow.data.streams.training_stream(..., rank=spec.rank,
+world=spec.world_size, num_workers=spec.num_workers)`; seed any shuffling from `spec.seed` and `spec.rank`, not from
+the global RNG). An exhausted iterable is iterated again: pass after pass, `set_epoch(epoch)` called before each one
+when the stream has it. One that yields no batch at all is an EmptyStreamError naming it (its `pattern` if it has one).
 Batches may be tensors or nested dicts/lists/tuples of tensors; tensors are moved to the rank's device.
+
+The stream protocol (`pairs.ClipStream`, `streams.ShardStream`, the CAVP and WaveVAE streams): `set_epoch(e)` makes
+the next pass a pure function of (seed, rank, e); `state_dict()`/`load_state_dict()` save and restore the position
+inside a pass. Either, both or neither may be present; resuming uses what is there (below).
 
 Loss. `loss_fn(model, batch)` returns a scalar tensor, or `(tensor, {"name": float, …})` for extra metrics; it
 receives the DDP-wrapped model in multi-process runs, so it must go through `model(...)` (forward) — put a
@@ -30,12 +34,24 @@ multi-part loss inside the module's forward rather than calling sub-modules dire
 the same on every rank (they are averaged over ranks when logged).
 
 Resume (`cfg.resume`, on by default) restores model, EMA, optimiser, step (the lr schedule is a pure function of
-the step), RNG states of every rank, and the data position: a stream with `state_dict()`/`load_state_dict()`
-gets its per-rank state back; any other stream is replayed, skipping the batches consumed so far (exact for
-deterministic streams; costs one pass of data loading over those batches — pass `replay_stream=False` for a
-resampled stream whose exact position does not matter). The stored config (`cfg` + `stage_config`) must match,
+the step), RNG states of every rank, and the data position, stored per rank as (pass, batches of it consumed):
+- a stream with `state_dict()`/`load_state_dict()` gets its state back and its first pass continues WITHOUT a
+  `set_epoch` call (that would restart the pass); `set_epoch` resumes with the next pass;
+- a stream with `set_epoch` only gets `set_epoch(pass)` and the consumed batches of that pass are drawn again and
+  dropped (at most one pass of data loading);
+- any other stream is replayed from its first pass, dropping every batch consumed so far.
+Replays are exact for deterministic streams; `replay_stream=False` skips them and starts the next pass instead (for a
+stream whose exact position does not matter). The stored config (`cfg` + `stage_config`) must match,
 except the keys that may change (`trainer.steps`, `checkpoint_every`, `keep_checkpoints`, `log_every`, `resume`,
-`num_workers`, `launcher`). Multi-node resume needs the checkpoint directory on a filesystem every node sees.
+`num_workers`, `launcher`, `deterministic`). Multi-node resume needs the checkpoint directory on a filesystem every
+node sees.
+
+Determinism. On CPU a run is a pure function of its config, seed and data: two runs with the same thread count give
+bit-identical weights (tests/train). On CUDA some kernels (atomic-add reductions in scatter/index_add and in some
+backward passes, cuBLAS split-K workspaces, cuDNN autotuning) differ from run to run; `trainer.deterministic: true`
+turns on `torch.use_deterministic_algorithms` for the run (an op without a deterministic kernel raises and names
+itself), disables cuDNN autotuning and sets `CUBLAS_WORKSPACE_CONFIG=:4096:8` when unset. It costs speed and changes
+nothing on CPU; bit-identity then holds for the same hardware, world size and software versions.
 
 Stops. A NaN/Inf loss or gradient norm raises NonFiniteError naming the step, before anything of that step is
 applied or saved. SIGTERM/SIGINT finish the current step on every rank, write a checkpoint and raise
@@ -218,15 +234,14 @@ class Trainer:
         stage_config: Mapping[str, Any] | None = None,
         device: str | torch.device | None = None,
         find_unused_parameters: bool = False,
-        deterministic: bool = False,
         replay_stream: bool = True,
         validate: Callable[[nn.Module], Mapping[str, float]] | None = None,
         validate_every: int = 0,
     ):
         """`stage_config`: the stage's whole params section (JSON-able); stored in checkpoints and compared on
         resume together with `cfg`. `device`: override the default (CUDA local rank if available, else CPU).
-        `find_unused_parameters`: passed to DDP. `deterministic`: `torch.use_deterministic_algorithms` (warn only).
-        `replay_stream=False`: on resume, do not skip the consumed batches of a stream without `state_dict`.
+        `find_unused_parameters`: passed to DDP. `replay_stream=False`: on resume, start the next pass of a stream
+        without `state_dict` instead of drawing its consumed batches again.
         `validate(ema_module) -> {"val_…": float}`: run on rank 0 at the logging steps that are multiples of
         `validate_every` and at the last step (0: the last step only); its metrics join that step's log."""
         self.cfg = cfg
@@ -240,8 +255,11 @@ class Trainer:
         self.stage = getattr(tracker, "stage", None) or os.environ.get("DVC_STAGE") or "training"
         self.ckpt = CheckpointDir(out_dir, keep=cfg.keep_checkpoints)
         self.config_dict = plain({"trainer": cfg.model_dump(mode="json"), "stage": dict(stage_config or {})})
-        if deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
+        if cfg.deterministic:
+            # Deterministic cuBLAS needs a fixed workspace (torch refuses cuBLAS ops without it). Read when the process
+            # makes its first cuBLAS handle: set here, before the trainer computes anything; a stage that multiplies
+            # on the GPU before building its Trainer must export it itself.
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
         device = self.dist.device
         self.model = model.to(device)
@@ -283,9 +301,10 @@ class Trainer:
         is_factory = callable(data) and not hasattr(data, "__iter__")
         self.stream: Iterable[Any] = data(self.spec) if is_factory else data  # type: ignore[operator]
         self.step = 0
-        self.consumed = 0  # per-rank micro-batches drawn from the stream so far (the replay count on resume)
+        self.consumed = 0  # per-rank micro-batches drawn from the stream so far
+        self.epoch = 0  # the pass of the stream being read
+        self.epoch_pos = 0  # batches of that pass consumed (before a resume included)
         self._signal: int | None = None
-        self._stream_restored = False  # set when the stream got its state back from a checkpoint
 
     # ----------------------------------------------------------------------------------------
     # Data
@@ -295,26 +314,31 @@ class Trainer:
     def _stateful_stream(self) -> bool:
         return hasattr(self.stream, "state_dict") and hasattr(self.stream, "load_state_dict")
 
-    def _epochs(self) -> Iterator[Any]:
-        """Batches forever: the stream re-iterated whenever it is exhausted."""
-        epoch = 0
+    def _epochs(self, epoch: int = 0, pos: int = 0, restored: bool = False) -> Iterator[Any]:
+        """Batches forever: pass `epoch`, `epoch + 1`, … of the stream, each begun with `set_epoch` when it has it.
+
+        `restored`: the stream got its position back from `load_state_dict`, `pos` batches into pass `epoch`; that
+        first pass continues where the stream stands, without `set_epoch` (which would restart it).
+        """
+        has_epochs = hasattr(self.stream, "set_epoch")
         while True:
-            if hasattr(self.stream, "set_epoch"):
+            if has_epochs and not restored:
                 self.stream.set_epoch(epoch)  # type: ignore[attr-defined]
+            self.epoch, self.epoch_pos = epoch, pos if restored else 0
             n = 0
             for batch in self.stream:
                 n += 1
+                self.epoch_pos += 1
                 yield batch
-            # A stream restored at the very end of an epoch legitimately yields nothing in its first pass.
-            restored_at_end, self._stream_restored = self._stream_restored, False
-            if n == 0 and not restored_at_end:
+            # A stream restored at the very end of a pass legitimately yields nothing in that pass.
+            if n == 0 and not restored:
                 raise EmptyStreamError(
                     f"data stream {_stream_name(self.stream)} yielded no batch"
                     + (f" in epoch {epoch}" if epoch else "")
                     + f" on rank {self.dist.rank}: check the shard pattern/paths and that each of the "
                     f"{self.dist.world_size} rank(s) gets at least one batch of {self.micro_batch} samples"
                 )
-            epoch += 1
+            restored, epoch = False, epoch + 1
 
     def _next_batch(self, it: Iterator[Any]) -> Any:
         batch = next(it)
@@ -328,7 +352,8 @@ class Trainer:
     def _save(self, losses: Mapping[str, float]) -> Path | None:
         """Write last.pt (rank 0). Collective: every rank must call it at the same step."""
         rngs = all_gather_objects(rng_state())
-        data_state = all_gather_objects(self.stream.state_dict()) if self._stateful_stream else None  # type: ignore[attr-defined]
+        stream_state = self.stream.state_dict() if self._stateful_stream else None  # type: ignore[attr-defined]
+        positions = all_gather_objects({"epoch": self.epoch, "pos": self.epoch_pos, "state": stream_state})
         if not self.dist.is_main:
             return None
         return self.ckpt.save(
@@ -338,7 +363,7 @@ class Trainer:
                 "ema": self.ema.module.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "config": self.config_dict,
-                "data": {"consumed": self.consumed, "state": data_state},
+                "data": {"consumed": self.consumed, "ranks": positions},
                 "rng": rngs,
                 "world_size": self.dist.world_size,
                 "losses": dict(losses),
@@ -387,13 +412,10 @@ class Trainer:
         self.step = int(state["step"])
         return state, path
 
-    def _restore_position(self, state: dict[str, Any], it: Iterator[Any]) -> None:
-        """Put the data stream and the RNGs where the checkpoint left them (stream first: replaying it may
-        draw random numbers, the RNG states must be those of the checkpoint afterwards)."""
-        same_world = state.get("world_size") == self.dist.world_size
-        data = state.get("data") or {}
-        consumed = int(data.get("consumed", 0))
-        if not same_world:
+    def _restore_position(self, state: dict[str, Any]) -> Iterator[Any]:
+        """The batch iterator placed where the checkpoint left it, and the RNGs restored (stream first: drawing
+        its consumed batches again may draw random numbers; the RNG states must be the checkpoint's afterwards)."""
+        if state.get("world_size") != self.dist.world_size:
             log.warning(
                 "checkpoint was written by %s rank(s), this run has %d: the data stream restarts and "
                 "RNGs are re-seeded (weights, optimiser and step are restored)",
@@ -401,20 +423,33 @@ class Trainer:
                 self.dist.world_size,
             )
             seed_everything(self.cfg.seed + self.dist.rank + 1000003 * self.step)
-            return
-        if self._stateful_stream and data.get("state") is not None:
-            self.stream.load_state_dict(data["state"][self.dist.rank])  # type: ignore[attr-defined]
-            self._stream_restored = True
-        elif self.replay_stream:
+            return self._epochs()
+        data = state.get("data") or {}
+        self.consumed = int(data.get("consumed", 0))
+        if "ranks" in data:
+            mine = data["ranks"][self.dist.rank]
+            epoch, pos, stream_state = int(mine["epoch"]), int(mine["pos"]), mine["state"]
+        else:  # written before positions were stored: a stream state, or a replay from the first pass
+            states = data.get("state")
+            epoch, pos, stream_state = 0, 0, states[self.dist.rank] if states else None
+        if self._stateful_stream and stream_state is not None:
+            self.stream.load_state_dict(stream_state)  # type: ignore[attr-defined]
+            it = self._epochs(epoch, pos, restored=True)
+        elif not self.replay_stream:
+            it = self._epochs(epoch + 1 if pos else epoch)
+        else:
+            by_pass = hasattr(self.stream, "set_epoch") and "ranks" in data
+            it = self._epochs(epoch) if by_pass else self._epochs()
+            n = pos if by_pass else self.consumed
             t0 = time.perf_counter()
-            for _ in range(consumed):
+            for _ in range(n):
                 next(it)
-            if consumed and self.dist.is_main:
+            if n and self.dist.is_main:
                 log.info(
-                    "replayed %d batches of the data stream in %.1f s", consumed, time.perf_counter() - t0
+                    "drew %d consumed batches of the data stream again in %.1f s", n, time.perf_counter() - t0
                 )
-        self.consumed = consumed
         set_rng_state(state["rng"][self.dist.rank])
+        return it
 
     # ----------------------------------------------------------------------------------------
     # The loop
@@ -508,10 +543,9 @@ class Trainer:
         seed_everything(cfg.seed + self.dist.rank)  # rank r draws its own noise (t, x_0, dropout)
         state, path = self._resume()
         resumed_from = self.step
-        it = self._epochs()
+        it = self._epochs() if state is None else self._restore_position(state)
         losses: dict[str, float] = {}
         if state is not None:
-            self._restore_position(state, it)
             losses = dict(state.get("losses") or {})
             if main:
                 log.info("resumed from %s at step %d", path, self.step)
@@ -538,7 +572,7 @@ class Trainer:
         t_start, step_start = time.perf_counter(), self.step
         self.model.train()
         try:
-            with self._signals():
+            with self._signals(), _deterministic_algorithms(cfg.deterministic):
                 while self.step < cfg.steps:
                     loss, grad_norm, extras, stop = self._train_step(it)
                     window["n"] += 1
@@ -620,6 +654,27 @@ class Trainer:
             )
         if self.tracker is not None:
             self.tracker.log_metrics(metrics, self.step)
+
+
+@contextlib.contextmanager
+def _deterministic_algorithms(on: bool) -> Iterator[None]:
+    """`trainer.deterministic`: torch's deterministic kernels and no cuDNN autotuning for the run, then the
+    process's previous settings again (they are global)."""
+    if not on:
+        yield
+        return
+    before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+    )
+    torch.use_deterministic_algorithms(True)  # warn_only=False: a nondeterministic op raises, naming itself
+    torch.backends.cudnn.benchmark = False  # autotuning picks kernels by timing: another choice per run
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.benchmark = before[2]
 
 
 def _ensure_log_handler() -> None:
