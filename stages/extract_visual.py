@@ -1,8 +1,10 @@
 """Stage `extract_visual`: every clip's window -> visual features (T_v, D_v) float16 in `<out>/<split>/visual-*.tar`,
-in the manifest's clip order and with the same `per_shard` as the audio latents, so the two read together.
+in the manifest's clip order and with the same `per_shard` as the audio latents, so the two read together; plus
+`<out>/<split>/rejected.csv` (id, reason), `<out>/spec.json` and `metrics/extract_visual.json`.
 
 Everything about the encoder (kind, fps, input size, weights) comes from the encoder directory. Under torchrun each
-rank writes its share of the shards; a rerun skips finished shards; shards written under another spec are deleted.
+rank writes its share of the shards; a rerun skips finished shards; what a changed spec (encoder, clip, per_shard,
+this stage's code, a split's media) invalidates is deleted first (vaflow/data/journal.py).
 """
 
 from __future__ import annotations
@@ -13,12 +15,16 @@ import time
 from pathlib import Path
 
 from vaflow import config
-from vaflow.data.extract import extract_split
+from vaflow.code import code_hash, import_closure
+from vaflow.data.extract import extract_split, finish_split, summary_metrics
+from vaflow.data.journal import SPEC_FILE, SpecFolder
 from vaflow.data.prepare import load_manifest
 from vaflow.errors import exit_on_user_error
+from vaflow.tracking import Tracker
 from vaflow.train.distributed import barrier, init_distributed
 from vaflow.visual import extract as vx
 
+STAGE = "extract_visual"
 # A manifest window may differ from clip.duration by container rounding only (prepare.DURATION_TOLERANCE).
 WINDOW_TOLERANCE_S = 0.05
 
@@ -33,6 +39,51 @@ def check_windows(manifest, clip: config.ClipConfig) -> None:
         )
 
 
+def extract_visual(params: config.Params, args: argparse.Namespace, tracker: Tracker) -> None:
+    ex = params.extract_visual
+    dist = init_distributed()
+    encoder = vx.load_encoder(args.encoder, device=dist.device)
+    manifest = load_manifest(Path(args.prepared) / "manifest.csv")
+    check_windows(manifest, params.clip)
+    splits = {s: manifest[manifest["split"] == s] for s in config.SPLITS if (manifest["split"] == s).any()}
+    num_frames = params.clip.n_frames(encoder.fps)
+    code = code_hash(import_closure(__file__))
+    folder = SpecFolder(args.out)
+    cleared = folder.sync(vx.feature_spec(encoder, params.clip, num_frames, ex.per_shard, splits, code))
+    for entry, n in sorted(cleared.items()):  # printed by the one rank that found the spec changed
+        print(f"{entry}: the feature spec changed, {n} stale file(s) deleted")
+    identity = encoder.identity()
+    if dist.is_main:
+        print(f"encoder {identity['kind']} {identity['model_name']} ({identity['weight_hash']}): "
+              f"T_v={encoder.num_features(num_frames)} x D_v={identity['dim']} at {identity['fps']:g} fps")  # fmt: skip
+
+    t0 = time.perf_counter()
+    encode = vx.FeatureEncoder(encoder, manifest)
+    load = vx.FrameLoader(manifest, encoder, num_frames)
+    for split, rows in splits.items():
+        report = extract_split(rows["id"].tolist(), folder, split, vx.FEATURE_NAME, load, encode, ex.batch_size,
+                               ex.per_shard, dist.rank, dist.world_size, progress=sys.stderr.isatty())  # fmt: skip
+        print(f"{split}: rank {dist.rank}/{dist.world_size} wrote {len(report.written)} shard(s) "
+              f"({report.n_samples} clips), skipped {len(report.skipped)} finished")  # fmt: skip
+    barrier()  # every rank's shards are finished before rank 0 sums up the splits
+    if not dist.is_main:
+        return
+    summaries = [
+        finish_split(folder, s, vx.FEATURE_NAME, rows["id"].tolist(), ex.per_shard)
+        for s, rows in splits.items()
+    ]
+    for summary in summaries:
+        print(summary.line())
+        for clip_id, reason in summary.rejected:
+            print(f"  rejected {clip_id}: {reason}")
+    seconds = time.perf_counter() - t0
+    # Wall-clock time goes to the MLflow run only: metrics/extract_visual.json must be the same on every run.
+    tracker.set_tags({"encoder.kind": identity["kind"], "encoder.weights": identity["weight_hash"], "code": code,
+                      "seconds": f"{seconds:.1f}", "device": dist.device})  # fmt: skip
+    tracker.log_final(summary_metrics(summaries))
+    tracker.log_artifact(folder.root / SPEC_FILE)
+
+
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
@@ -40,62 +91,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prepared", required=True, help="prepare's output folder (manifest.csv)")
     parser.add_argument("--encoder", required=True, help="the visual_encoder stage's encoder directory")
     parser.add_argument("--out", required=True, help="feature folder: <split>/visual-%%06d.tar, spec.json")
+    parser.add_argument("--metrics", required=True, help="folder of metrics/extract_visual.json")
     args = parser.parse_args(argv)
-
     params = config.load(args.params)
-    ex, out = params.extract_visual, Path(args.out)
-    dist = init_distributed()
-    encoder = vx.load_encoder(args.encoder, device=dist.device)
-    manifest = load_manifest(Path(args.prepared) / "manifest.csv")
-    check_windows(manifest, params.clip)
-    splits = {s: manifest[manifest["split"] == s] for s in config.SPLITS if (manifest["split"] == s).any()}
-    num_frames = params.clip.n_frames(encoder.fps)
-    identity = encoder.identity()
-    spec = {
-        "encoder": identity,
-        "clip": params.clip.model_dump(mode="json"),
-        "num_frames": num_frames,
-        "per_shard": ex.per_shard,
-        "splits": {
-            s: {"clips": len(rows), "manifest": vx.manifest_digest(rows)} for s, rows in splits.items()
-        },
-    }
-    if dist.is_main:
-        for split, n in vx.sync_spec(out, spec).items():
-            print(f"{split}: the feature spec changed, {n} stale shard(s) deleted")
-        print(f"encoder {identity['kind']} {identity['model_name']} ({identity['weight_hash']}): "
-              f"T_v={encoder.num_features(num_frames)} x D_v={identity['dim']} at {identity['fps']:g} fps")  # fmt: skip
-    barrier()  # no rank writes before stale shards are gone
-
-    encode = vx.FeatureEncoder(encoder, manifest)
-    load = vx.FrameLoader(manifest, encoder, num_frames)
-    for split, rows in splits.items():
-        ids = rows["id"].tolist()
-        split_dir = out / split
-        t0 = time.perf_counter()
-        report = extract_split(
-            ids,
-            split_dir,
-            vx.FEATURE_NAME,
-            vx.RejectionLog(load, split_dir, dist.rank),
-            encode,
-            ex.batch_size,
-            ex.per_shard,
-            rank=dist.rank,
-            world=dist.world_size,
-            progress=sys.stderr.isatty(),
-        )
-        seconds = time.perf_counter() - t0
-        barrier()  # every rank's shards are finished before rank 0 sums up the split
-        if not dist.is_main:
-            continue
-        rejected = vx.collect_rejected(split_dir, ids, ex.per_shard)
-        vx.write_rejected(split_dir, rejected)
-        print(f"{split}: {len(ids) - len(rejected)} clips in {len(vx.feature_shards(split_dir))} shards, "
-              f"{len(rejected)} rejected; this run wrote {len(report.written)} shard(s) "
-              f"({report.n_samples} clips on rank 0) in {seconds:.1f}s, skipped {len(report.skipped)}")  # fmt: skip
-        for clip_id, reason in rejected:
-            print(f"  rejected {clip_id}: {reason}")
+    tracked = {STAGE: params.extract_visual, "clip": params.clip}
+    with Tracker(STAGE, params=tracked, metrics_dir=args.metrics) as tracker:
+        extract_visual(params, args, tracker)
 
 
 if __name__ == "__main__":

@@ -8,11 +8,13 @@ import argparse
 from pathlib import Path
 
 from vaflow import config
+from vaflow.code import code_hash, import_closure
 from vaflow.data import pairs
+from vaflow.data.journal import SPEC_FILE, SpecFolder
 from vaflow.data.prepare import load_manifest
 from vaflow.errors import exit_on_user_error
-from vaflow.generate import Sampler, default_device, load_models, sample_spec, sample_split, sync_folder
-from vaflow.generate.samples import INDEX_FILE, SPEC_FILE
+from vaflow.generate import Sampler, default_device, load_models, sample_spec, sample_split
+from vaflow.generate.samples import INDEX_FILE
 from vaflow.models import artifacts
 from vaflow.tracking import Tracker
 
@@ -34,19 +36,28 @@ def sample(params: config.Params, args: argparse.Namespace, tracker: Tracker) ->
     manifest = load_manifest(Path(args.prepared) / "manifest.csv", SPLIT)
     windows = {r.id: (r.path, float(r.start), float(r.duration)) for r in manifest.itertuples(index=False)}
     sampler = Sampler(cfg.solver, cfg.steps, cfg.cfg, cfg.cond)
-    spec = sample_spec(models, features_spec, sampler, cfg.seed, cfg.samples_per_clip)
+    code = code_hash(import_closure(__file__))
+    spec = sample_spec(models, features_spec, sampler, cfg.seed, cfg.samples_per_clip, code)
     out = Path(args.out)
-    if sync_folder(out, spec):
-        print(f"{out}: samples of other settings or another model removed")
+    folder = SpecFolder(out)
+    if cleared := folder.sync(spec):
+        print(
+            f"{out}: {sum(cleared.values())} file(s) of other settings, another model or other code removed"
+        )
     if sampler.applied_cfg(models.flow) != cfg.cfg:
         print(f"sample.cfg {cfg.cfg} has no effect: the estimator does not see x_v (cond {cfg.cond}), γ = 0")
     print(f"{split.n_clips} test clips × {cfg.samples_per_clip}: {cfg.solver}, {cfg.steps} steps, γ {cfg.cfg}, "
           f"cond {cfg.cond}; {models.window_seconds:g} s at {models.sample_rate} Hz")  # fmt: skip
-    report = sample_split(models, split, out, sampler, cfg.seed, cfg.samples_per_clip, cfg.batch_size,
+    report = sample_split(models, split, folder, sampler, cfg.seed, cfg.samples_per_clip, cfg.batch_size,
                           cfg.mux, windows)  # fmt: skip
     metrics = {**report.metrics(), "steps": cfg.steps, "cfg": cfg.cfg, "cfg_applied": spec["cfg_applied"]}
     tracker.set_tags(
-        {"sample.solver": cfg.solver, "sample.cond": cfg.cond, "model.weights": models.flow_hash}
+        {
+            "sample.solver": cfg.solver,
+            "sample.cond": cfg.cond,
+            "model.weights": models.flow_hash,
+            "code": code,
+        }
     )
     tracker.log_final(metrics)
     tracker.log_artifact(out / INDEX_FILE)

@@ -17,10 +17,12 @@ import torch
 from vaflow import config
 from vaflow.audio import encode
 from vaflow.audio.wavevae import SIZES, build
+from vaflow.code import code_hash, import_closure
 from vaflow.data import media, pairs
+from vaflow.data.journal import JOURNAL_FILE, LOCK_FILE, SpecFolder
 from vaflow.data.prepare import MANIFEST_COLUMNS
 from vaflow.data.shards import write_shards
-from vaflow.generate import Sampler, load_models, sample_spec, sample_split, sync_folder
+from vaflow.generate import Sampler, load_models, sample_spec, sample_split, samples
 from vaflow.generate.core import clip_seed, prior_noise, read_wav, sample_latents
 from vaflow.models import artifacts
 from vaflow.models.align_vae import AlignEncoder, AlignVAEConfig
@@ -114,13 +116,17 @@ def _models(world: Path):
     )
 
 
+def _spec(world: Path, sampler: Sampler = EULER, draws: int = 1, code: str = "code-1") -> dict:
+    return sample_spec(_models(world), pairs.read_spec(world / "features", "visual"), sampler, 0, draws, code)
+
+
 def _run(world: Path, out: Path, sampler: Sampler = EULER, batch: int = 2, draws: int = 1, mux: int = 0):
     models = _models(world)
-    spec = sample_spec(models, pairs.read_spec(world / "features", "visual"), sampler, 0, draws)
-    sync_folder(out, spec)
+    folder = SpecFolder(out)
+    folder.sync(_spec(world, sampler, draws))
     windows = {i: (str(world / "prepared" / "video.mp4"), 0.1, 0.2) for i in IDS}
     split = pairs.open_split(world / "features", "test")
-    return sample_split(models, split, out, sampler, 0, draws, batch, mux, windows, progress=False)
+    return sample_split(models, split, folder, sampler, 0, draws, batch, mux, windows, progress=False)
 
 
 def _wavs(out: Path) -> dict[str, np.ndarray]:
@@ -175,15 +181,40 @@ def test_rerun_skips_finished_wavs_and_redoes_missing_ones(world, tmp_path):
     assert lowered.generated == 0 and not list(out.glob("*.mp4"))  # previews past `mux` go
 
 
-def test_changed_settings_clear_the_folder(world, tmp_path):
+def test_a_killed_run_resumes_from_its_journal(world, tmp_path, monkeypatch):
+    out = tmp_path / "s"
+    real, written = samples.write_wav, []
+
+    def dies_on_third(path, *args):
+        if len(written) == 2:
+            raise KeyboardInterrupt  # the stage is stopped while it writes the third wav
+        written.append(Path(path).name)
+        return real(path, *args)
+
+    monkeypatch.setattr(samples, "write_wav", dies_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        _run(world, out, batch=2)
+    assert not (out / "index.csv").exists() and (out / JOURNAL_FILE).is_file()
+    stamps = {name: (out / name).stat().st_mtime_ns for name in written}
+    monkeypatch.setattr(samples, "write_wav", real)
+    report = _run(world, out, batch=2)
+    assert (report.generated, report.skipped) == (3, 2)
+    assert {name: (out / name).stat().st_mtime_ns for name in written} == stamps  # kept, not redone
+    assert list(pd.read_csv(out / "index.csv")["id"]) == IDS
+    assert not (out / JOURNAL_FILE).exists()  # folded into index.csv
+
+
+def test_changed_settings_or_code_clear_the_folder(world, tmp_path):
     out = tmp_path / "s"
     _run(world, out)
     (out / "stale.txt").write_text("x")
-    models = _models(world)
-    features = pairs.read_spec(world / "features", "visual")
-    assert not sync_folder(out, sample_spec(models, features, EULER, 0, 1))  # same spec: kept
-    assert sync_folder(out, sample_spec(models, features, dataclasses.replace(EULER, cfg=2.0), 0, 1))
-    assert [p.name for p in out.iterdir()] == ["spec.json"]
+    assert not SpecFolder(out).sync(_spec(world))  # same spec: kept
+    assert (out / "stale.txt").exists()
+    assert SpecFolder(out).sync(_spec(world, code="code-2"))  # the sample stage's code changed
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE, "spec.json"]
+    _run(world, out)
+    assert SpecFolder(out).sync(_spec(world, dataclasses.replace(EULER, cfg=2.0)))
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE, "spec.json"]
     report = _run(world, out, draws=2)  # K = 2: <id>-<k>.wav
     assert report.generated == 10 and sorted(_wavs(out))[:2] == ["clip0-0.wav", "clip0-1.wav"]
     wavs = _wavs(out)
@@ -271,10 +302,11 @@ def test_stage_writes_samples_metrics_and_resumes(world, tmp_path, monkeypatch, 
     assert (first["clips"], first["samples"], first["generated"], first["muxed"]) == (5, 5, 5, 1)
     assert (first["nfe_per_clip"], first["steps"], first["cfg"], first["cfg_applied"]) == (3, 3, 1.0, 1.0)
     assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == sorted(
-        [f"{i}.wav" for i in IDS] + ["clip0.mp4", "index.csv", "spec.json", ".journal.jsonl"]
+        [f"{i}.wav" for i in IDS] + ["clip0.mp4", "index.csv", "spec.json", LOCK_FILE]
     )
     spec = json.loads((tmp_path / "samples" / "spec.json").read_text())
     assert spec["sampler"] == {"solver": "euler", "steps": 3, "cfg": 1.0, "cond": "video"}
+    assert spec["code"] == code_hash(import_closure(ROOT / "stages" / "sample.py"))
     assert (run()["generated"], run({"sample": {"batch_size": 3}})["generated"]) == (
         0,
         0,

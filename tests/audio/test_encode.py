@@ -1,5 +1,6 @@
 """encode_audio: the clip policy, shards that round-trip to the VAE's own latents, rejections of bad audio, resume
-after SIGKILL, and a spec change that clears stale shards. Also the helpers the audio_vae stage tests share."""
+after SIGKILL, a spec change that clears stale shards, ranks, and the stage's metrics. Also the helpers the
+audio_vae stage tests share."""
 
 from __future__ import annotations
 
@@ -22,9 +23,11 @@ from tests.data.badmedia import make_clip
 from vaflow import config
 from vaflow.audio import encode
 from vaflow.audio.wavevae import SIZES, build
+from vaflow.code import code_hash, import_closure
 from vaflow.config import ClipConfig
 from vaflow.data import media, shards
-from vaflow.data.extract import ClipRejected
+from vaflow.data.extract import ClipRejected, extract_split, finish_split
+from vaflow.data.journal import SpecFolder
 from vaflow.data.prepare import MANIFEST_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -156,28 +159,42 @@ def _clips(world: Path, n_train: int, n_test: int, special: tuple[str, ...] = ()
     return clips
 
 
+@pytest.fixture
+def mlflow_store(tmp_path, monkeypatch) -> dict[str, str]:
+    """MLflow's file store in tmp_path (a new sqlite store costs ~10 s of migrations, the file store none)."""
+    env = {"MLFLOW_TRACKING_URI": f"file://{tmp_path}/mlruns", "MLFLOW_ALLOW_FILE_STORE": "true"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env
+
+
+def _encode_params(tmp: Path, per_shard: int, batch_size: int) -> Path:
+    # Both extraction stages must cut shards alike (they are paired by position): the config checks it.
+    shard = {"per_shard": per_shard}
+    return write_params(tmp / "params.yaml", {"clip": CLIP.model_dump(), "encode_audio": {**shard, "batch_size": batch_size}, "extract_visual": shard})  # fmt: skip
+
+
 def _run_encode(tmp: Path, per_shard: int = 2, batch_size: int = 3, seed: int = 0) -> tuple[Path, Path]:
-    params = write_params(tmp / "params.yaml", {"clip": CLIP.model_dump(), "encode_audio": {"per_shard": per_shard, "batch_size": batch_size}})  # fmt: skip
+    params = _encode_params(tmp, per_shard, batch_size)
     vae_dir = tmp / "vae"
     if not (vae_dir / encode.WEIGHTS_FILE).exists():
         export_tiny(vae_dir, seed)
     out = tmp / "latents"
-    load_stage("encode_audio").main(
-        [
-            "--params",
-            str(params),
-            "--prepared",
-            str(tmp / "prepared"),
-            "--vae",
-            str(vae_dir),
-            "--out",
-            str(out),
-        ]
-    )
+    argv = [
+        "--params",
+        str(params),
+        "--prepared",
+        str(tmp / "prepared"),
+        "--vae",
+        str(vae_dir),
+        "--out",
+        str(out),
+    ]
+    load_stage("encode_audio").main([*argv, "--metrics", str(tmp / "metrics")])
     return out, vae_dir
 
 
-def test_shards_round_trip_to_the_vae_latents(world, tmp_path):
+def test_shards_round_trip_to_the_vae_latents(world, tmp_path, mlflow_store):
     write_manifest(tmp_path / "prepared", _clips(world, 5, 2))
     out, vae_dir = _run_encode(tmp_path)
     assert sorted(p.name for p in (out / "train").glob("*.tar")) == [f"audio-{i:06d}.tar" for i in range(3)]
@@ -187,6 +204,16 @@ def test_shards_round_trip_to_the_vae_latents(world, tmp_path):
     vae, vae_hash = encode.load_model(vae_dir)
     t_a = CLIP.latent_length(vae.hop)
     assert spec["vae_weights_hash"] == vae_hash and spec["latent_length"] == t_a == 1000
+    assert spec["code"] == code_hash(import_closure(ROOT / "stages" / "encode_audio.py"))
+    assert sorted(spec["splits"]) == ["test", "train"] and spec["splits"]["train"]["clips"] == 5
+    metrics = json.loads((tmp_path / "metrics" / "encode_audio.json").read_text())
+    assert metrics == {"clips": 7, "encoded": 7, "rejected": 0, "shards": 4, "encoded_train": 5,
+                       "rejected_train": 0, "encoded_test": 2, "rejected_test": 0}  # fmt: skip
+    # What readers see of a finished folder: shards, rejected.csv, spec.json (no journal left behind).
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
+        ".lock", "spec.json", "test/audio-000000.tar", "test/rejected.csv",
+        "train/audio-000000.tar", "train/audio-000001.tar", "train/audio-000002.tar", "train/rejected.csv",
+    ]  # fmt: skip
 
     sample = next(shards.read_shards(shards.shard_paths(out / "train", "audio")))
     assert sample["id"] == "tr00" and sample["meta"]["label"] == "tone"
@@ -206,7 +233,9 @@ def test_shards_round_trip_to_the_vae_latents(world, tmp_path):
     assert torch.allclose(from_shard, direct, atol=2e-3 * float(direct.abs().max()) + 1e-5)
 
 
-def test_bad_audio_is_rejected_with_reasons_and_never_reaches_a_shard(world, tmp_path, monkeypatch):
+def test_bad_audio_is_rejected_with_reasons_and_never_reaches_a_shard(
+    world, tmp_path, monkeypatch, mlflow_store
+):
     special = ("silent", "loud", "nan", "corrupt", "short", "nanlatent")
     write_manifest(tmp_path / "prepared", _clips(world, 3, 1, special))
     real_read = media.read_audio
@@ -253,26 +282,43 @@ def test_bad_audio_is_rejected_with_reasons_and_never_reaches_a_shard(world, tmp
     for sample in shards.read_shards(shards.shard_paths(out / "train", "audio")):
         assert np.isfinite(sample["mean"]).all() and np.isfinite(sample["std"]).all()
     assert pd.read_csv(out / "test" / "rejected.csv").empty
+    metrics = json.loads((tmp_path / "metrics" / "encode_audio.json").read_text())
+    assert (metrics["clips"], metrics["encoded"], metrics["rejected"], metrics["rejected_train"]) == (
+        10,
+        5,
+        5,
+        5,
+    )
 
 
-def test_spec_change_clears_stale_shards(world, tmp_path):
+def test_spec_change_clears_stale_shards(world, tmp_path, mlflow_store):
     write_manifest(tmp_path / "prepared", _clips(world, 3, 1))
     out, vae_dir = _run_encode(tmp_path)
     first = (out / "train" / "audio-000000.tar").read_bytes()
-    stray = out / "train" / "audio-000099.tar"
-    stray.write_bytes(b"")  # a shard no current plan would write: must go with the rest
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.tar")}
     # Same spec: nothing is rewritten.
     _run_encode(tmp_path)
-    assert stray.exists() and (out / "train" / "audio-000000.tar").read_bytes() == first
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.tar")} == stamps
     # Another VAE: every old shard is deleted and the set rebuilt from the new weights.
+    stale = out / "train" / "audio-000001.tar"
+    stale.write_bytes(b"")  # a shard that would be skipped if it survived the spec change
     export_tiny(vae_dir, seed=1)
     _run_encode(tmp_path)
-    assert not stray.exists()
+    assert stale.stat().st_size > 0
     assert (out / "train" / "audio-000000.tar").read_bytes() != first
     assert json.loads((out / "spec.json").read_text())["vae_weights_hash"] == encode.load_model(vae_dir)[1]
     # per_shard is part of the spec too.
     _run_encode(tmp_path, per_shard=3)
     assert [p.name for p in sorted((out / "train").glob("*.tar"))] == ["audio-000000.tar"]
+    # New media under the same ids and paths (a regenerated world): that split's shards alone are redone.
+    regen = make_clip(tmp_path / "regen.mp4", duration=1.2, size=(16, 16), fps=10, sample_rate=RATE)
+    write_manifest(tmp_path / "prepared", [*_clips(world, 3, 0), ("te00", "test", regen)])
+    _run_encode(tmp_path, per_shard=3)
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.tar")}
+    make_clip(regen, duration=1.3, size=(16, 16), fps=10, sample_rate=RATE)
+    _run_encode(tmp_path, per_shard=3)
+    train, test = out / "train" / "audio-000000.tar", out / "test" / "audio-000000.tar"
+    assert train.stat().st_mtime_ns == stamps[train] and test.stat().st_mtime_ns != stamps[test]
 
 
 _SLOW_STAGE = """
@@ -288,14 +334,14 @@ runpy.run_path("stages/encode_audio.py", run_name="__main__")
 """
 
 
-def test_encode_resumes_after_sigkill(world, tmp_path):
+def test_encode_resumes_after_sigkill(world, tmp_path, mlflow_store):
     write_manifest(tmp_path / "prepared", _clips(world, 12, 2))
-    params = write_params(tmp_path / "params.yaml", {"clip": CLIP.model_dump(), "encode_audio": {"per_shard": 2, "batch_size": 2}})  # fmt: skip
+    params = _encode_params(tmp_path, per_shard=2, batch_size=2)
     vae_dir = export_tiny(tmp_path / "vae")
     out = tmp_path / "latents"
     argv = ["--params", str(params), "--prepared", str(tmp_path / "prepared"), "--vae", str(vae_dir)]
-    argv += ["--out", str(out)]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    argv += ["--out", str(out), "--metrics", str(tmp_path / "metrics")]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", **mlflow_store)
     env.pop("RANK", None), env.pop("WORLD_SIZE", None)
     proc = subprocess.Popen([sys.executable, "-c", _SLOW_STAGE, *argv], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
@@ -317,7 +363,7 @@ def test_encode_resumes_after_sigkill(world, tmp_path):
     assert not list(out.rglob("*.tmp"))
 
 
-def test_missing_vae_is_a_clear_error(world, tmp_path, capsys):
+def test_missing_vae_is_a_clear_error(world, tmp_path, capsys, mlflow_store):
     write_manifest(tmp_path / "prepared", _clips(world, 1, 0))
     params = write_params(tmp_path / "params.yaml", {"clip": CLIP.model_dump()})
     stage = load_stage("encode_audio")
@@ -330,7 +376,7 @@ def test_missing_vae_is_a_clear_error(world, tmp_path, capsys):
         str(tmp_path / "none"),
     ]
     with pytest.raises(SystemExit) as exc:
-        stage.main([*argv, "--out", str(tmp_path / "latents")])
+        stage.main([*argv, "--out", str(tmp_path / "latents"), "--metrics", str(tmp_path / "metrics")])
     assert exc.value.code == 2
     assert str(tmp_path / "none" / encode.WEIGHTS_FILE) in capsys.readouterr().err
 
@@ -353,12 +399,24 @@ def test_ranks_write_their_own_shards_and_share_one_rejected_list(world, tmp_pat
     monkeypatch.setattr(media, "read_audio", read)
     torch.manual_seed(0)
     vae = build(dataclasses.replace(SIZES["tiny"], sample_rate=RATE)).eval()
-    out = tmp_path / "train"
-    kw = {"batch_size": 2, "per_shard": 2, "world": 2, "progress": False}
-    first = encode.encode_split(vae, rows, out, CLIP, rank=0, **kw)
-    second = encode.encode_split(vae, rows, out, CLIP, rank=1, **kw)
-    assert first.written == 2 and second.written == 2  # shards 0, 2 and 1, 3
-    assert [i for i, _ in first.rejected] == ["bad_corrupt"]
-    assert [i for i, _ in second.rejected] == ["bad_corrupt", "bad_silent"]  # both ranks', in clip order
-    assert list(pd.read_csv(out / "rejected.csv")["id"]) == ["bad_corrupt", "bad_silent"]
-    assert _shard_ids(out) == [c[0] for c in good]
+    spec = {"v": 1, "splits": {"train": {"clips": len(clips)}}}
+    ids = rows["id"].tolist()
+    reports = []
+    for rank in (
+        0,
+        1,
+    ):  # two processes: each syncs the spec (the second deletes nothing) and writes its share
+        folder = SpecFolder(tmp_path / "latents")
+        folder.sync(spec)
+        load, enc = encode.AudioLoader(rows, CLIP, vae.hop), encode.LatentEncoder(vae, CLIP)
+        reports.append(extract_split(ids, folder, "train", "audio", load, enc, 2, 2, rank, 2, progress=False))
+    assert [len(r.written) for r in reports] == [2, 2]  # shards 0, 2 and 1, 3
+    assert [i for i, _ in reports[0].rejected] == ["bad_corrupt"]
+    assert [i for i, _ in reports[1].rejected] == ["bad_silent"]
+    summary = finish_split(SpecFolder(tmp_path / "latents"), "train", "audio", ids, per_shard=2)
+    rejected = pd.read_csv(tmp_path / "latents" / "train" / "rejected.csv")
+    assert list(rejected["id"]) == ["bad_corrupt", "bad_silent"] == [i for i, _ in summary.rejected]
+    assert rejected["reason"][0].startswith("decode failed") and rejected["reason"][1].startswith(
+        "silent audio"
+    )
+    assert _shard_ids(tmp_path / "latents" / "train") == [c[0] for c in good]

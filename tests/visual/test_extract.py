@@ -1,5 +1,6 @@
 """Visual feature extraction: the encoder directory, and the extract_visual stage (resume after SIGKILL, clip order
-shared with the audio latents, bad media rejected with reasons, stale shards cleared when the spec changes)."""
+shared with the audio latents, bad media rejected with reasons, stale shards cleared when the spec changes, the
+stage's metrics)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import importlib.util
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,8 +22,10 @@ import torch
 
 from tests.data.badmedia import make_clip
 from vaflow import config
+from vaflow.code import code_hash, import_closure
 from vaflow.data import shards
 from vaflow.data.extract import ClipRejected, extract_split
+from vaflow.data.journal import SpecFolder
 from vaflow.visual import CAVP, WeightsError
 from vaflow.visual import extract as vx
 from vaflow.visual.training import cavp_config
@@ -37,6 +41,15 @@ def _stage():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, monkeypatch) -> dict[str, str]:
+    """MLflow's file store in tmp_path (a new sqlite store costs ~10 s of migrations, the file store none)."""
+    env = {"MLFLOW_TRACKING_URI": f"file://{tmp_path}/mlruns", "MLFLOW_ALLOW_FILE_STORE": "true"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +105,7 @@ def _params(path: Path, per_shard: int = PER_SHARD) -> Path:
     data = {
         "clip": {"duration": DURATION, "sample_rate": SR},
         "extract_visual": {"per_shard": per_shard, "batch_size": 2},
+        "encode_audio": {"per_shard": per_shard},  # the two shard sets are paired by position: same per_shard
     }
     path.write_text(config.dump(config.validate(data)))
     return path
@@ -102,7 +116,7 @@ def _pixels(out: Path, side: int = 4):
 
 
 def _args(tmp: Path, prepared: Path, encoder: Path, out: Path) -> list[str]:
-    return ["--params", str(tmp / "params.yaml"), "--prepared", str(prepared), "--encoder", str(encoder), "--out", str(out)]  # fmt: skip
+    return ["--params", str(tmp / "params.yaml"), "--prepared", str(prepared), "--encoder", str(encoder), "--out", str(out), "--metrics", str(tmp / "metrics")]  # fmt: skip
 
 
 def _digest(path: Path) -> str:
@@ -149,12 +163,12 @@ def test_kind_switch_removes_the_previous_weights(tmp_path):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def test_resumes_after_sigkill_without_rewriting_finished_shards(tmp_path, media_dir):
+def test_resumes_after_sigkill_without_rewriting_finished_shards(tmp_path, media_dir, mlflow_store):
     prepared = _manifest(tmp_path / "prepared", media_dir, n_train=40, bad=False)
     _params(tmp_path / "params.yaml")
     _pixels(tmp_path / "enc")
     out = tmp_path / "features"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **mlflow_store}
     proc = subprocess.Popen(
         [sys.executable, str(STAGE), *_args(tmp_path, prepared, tmp_path / "enc", out)],
         env=env,
@@ -179,7 +193,9 @@ def test_resumes_after_sigkill_without_rewriting_finished_shards(tmp_path, media
     assert pd.read_csv(out / "train" / "rejected.csv").empty
 
 
-def test_clip_order_pairs_with_audio_shards_and_bad_media_is_rejected(tmp_path, media_dir, capsys):
+def test_clip_order_pairs_with_audio_shards_and_bad_media_is_rejected(
+    tmp_path, media_dir, capsys, mlflow_store
+):
     prepared = _manifest(tmp_path / "prepared", media_dir)
     _params(tmp_path / "params.yaml")
     enc = _pixels(tmp_path / "enc")
@@ -198,6 +214,10 @@ def test_clip_order_pairs_with_audio_shards_and_bad_media_is_rejected(tmp_path, 
     assert sample["meta"]["encoder"] == vx.compact_identity(enc.identity())
     spec = json.loads((out / "spec.json").read_text())
     assert spec["encoder"] == json.loads(json.dumps(enc.identity())) and spec["per_shard"] == PER_SHARD
+    assert spec["code"] == code_hash(import_closure(STAGE))
+    metrics = json.loads((tmp_path / "metrics" / "extract_visual.json").read_text())
+    assert metrics == {"clips": 15, "encoded": 13, "rejected": 2, "shards": 8, "encoded_train": 10,
+                       "rejected_train": 2, "encoded_test": 3, "rejected_test": 0}  # fmt: skip
 
     # An audio-like shard set from the same ordered ids and per_shard, rejecting a different clip.
     ids = pd.read_csv(prepared / "manifest.csv").query("split == 'train'")["id"].tolist()
@@ -210,17 +230,19 @@ def test_clip_order_pairs_with_audio_shards_and_bad_media_is_rejected(tmp_path, 
     def encode(inputs):
         return [{"mean": np.full((5, 2), int(i[-3:]), np.float16)} for i in inputs]
 
-    extract_split(ids, tmp_path / "latents", "audio", load, encode, 3, PER_SHARD, progress=False)
+    latents = SpecFolder(tmp_path / "latents")
+    latents.sync({"splits": {"train": {}}})
+    extract_split(ids, latents, "train", "audio", load, encode, 3, PER_SHARD, progress=False)
     pairs = list(
         shards.read_zipped(
-            shards.shard_paths(tmp_path / "latents", "audio"), vx.feature_shards(out / "train")
+            shards.shard_paths(tmp_path / "latents" / "train", "audio"), vx.feature_shards(out / "train")
         )
     )
     assert [a["id"] for a, _ in pairs] == [i for i in ids if i not in ("clip_003", "clip_006", "clip_008")]
     assert all(a["id"] == v["id"] and a["mean"][0, 0] == int(v["id"][-3:]) for a, v in pairs)
 
 
-def test_spec_change_clears_stale_shards(tmp_path, media_dir, capsys):
+def test_spec_change_clears_stale_shards(tmp_path, media_dir, capsys, mlflow_store):
     prepared = _manifest(tmp_path / "prepared", media_dir, bad=False)
     _params(tmp_path / "params.yaml")
     _pixels(tmp_path / "enc", side=4)
@@ -233,7 +255,8 @@ def test_spec_change_clears_stale_shards(tmp_path, media_dir, capsys):
     _pixels(tmp_path / "enc", side=2)  # another encoder: every feature is stale
     capsys.readouterr()
     _stage().main(args)
-    assert "train: the feature spec changed, 7 stale shard(s) deleted" in capsys.readouterr().out
+    # train: its 6 shards, the stray and rejected.csv
+    assert "train: the feature spec changed, 8 stale file(s) deleted" in capsys.readouterr().out
     assert len(vx.feature_shards(out / "train")) == 6
     assert next(shards.read_shards(vx.feature_shards(out / "test")))["feat"].shape == (4, 3 * 2 * 2)
     assert {p.name: _digest(p) for p in vx.feature_shards(out / "test")} != before
@@ -247,7 +270,45 @@ def test_spec_change_clears_stale_shards(tmp_path, media_dir, capsys):
     assert [s["id"] for s in shards.read_shards(vx.feature_shards(out / "test"))] == ["clip_t0", "clip_t1"]
 
 
-def test_missing_encoder_dir_is_a_user_error(tmp_path, media_dir, capsys):
+def test_two_ranks_share_the_splits_and_rank_0_sums_them_up(tmp_path, media_dir, mlflow_store):
+    """The stage as torchrun runs it: two processes in one gloo group, each writing its own shards."""
+    prepared = _manifest(tmp_path / "prepared", media_dir)
+    _params(tmp_path / "params.yaml")
+    _pixels(tmp_path / "enc")
+    out = tmp_path / "features"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    base = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **mlflow_store}
+    base |= {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(STAGE), *_args(tmp_path, prepared, tmp_path / "enc", out)],
+            env={**base, "RANK": str(r), "LOCAL_RANK": str(r)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for r in range(2)
+    ]
+    logs = [proc.communicate(timeout=300)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], "\n".join(logs)
+    # train: 12 clips in 6 shards of 2; rank 0 writes shards 0, 2, 4 and rank 1 shards 1, 3, 5.
+    assert "train: rank 0/2 wrote 3 shard(s)" in logs[0] and "train: rank 1/2 wrote 3 shard(s)" in logs[1]
+    assert "train: 10 clips in 6 shards, 2 rejected" in logs[0] and "rejected" not in logs[1]
+    got = [s["id"] for s in shards.read_shards(vx.feature_shards(out / "train"), keys=[])]
+    assert got == [f"clip_{i:03d}" for i in range(12) if i not in (3, 6)]
+    rejected = pd.read_csv(out / "train" / "rejected.csv")
+    assert list(rejected["id"]) == [
+        "clip_003",
+        "clip_006",
+    ]  # clip_003 in rank 1's shard 1, clip_006 in rank 0's
+    metrics = json.loads((tmp_path / "metrics" / "extract_visual.json").read_text())
+    assert (metrics["encoded"], metrics["rejected"], metrics["shards"]) == (13, 2, 8)
+    assert not list(out.rglob(".journal.jsonl"))
+
+
+def test_missing_encoder_dir_is_a_user_error(tmp_path, media_dir, capsys, mlflow_store):
     prepared = _manifest(tmp_path / "prepared", media_dir, bad=False)
     _params(tmp_path / "params.yaml")
     with pytest.raises(SystemExit) as exit_info:

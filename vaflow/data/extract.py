@@ -1,23 +1,113 @@
-"""Batched extraction of per-clip features into shards: the common core of `encode_audio` and `extract_visual`.
+"""Batched extraction of per-clip features into shards: the one core of `encode_audio` and `extract_visual`.
+
+A modality supplies two callables, `load(id) -> input` (decode one clip, or raise MediaError / ClipRejected) and
+`encode(inputs) -> samples` (run its model on a batch); everything else is here and shared:
+
+    <out>/spec.json                  the shard set's spec (`vaflow.data.journal.SpecFolder`): a change clears what
+                                     it invalidates, the whole set or single splits
+    <out>/<split>/<name>-%06d.tar    shard i holds ids[i*per_shard:(i+1)*per_shard] minus the rejected clips
+    <out>/<split>/rejected.csv       id, reason: every clip of the split missing from its shards
+    <out>/<split>/.journal.jsonl     rejections as they happen, until `finish_split` folds them into rejected.csv
 
 Both modalities are written from the same ordered id list (the manifest's order within a split) with the same
 `per_shard`, so shard i of the audio latents and shard i of the visual features hold the same clips, minus the
-clips either side rejected (`shards.read_zipped` skips those).
+clips either side rejected (`shards.read_zipped` skips those, `pairs.open_split` checks them against
+rejected.csv).
+
+Ranks: each rank calls `extract_split` for its share (shard i with i % world == rank; finished shards are skipped,
+so a killed run resumes); once every rank is done (a barrier), one process calls `finish_split`.
 """
 
 from __future__ import annotations
 
+import csv
+import hashlib
+import io
+import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
+from vaflow import atomic
 from vaflow.data import shards
-from vaflow.data.media import MediaError
+from vaflow.data.journal import SpecFolder
+from vaflow.data.media import FFmpegNotFoundError, MediaError
+
+__all__ = [
+    "REJECTED_FILE",
+    "BatchedEncoder",
+    "ClipRejected",
+    "SplitSummary",
+    "extract_split",
+    "finish_split",
+    "media_digest",
+    "rejection_reason",
+    "split_specs",
+    "summary_metrics",
+]
+
+REJECTED_FILE = "rejected.csv"
+UNRECORDED = "rejected (reason not recorded)"  # a clip missing from a shard whose journal line was lost
 
 
 class ClipRejected(ValueError):
     """A clip that cannot be used (decode failure, silence policy, non-finite values); the reason is the message."""
+
+
+def rejection_reason(err: Exception) -> str:
+    """One line for a rejected list: ffmpeg's short reason for a decode failure, the policy's message otherwise."""
+    if isinstance(err, MediaError):
+        return f"decode failed: {err.reason}"
+    return " ".join(str(err).split())
+
+
+def _is_rejection(err: Exception) -> bool:
+    # A missing ffmpeg is a MediaError too, but a setup problem: rejecting every clip for it would hide it.
+    return isinstance(err, MediaError | ClipRejected) and not isinstance(err, FFmpegNotFoundError)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The spec of a split: which media its shards are of
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _file_identity(path: str) -> str:
+    """size:sha256[:16] of a media file's bytes ("missing" when it cannot be read: it is rejected when encoded)."""
+    try:
+        with open(path, "rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()[:16]
+        return f"{os.path.getsize(path)}:{digest}"
+    except OSError:
+        return "missing"
+
+
+def media_digest(rows: pd.DataFrame) -> str:
+    """sha256[:16] of a split's manifest rows in order and of the bytes of each clip's media file.
+
+    Every column but the absolute path enters (a moved tree keeps its shards); the file contents do too, because
+    a regenerated synthetic world keeps its ids, windows and paths but changes the media. Contents, not mtimes:
+    the digest lands in spec.json, which DVC hashes, so it must be the same for the same data on any machine.
+    """
+    if "path" not in rows.columns:
+        raise ValueError(f"manifest rows lack a 'path' column (have {list(rows.columns)})")
+    cols = [c for c in rows.columns if c != "path"]
+    h = hashlib.sha256(rows[cols].to_csv(index=False).encode())
+    for path in rows["path"]:
+        h.update(f"{_file_identity(str(path))}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def split_specs(splits: Mapping[str, pd.DataFrame]) -> dict[str, dict[str, Any]]:
+    """The `splits` entry of an extraction spec: per split its clip count and `media_digest`."""
+    return {name: {"clips": len(rows), "media": media_digest(rows)} for name, rows in splits.items()}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Writing a rank's share
+# ----------------------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -25,14 +115,15 @@ class BatchedEncoder:
     """Serves `make_sample(id)` to `shards.write_shards` while loading and encoding `batch_size` clips at a time.
 
     `load(id) -> input` decodes one clip (raising MediaError or ClipRejected for a bad clip); `encode(inputs) ->
-    samples` runs the model on a list of inputs and returns one sample mapping per input. The writer asks for ids in
-    shard order, so on a cache miss the next `batch_size` ids of the same shard are loaded and encoded together; a
-    clip that fails to load is re-raised when the writer reaches it, and the rest of its batch is still encoded.
+    samples` runs the model on a list of inputs and returns one sample mapping per input, or a ClipRejected in
+    place of a clip whose output is unusable. The writer asks for ids in shard order, so on a cache miss the next
+    `batch_size` ids of the same shard are loaded and encoded together; a clip that failed is re-raised when the
+    writer reaches it, and the rest of its batch is still encoded.
     """
 
     plan: Sequence[Sequence[str]]
     load: Callable[[str], Any]
-    encode: Callable[[list[Any]], list[Mapping[str, Any]]]
+    encode: Callable[[list[Any]], Sequence[Mapping[str, Any] | ClipRejected]]
     batch_size: int
 
     def __post_init__(self) -> None:
@@ -61,31 +152,40 @@ class BatchedEncoder:
         return result
 
 
-def _reject_bad_clip(clip_id: str, err: Exception) -> bool:
-    return isinstance(err, MediaError | ClipRejected)
-
-
 def extract_split(
     ids: Sequence[str],
-    out_dir: Path,
+    folder: SpecFolder,
+    split: str,
     name: str,
     load: Callable[[str], Any],
-    encode: Callable[[list[Any]], list[Mapping[str, Any]]],
+    encode: Callable[[list[Any]], Sequence[Mapping[str, Any] | ClipRejected]],
     batch_size: int,
     per_shard: int,
     rank: int = 0,
     world: int = 1,
     progress: bool = True,
 ) -> shards.ShardReport:
-    """Encode the clips `ids` (in this order) into `out_dir/name-%06d.tar`; rank `rank` of `world` writes its share.
+    """Encode the clips `ids` (in this order) into `<folder>/<split>/<name>-%06d.tar`; rank `rank` of `world`
+    writes its share. `folder` must already hold this run's spec (`SpecFolder.sync`).
 
-    Finished shards are skipped, so a killed run resumes where it stopped. Clips whose `load` raises MediaError or
-    ClipRejected are left out and listed in the report's `rejected` with their reason.
+    Finished shards are skipped. A clip whose `load` raises MediaError or ClipRejected (or whose `encode` output
+    is a ClipRejected) is left out, journalled with its reason as it happens (so a killed run keeps it), and
+    listed in the report's `rejected`. Any other error stops the run; the unfinished shard is discarded.
     """
-    plan = shards.shard_plan(ids, per_shard)
-    serve = BatchedEncoder(plan, load, encode, batch_size)
-    return shards.write_shards(
-        out_dir,
+    journal = folder.journal(split)
+    rejected: list[tuple[str, str]] = []
+
+    def on_error(clip_id: str, err: Exception) -> bool:
+        if not _is_rejection(err):
+            return False
+        reason = rejection_reason(err)
+        journal.reject(clip_id, reason)
+        rejected.append((clip_id, reason))
+        return True
+
+    serve = BatchedEncoder(shards.shard_plan(ids, per_shard), load, encode, batch_size)
+    report = shards.write_shards(
+        folder.root / split,
         name,
         ids,
         serve,
@@ -93,5 +193,102 @@ def extract_split(
         rank=rank,
         world=world,
         progress=progress,
-        on_error=_reject_bad_clip,
+        on_error=on_error,
     )
+    report.rejected = rejected  # the policy's reasons, not the exception types write_shards records
+    return report
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Summing up a split once every rank is done
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SplitSummary:
+    """A finished split: its clips, the clips its shards hold, its shard count and its rejected list."""
+
+    split: str
+    clips: int
+    encoded: int
+    shards: int
+    rejected: list[tuple[str, str]] = field(default_factory=list)  # (id, reason), in clip order
+
+    def reason_counts(self) -> dict[str, int]:
+        """Rejections per kind of reason (the text before the first ':' or '(')."""
+        counts: dict[str, int] = {}
+        for _, reason in self.rejected:
+            key = reason.split(":")[0].split("(")[0].strip()
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    def line(self) -> str:
+        """One line for the stage's log."""
+        kinds = ", ".join(f"{k}: {n}" for k, n in sorted(self.reason_counts().items()))
+        return (
+            f"{self.split}: {self.encoded} clips in {self.shards} shards, {len(self.rejected)} rejected"
+            + (f" ({kinds})" if kinds else "")
+        )
+
+
+def _read_rejected(path: Path) -> dict[str, str]:
+    """id -> reason of an existing rejected.csv (the reasons of shards finished by an earlier, folded run)."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            return {row["id"]: row["reason"] for row in csv.DictReader(f)}
+    except (OSError, KeyError, csv.Error):
+        return {}
+
+
+def finish_split(
+    folder: SpecFolder, split: str, name: str, ids: Sequence[str], per_shard: int
+) -> SplitSummary:
+    """Check that every planned shard of `<folder>/<split>` is finished, write its `rejected.csv` (every clip of
+    `ids` missing from the shards, with the reason the journal or an earlier rejected.csv gives) and fold the
+    journal into it; shards beyond the plan and temporary files of killed runs are deleted.
+
+    Call it once every rank has finished its share: RuntimeError names the shards still missing otherwise.
+    """
+    split_dir = folder.root / split
+    planned = len(shards.shard_plan(ids, per_shard))
+    with folder.locked():
+        paths = shards.shard_paths(split_dir, name)
+        expected = {f"{name}-{i:06d}.tar" for i in range(planned)}
+        missing = sorted(expected - {p.name for p in paths})
+        if missing:
+            raise RuntimeError(
+                f"{split_dir}: {len(missing)} of {planned} shards are not finished (e.g. {missing[0]}): a rank "
+                "stopped early or is still running; rerun the stage to complete them"
+            )
+        present: set[str] = set()
+        for path in paths:
+            if path.name in expected:
+                present.update(shards.member_keys(str(path)))
+            else:
+                path.unlink()  # not planned for these ids (written by hand or by another plan)
+        journal = folder.journal(split)
+        reasons = {**_read_rejected(split_dir / REJECTED_FILE), **journal.read().rejected}
+        rejected = [(i, reasons.get(i, UNRECORDED)) for i in ids if shards.sanitize_key(i) not in present]
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(["id", "reason"])
+        writer.writerows(rejected)
+        atomic.write_text(split_dir / REJECTED_FILE, text.getvalue())
+        journal.remove()
+        for leftover in split_dir.glob("*.tmp*"):
+            leftover.unlink(missing_ok=True)  # every rank is done: no temporary file is still being written
+    return SplitSummary(split, len(ids), len(ids) - len(rejected), planned, rejected)
+
+
+def summary_metrics(summaries: Sequence[SplitSummary]) -> dict[str, int]:
+    """The stage's metrics: clips, encoded, rejected and shards in total, and encoded/rejected per split."""
+    out = {
+        "clips": sum(s.clips for s in summaries),
+        "encoded": sum(s.encoded for s in summaries),
+        "rejected": sum(len(s.rejected) for s in summaries),
+        "shards": sum(s.shards for s in summaries),
+    }
+    for s in summaries:
+        out[f"encoded_{s.split}"] = s.encoded
+        out[f"rejected_{s.split}"] = len(s.rejected)
+    return out

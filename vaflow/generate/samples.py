@@ -2,25 +2,28 @@
 
 The samples folder (`data/samples/` in the pipeline):
 
-    spec.json        what the wavs depend on: model weights and card, WaveVAE, features, sampler, seed, draws
+    spec.json        what the wavs depend on: model weights and card, WaveVAE, features, sampler, seed, draws,
+                     the stage's code
     <id>.wav         16-bit mono at the WaveVAE's rate, T_a·hop samples (the generated span of the clip window);
                      with samples_per_clip K > 1: <id>-<k>.wav for k = 0 … K−1
     <id>.mp4         for the first `mux` clips (clip order of the feature shards): the clip's original video
                      window (the manifest's path, start, duration) with draw 0's audio
     index.csv        id, k, wav (file name, relative to the folder), nfe, seconds, finite: one row per wav
-    .journal.jsonl   the index rows as each batch is written, so that a killed run resumes
+    .journal.jsonl   while a run is under way: the index rows as each batch is written (folded into index.csv
+                     at the end), so that a killed run resumes
+    .lock            the folder's lock
 
-A wav is done when the file exists and its journal row does (the wav is renamed into place before its row is
-appended); everything else is generated again. A spec that differs from spec.json clears the folder first, so a
-rerun never mixes samples of two models or sampler settings. Clips are read streaming, `batch_size` draws at a
-time; each draw has its own prior noise (`core.clip_seed`), so batching changes no sample.
+The folder is a `vaflow.data.journal.SpecFolder`: a spec that differs from spec.json clears it first, so a rerun
+never mixes samples of two models or sampler settings. A wav is done when the file exists and its row is in the
+journal or index.csv (the wav is renamed into place before its row is appended); everything else is generated
+again. Clips are read streaming, `batch_size` draws at a time; each draw has its own prior noise
+(`core.clip_seed`), so batching changes no sample.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import sys
 import time
 from collections.abc import Iterator, Mapping
@@ -35,6 +38,7 @@ from tqdm import tqdm
 
 from vaflow import atomic
 from vaflow.data import media
+from vaflow.data.journal import SPEC_FILE, SpecFolder
 from vaflow.data.pairs import SplitShards
 from vaflow.data.shards import sanitize_key
 from vaflow.generate.core import (
@@ -56,12 +60,11 @@ __all__ = [
     "mux_window",
     "sample_spec",
     "sample_split",
-    "sync_folder",
     "wav_name",
 ]
 
 FORMAT = 1  # bumped when the folder's contents change meaning
-SPEC_FILE, INDEX_FILE, JOURNAL_FILE = "spec.json", "index.csv", ".journal.jsonl"
+INDEX_FILE = "index.csv"
 INDEX_COLUMNS = ["id", "k", "wav", "nfe", "seconds", "finite"]
 
 
@@ -70,9 +73,15 @@ def _digest(obj: Any) -> str:
 
 
 def sample_spec(
-    models: Models, features_spec: Mapping[str, Any], sampler: Sampler, seed: int, samples_per_clip: int
+    models: Models,
+    features_spec: Mapping[str, Any],
+    sampler: Sampler,
+    seed: int,
+    samples_per_clip: int,
+    code: str,
 ) -> dict[str, Any]:
-    """Everything the wavs depend on (batch size and `mux` are not: they change no sample)."""
+    """Everything the wavs depend on (batch size and `mux` are not: they change no sample); `code` is the sample
+    stage's code identity (`vaflow.code.code_hash` of its import closure)."""
     return {
         "format": FORMAT,
         "model": {"weights": models.flow_hash, "card": _digest(models.card)},
@@ -83,26 +92,8 @@ def sample_spec(
         "cfg_applied": sampler.applied_cfg(models.flow),
         "seed": seed,
         "samples_per_clip": samples_per_clip,
+        "code": code,
     }
-
-
-def sync_folder(out_dir: str | Path, spec: Mapping[str, Any]) -> bool:
-    """Make `out_dir` hold samples of `spec` only: when its spec.json is missing or differs, delete everything
-    in it and write `spec`. Returns True when something was deleted."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / SPEC_FILE
-    try:
-        old = json.loads(path.read_text())
-    except (OSError, ValueError):
-        old = None
-    if old == json.loads(json.dumps(spec)):
-        return False
-    stale = list(out_dir.iterdir())
-    for p in stale:
-        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-    atomic.write_json(path, spec)
-    return bool(stale)
 
 
 def wav_name(clip_id: str, k: int, samples_per_clip: int) -> str:
@@ -164,18 +155,20 @@ class _Draw:
     seed: int
 
 
-def _read_journal(out_dir: Path) -> dict[tuple[str, int], dict[str, Any]]:
-    """Journal rows whose wav exists, by (id, k); the last row of a draw wins, a line cut by a kill is skipped."""
-    path = out_dir / JOURNAL_FILE
-    rows: dict[tuple[str, int], dict[str, Any]] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-                rows[(row["id"], int(row["k"]))] = row
-            except (ValueError, KeyError, TypeError):
-                continue
-    return {key: row for key, row in rows.items() if (out_dir / row["wav"]).is_file()}
+def _finished(folder: SpecFolder) -> dict[tuple[str, int], dict[str, Any]]:
+    """Index rows of the wavs already done, by (id, k): those of an earlier run's index.csv, updated by the
+    journal of a run killed since; a row counts only while its wav exists."""
+    rows: dict[str, dict[str, Any]] = {}
+    index = folder.root / INDEX_FILE
+    if index.is_file():
+        frame = pd.read_csv(index, dtype={"id": str, "wav": str}, keep_default_na=False)
+        if missing := sorted(set(INDEX_COLUMNS) - set(frame.columns)):
+            raise ValueError(f"{index}: missing column(s) {missing}; delete it to regenerate its wavs")
+        for r in frame.to_dict("records"):
+            rows[r["wav"]] = {"id": r["id"], "k": int(r["k"]), "wav": r["wav"], "nfe": int(r["nfe"]),
+                              "seconds": float(r["seconds"]), "finite": bool(r["finite"])}  # fmt: skip
+    rows.update(folder.journal().read().done)
+    return {(row["id"], int(row["k"])): row for wav, row in rows.items() if (folder.root / wav).is_file()}
 
 
 def _batches(
@@ -198,7 +191,7 @@ def _batches(
 def sample_split(
     models: Models,
     split: SplitShards,
-    out_dir: str | Path,
+    folder: SpecFolder,
     sampler: Sampler,
     seed: int,
     samples_per_clip: int,
@@ -209,21 +202,22 @@ def sample_split(
 ) -> SampleReport:
     """Generate the wavs of every clip of `split` that the folder lacks, then the muxed previews, then index.csv.
 
-    `out_dir` must already hold this run's spec (`sync_folder`). `windows`: clip id → (video path, start,
-    duration) of the original clip, for the `mux` previews. Returns the report of the whole folder.
+    `folder` must already hold this run's spec (`SpecFolder.sync(sample_spec(...))`). `windows`: clip id →
+    (video path, start, duration) of the original clip, for the `mux` previews. Returns the report of the whole
+    folder.
     """
-    out_dir = Path(out_dir)
-    done = _read_journal(out_dir)
+    if folder.read_spec() is None:
+        raise FileNotFoundError(f"{folder.root / SPEC_FILE} not found: sync the folder with its spec first")
+    out_dir = folder.root
+    done = _finished(folder)
+    journal = folder.journal()
     ids: list[str] = []
     device = next(models.flow.parameters()).device
     shape = (models.latent_length, models.latent_dim)
     report = SampleReport(rows=[], clips=0)
     total = split.n_clips * samples_per_clip
     show = progress and sys.stderr.isatty()
-    with (
-        tqdm(total=total, initial=min(len(done), total), desc="sample", unit="wav", disable=not show) as bar,
-        open(out_dir / JOURNAL_FILE, "a") as journal,
-    ):
+    with tqdm(total=total, initial=min(len(done), total), desc="sample", unit="wav", disable=not show) as bar:
         for batch in _batches(split, done, samples_per_clip, seed, batch_size, ids):
             x_v = torch.from_numpy(np.stack([d.feat for d in batch]).astype(np.float32)).to(device)
             eps = prior_noise([d.seed for d in batch], shape)  # (B, T_a, D_a), one generator per draw
@@ -236,8 +230,7 @@ def sample_split(
                 (out_dir / name).with_suffix(".mp4").unlink(missing_ok=True)  # a preview of the old wav
                 finite = write_wav(out_dir / name, wav, models.sample_rate)
                 row = {"id": d.id, "k": d.k, "wav": name, "nfe": n, "seconds": seconds, "finite": finite}
-                journal.write(json.dumps(row) + "\n")
-                journal.flush()
+                journal.done(name, row)
                 done[(d.id, d.k)] = row
             report.generated += len(batch)
             bar.update(len(batch))
@@ -246,7 +239,9 @@ def sample_split(
     _mux_previews(report, out_dir, ids[:mux], samples_per_clip, windows or {})
     _remove_strays(out_dir, report, ids[:mux], samples_per_clip)
     index = pd.DataFrame(report.rows, columns=INDEX_COLUMNS)
-    atomic.write_text(out_dir / INDEX_FILE, index.to_csv(index=False))
+    with folder.locked():
+        atomic.write_text(out_dir / INDEX_FILE, index.to_csv(index=False))
+        journal.remove()  # folded into index.csv
     return report
 
 

@@ -10,18 +10,15 @@ Loading rebuilds the encoder from the copy and refuses it when its identity diff
 replaced weight file), so features are never silently produced by another model than the one named beside them.
 
 Feature shards: `<split>/visual-%06d.tar`, one sample per clip with `feat` (T_v, D_v) float16 and a meta dict that
-names the encoder. A feature set's spec (encoder identity, clip geometry, per_shard, a digest of each split's
-manifest rows) is kept beside the shards; shards written under another spec are stale and are deleted
-(`sync_spec`), because finished shards are otherwise skipped by a rerun.
+names the encoder, written by `vaflow.data.extract` (the same core, spec folder, journal and rejected lists as the
+audio latents). `feature_spec` is what the shards depend on; a rerun under another spec clears the stale shards.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
-import tarfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,8 +28,9 @@ import pandas as pd
 import torch
 
 from vaflow import atomic
+from vaflow.config import ClipConfig
 from vaflow.data import media, shards
-from vaflow.data.extract import ClipRejected
+from vaflow.data.extract import ClipRejected, split_specs
 from vaflow.visual import build_encoder
 from vaflow.visual.base import VisualEncoder, WeightsError, weight_hash
 
@@ -41,24 +39,17 @@ __all__ = [
     "FEATURE_NAME",
     "FeatureEncoder",
     "FrameLoader",
-    "RejectionLog",
-    "collect_rejected",
     "compact_identity",
     "export_encoder",
     "feature_shards",
+    "feature_spec",
     "load_encoder",
-    "manifest_digest",
     "read_encoder_json",
-    "sync_spec",
-    "write_rejected",
 ]
 
 ENCODER_FILE = "encoder.json"
 ENCODER_FORMAT = "vaflow-visual-encoder-1"
-SPEC_FILE = "spec.json"
 FEATURE_NAME = "visual"  # shard set name: <split>/visual-%06d.tar
-REJECTED_FILE = "rejected.csv"
-_REJECTION_LOG = "rejections-r{rank}.jsonl"
 # The build_encoder argument that names each kind's weight file.
 _WEIGHTS_OPTION = {"cavp": "checkpoint", "clip": "weights"}
 
@@ -168,7 +159,8 @@ def compact_identity(identity: Mapping[str, Any]) -> dict[str, Any]:
 
 class FrameLoader:
     """`load(id)` for extract_split: the clip's manifest window as frames (T, H, W, 3) uint8 at the encoder's fps
-    and input size. A clip that does not give T frames is rejected (ClipRejected with a one-line reason)."""
+    and input size. A clip that does not decode (MediaError) or does not give T frames (ClipRejected with a
+    one-line reason) is rejected."""
 
     def __init__(
         self, manifest: pd.DataFrame, encoder: VisualEncoder, num_frames: int, timeout: float = 120.0
@@ -181,12 +173,8 @@ class FrameLoader:
     def __call__(self, clip_id: str) -> tuple[str, np.ndarray]:
         row = self.rows[clip_id]
         path, start, duration = row["path"], float(row["start"]), float(row["duration"])
-        try:
-            frames = media.read_frames(path, self.fps, self.size, start, duration, timeout=self.timeout)
-        except media.FFmpegNotFoundError:
-            raise  # a setup problem, not a bad clip
-        except media.MediaError as err:
-            raise ClipRejected(f"decode failed: {err.reason}") from None
+        # A MediaError is a rejection ("decode failed: …", `extract.rejection_reason`); a missing ffmpeg stops the run.
+        frames = media.read_frames(path, self.fps, self.size, start, duration, timeout=self.timeout)
         if len(frames) < self.num_frames:
             raise ClipRejected(self._short_reason(path, start, duration, len(frames)))
         return clip_id, frames[: self.num_frames]
@@ -237,27 +225,8 @@ class FeatureEncoder:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Rejections that survive a resumed run
+# The feature set
 # ----------------------------------------------------------------------------------------------------------------
-
-
-class RejectionLog:
-    """Wraps a `load`: every rejection is appended to `<split_dir>/rejections-r<rank>.jsonl` as it happens, so the
-    reasons of clips in shards finished by an earlier (killed) run are still known when the split is summed up."""
-
-    def __init__(self, load: Any, split_dir: str | Path, rank: int = 0):
-        self.load = load
-        self.path = Path(split_dir) / _REJECTION_LOG.format(rank=rank)
-
-    def __call__(self, clip_id: str) -> Any:
-        try:
-            return self.load(clip_id)
-        except (ClipRejected, media.MediaError) as err:
-            reason = str(err) if isinstance(err, ClipRejected) else err.reason
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a") as f:
-                f.write(json.dumps({"id": clip_id, "reason": reason}) + "\n")
-            raise
 
 
 def feature_shards(split_dir: str | Path) -> list[Path]:
@@ -265,97 +234,22 @@ def feature_shards(split_dir: str | Path) -> list[Path]:
     return shards.shard_paths(split_dir, FEATURE_NAME)
 
 
-def _shard_keys(path: Path) -> set[str]:
-    """Sample keys of one finished shard, from the tar headers only."""
-    with tarfile.open(path, "r:") as tar:
-        return {m.name.rpartition("/")[2].partition(".")[0] for m in tar.getmembers() if m.isreg()}
-
-
-def collect_rejected(split_dir: str | Path, ids: Sequence[str], per_shard: int) -> list[tuple[str, str]]:
-    """(id, reason) of every planned clip missing from the finished shards of `split_dir`, with the logged reason.
-
-    Raises RuntimeError when shards are missing (a rank that has not finished): those clips are not rejected.
-    """
-    split_dir = Path(split_dir)
-    paths = feature_shards(split_dir)
-    planned = len(shards.shard_plan(ids, per_shard))
-    if len(paths) != planned:
-        raise RuntimeError(f"{split_dir}: {len(paths)} of {planned} shards finished; rerun to complete them")
-    present: set[str] = set()
-    for path in paths:
-        present |= _shard_keys(path)
-    reasons: dict[str, str] = {}
-    for log in sorted(split_dir.glob(_REJECTION_LOG.format(rank="*"))):
-        for line in log.read_text().splitlines():
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # the last line of a log cut by a kill
-            reasons[entry["id"]] = entry["reason"]
-    return [
-        (clip_id, reasons.get(clip_id, "rejected (reason not recorded)"))
-        for clip_id in ids
-        if shards.sanitize_key(clip_id) not in present
-    ]
-
-
-def write_rejected(split_dir: str | Path, rejected: Sequence[tuple[str, str]]) -> Path:
-    """Write `<split_dir>/rejected.csv` (id, reason) atomically; returns its path."""
-    path = Path(split_dir) / REJECTED_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
-    pd.DataFrame(list(rejected), columns=["id", "reason"]).to_csv(tmp, index=False)
-    os.replace(tmp, path)
-    return path
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The feature set's spec: stale shards go
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def manifest_digest(rows: pd.DataFrame) -> str:
-    """sha256[:16] of a split's manifest rows in order (every column but the absolute path, so a moved tree
-    keeps its features): a new clip list, window or label means new shard contents."""
-    cols = [c for c in rows.columns if c != "path"]
-    text = rows[cols].to_csv(index=False)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _clear_split(split_dir: Path) -> int:
-    """Delete a split's shards, leftovers and rejection records; returns the number of shards removed."""
-    n = 0
-    for path in split_dir.glob(f"{FEATURE_NAME}-*.tar*"):
-        n += path.suffix == ".tar"
-        path.unlink()
-    for path in [*split_dir.glob(_REJECTION_LOG.format(rank="*")), split_dir / REJECTED_FILE]:
-        path.unlink(missing_ok=True)
-    return n
-
-
-def sync_spec(out_dir: str | Path, spec: Mapping[str, Any]) -> dict[str, int]:
-    """Make `out_dir` hold only shards written under `spec`, then record it in `out_dir/spec.json`.
-
-    `spec` = {..., "splits": {split: {...}}}: when anything outside "splits" differs from the recorded spec, every
-    split is cleared; otherwise only the splits whose entry differs (or that the spec no longer lists). Returns
-    {split: shards deleted} for the cleared splits.
-    """
-    out_dir = Path(out_dir)
-    path = out_dir / SPEC_FILE
-    spec = _plain(spec)
-    try:
-        old = json.loads(path.read_text()) if path.is_file() else {}
-    except json.JSONDecodeError:
-        old = {}
-    common_changed = {k: v for k, v in old.items() if k != "splits"} != {
-        k: v for k, v in spec.items() if k != "splits"
+def feature_spec(
+    encoder: VisualEncoder,
+    clip: ClipConfig,
+    num_frames: int,
+    per_shard: int,
+    splits: Mapping[str, pd.DataFrame],
+    code: str,
+) -> dict[str, Any]:
+    """Everything the feature shards depend on, for `SpecFolder.sync`: the encoder's full identity (which
+    `artifacts.feature_identity` reads back), the clip geometry, frames per clip, per_shard, `code` (the stage's
+    code identity, `vaflow.code.code_hash`), and per split its clips and media (`splits`: name -> manifest rows)."""
+    return {
+        "encoder": _plain(encoder.identity()),
+        "clip": clip.model_dump(mode="json"),
+        "num_frames": num_frames,
+        "per_shard": per_shard,
+        "code": code,
+        "splits": split_specs(splits),
     }
-    old_splits, new_splits = old.get("splits", {}), spec.get("splits", {})
-    on_disk = {p.name for p in out_dir.iterdir() if p.is_dir()} if out_dir.is_dir() else set()
-    cleared = {}
-    for split in sorted(on_disk | set(new_splits)):
-        if common_changed or old_splits.get(split) != new_splits.get(split):
-            split_dir = out_dir / split
-            if split_dir.is_dir():
-                cleared[split] = _clear_split(split_dir)
-    atomic.write_json(path, spec)
-    return cleared
