@@ -16,7 +16,7 @@ __all__ = ["USER_ERRORS", "exit_on_user_error", "is_user_error"]
 # as one clear message without a traceback. Listed by name so that checking needs no heavy import.
 USER_ERRORS = frozenset(
     {
-        "vaflow.config:ConfigError",
+        "vaflow.section:ConfigError",
         "vaflow.data.sources:SourceError",
         "vaflow.data.media:MediaError",
         "vaflow.data.shards:ShardError",

@@ -142,3 +142,9 @@ def test_solver_passes_float32_time_for_float32_state():
     euler(lambda x, t: seen.append(t) or torch.zeros_like(x), X_0.float(), steps=4)
     assert [s.dtype for s in seen] == [torch.float32] * 4
     assert [s[0].item() for s in seen] == [0.0, 0.25, 0.5, 0.75]
+
+
+def test_params_know_every_solver_by_name():
+    from vaflow.method_config import SOLVER_NAMES
+
+    assert set(SOLVER_NAMES) == set(SOLVERS)

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from vaflow.config import Section
+from vaflow.section import Section
 
 # Keys that may change between a run and its resume without changing what is being trained: the run length,
 # how often it logs/checkpoints, how data is loaded, how it is launched and which (equivalent) kernels compute it.
@@ -104,3 +104,9 @@ class TrainerConfig(Section):
 
 
 __all__ = ["RESUMABLE_KEYS", "TrainerConfig"]
+
+
+def needs_steps(trainer: TrainerConfig, stage: str) -> None:
+    """A stage section's check that its trainer trains (`steps` >= 1); only joint_tune may pass through with 0."""
+    if trainer.steps < 1:
+        raise ValueError(f"trainer.steps: {stage} must train at least 1 step (0 is only for joint_tune)")
