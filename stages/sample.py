@@ -60,10 +60,11 @@ def sample(params: config.Params, args: argparse.Namespace, tracker: Tracker) ->
         }
     )
     tracker.log_final(metrics)
+    tracker.log_final(report.run_figures(), in_file=False)  # wall-clock and resume counts vary run to run
     tracker.log_artifact(out / INDEX_FILE)
     tracker.log_artifact(out / SPEC_FILE)
     print(f"{out}: {metrics['samples']} wavs ({report.generated} generated, {report.skipped} kept), "
-          f"{metrics['nfe_per_clip']:g} NFE and {metrics['seconds_per_clip']:.3f} s per clip, "
+          f"{metrics['nfe_per_clip']:g} NFE and {report.run_figures()['seconds_per_clip']:.3f} s per clip, "
           f"{report.muxed} previews muxed; {metrics['nonfinite']} non-finite")  # fmt: skip
 
 

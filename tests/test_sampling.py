@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import re
 import wave
 from pathlib import Path
 
@@ -156,9 +157,10 @@ def test_split_gives_one_wav_per_clip_with_index_and_previews(world, tmp_path):
     assert sorted(p.name for p in out.glob("*.mp4")) == ["clip0.mp4", "clip1.mp4"]
     info = media.probe(out / "clip0.mp4")
     assert info.has_audio and (info.width, info.height) == (22, 18) and abs(info.duration - 0.2) < 0.06
-    m = report.metrics()
-    assert (m["clips"], m["samples"], m["generated"], m["skipped"], m["muxed"]) == (5, 5, 5, 0, 2)
-    assert m["nfe_per_clip"] == 4 and m["seconds_per_clip"] > 0 and m["nonfinite"] == 0
+    m, run = report.metrics(), report.run_figures()
+    assert (m["clips"], m["samples"], run["generated"], run["skipped"], m["muxed"]) == (5, 5, 5, 0, 2)
+    assert m["nfe_per_clip"] == 4 and run["seconds_per_clip"] > 0 and m["nonfinite"] == 0
+    assert not set(m) & set(run)  # what varies between runs stays out of the metrics file
 
 
 def test_rerun_skips_finished_wavs_and_redoes_missing_ones(world, tmp_path):
@@ -296,7 +298,10 @@ def test_stage_writes_samples_metrics_and_resumes(world, tmp_path, monkeypatch, 
         _stage_main(["--features", str(world / "features"), "--model", str(world / "models" / "vaflow"),
                      "--vae", str(world / "models" / "audio_vae"), "--prepared", str(world / "prepared"),
                      "--out", "samples", "--metrics", "metrics"])  # fmt: skip
-        return json.loads((tmp_path / "metrics" / "sample.json").read_text())
+        printed = capsys.readouterr().out
+        generated = int(re.search(r"\((\d+) generated", printed)[1])  # a run figure: printed, in MLflow
+        final = json.loads((tmp_path / "metrics" / "sample.json").read_text())
+        return {**final, "generated": generated, "printed": printed}
 
     first = run()
     assert (first["clips"], first["samples"], first["generated"], first["muxed"]) == (5, 5, 5, 1)
@@ -313,7 +318,7 @@ def test_stage_writes_samples_metrics_and_resumes(world, tmp_path, monkeypatch, 
     )  # batching: same spec
     zero = run({"sample": {"cond": "zero"}})
     assert (zero["generated"], zero["cfg_applied"]) == (5, 0.0)
-    assert "has no effect" in capsys.readouterr().out
+    assert "has no effect" in zero["printed"]
     with pytest.raises(SystemExit) as exit_:
         run({"clip": {"duration": 0.5}})  # the model was trained on 0.2 s clips
     assert exit_.value.code == 2 and "T_a = 200" in capsys.readouterr().err

@@ -339,12 +339,17 @@ class Tracker:
                 "; step metrics now go to the TSV only" if self._failures >= MAX_FAILURES else "",
             )
 
-    def log_final(self, metrics: Mapping[str, float]) -> None:
-        """Final metrics: merged into `<metrics_dir>/<stage>.json` (written atomically) and logged to MLflow."""
+    def log_final(self, metrics: Mapping[str, float], in_file: bool = True) -> None:
+        """Final metrics: merged into `<metrics_dir>/<stage>.json` (written atomically) and logged to MLflow.
+
+        `in_file=False` logs to MLflow only: for figures that differ from run to run (wall-clock times, how much of
+        the work a resumed run found done), so that the metrics files of two runs compare byte for byte.
+        """
         if not self.enabled:
             return
-        self.final.update({k: _json_number(v) for k, v in metrics.items()})
-        atomic.write_text(self.final_path, json.dumps(self.final, indent=2, sort_keys=True) + "\n")
+        if in_file:
+            self.final.update({k: _json_number(v) for k, v in metrics.items()})
+            atomic.write_text(self.final_path, json.dumps(self.final, indent=2, sort_keys=True) + "\n")
         if self.client is not None:
             from mlflow.entities import Metric
 
