@@ -3,7 +3,8 @@ measure its test-split reconstruction against trivial baselines.
 
 Outputs: `<out>/wavevae.safetensors` (EMA weights, config in the metadata) and `<out>/vae.json`;
 `<metrics>/audio_vae.json` (+ `audio_vae_steps.tsv` when training); checkpoints in
-`<checkpoints>/audio_vae-<hash of the clip and audio_vae sections>/`, so a rerun resumes and a new config restarts.
+`<checkpoints>/audio_vae-<hash of the clip and audio_vae sections and of the code>/`, so a rerun resumes and a new
+config or new code restarts.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from vaflow import config
 from vaflow.audio import training
 from vaflow.audio.encode import export_model
 from vaflow.audio.wavevae import SIZES, WaveVAE, build, load_wavevae
-from vaflow.cli import exit_on_user_error
+from vaflow.code import stage_code
 from vaflow.data.prepare import load_manifest
+from vaflow.errors import exit_on_user_error
 from vaflow.tracking import Tracker
 from vaflow.train.checkpoint import run_dir
 from vaflow.train.distributed import env_rank
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     imported = import_vae(params) if cfg.mode == "import" else None  # a bad checkpoint fails before any run
     with Tracker("audio_vae", params=sections, metrics_dir=args.metrics) as tracker:
         if cfg.mode == "train":
-            ckpt_dir = run_dir(args.checkpoints, "audio_vae", sections)
+            ckpt_dir = run_dir(args.checkpoints, "audio_vae", {**sections, "code": stage_code(__file__)})
             vae, mean_spectrum, figures = train(params, manifest, ckpt_dir, tracker)
         if env_rank()[0] != 0:
             return  # rank 0 exports and measures
