@@ -47,9 +47,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
-
 from vaflow import atomic
+from vaflow.plain import flatten, plain
 
 log = logging.getLogger("vaflow.tracking")
 
@@ -123,18 +122,6 @@ def check_reachable(uri: str, timeout: float = PROBE_TIMEOUT_S) -> None:
             f"MLflow tracking server {uri} is unreachable ({reason}); start it, fix MLFLOW_TRACKING_URI, or unset "
             "it to use the embedded sqlite store"
         ) from None
-
-
-def flatten_params(params: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested mappings / pydantic sections as {dotted.key: leaf}."""
-    if isinstance(params, BaseModel):
-        params = params.model_dump(mode="json")
-    if isinstance(params, Mapping) and params:
-        out: dict[str, Any] = {}
-        for key, value in params.items():
-            out.update(flatten_params(value, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    return {prefix: params} if prefix else {}
 
 
 def _param_text(value: Any) -> str:
@@ -265,7 +252,7 @@ class Tracker:
             return
         from mlflow.entities import Param
 
-        flat = [Param(k, _param_text(v)) for k, v in flatten_params(params).items()]
+        flat = [Param(k, _param_text(v)) for k, v in flatten(params).items()]
         for i in range(0, len(flat), 100):  # MLflow accepts at most 100 params per batch
             self.client.log_batch(self.run_id, params=flat[i : i + 100])
 
@@ -367,9 +354,9 @@ class Tracker:
         `provenance` in the metrics file, beside the numbers, and set as `provenance.*` tags of the run."""
         if not self.enabled:
             return
-        self.final["provenance"] = json.loads(json.dumps(provenance))  # plain JSON types, a copy
+        self.final["provenance"] = plain(provenance)  # JSON types, a copy
         atomic.write_text(self.final_path, json.dumps(self.final, indent=2, sort_keys=True) + "\n")
-        self.set_tags(flatten_params({"provenance": provenance}))
+        self.set_tags(flatten({"provenance": provenance}))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Upload a file or directory to the run's artifacts."""
@@ -412,7 +399,6 @@ __all__ = [
     "TrackingError",
     "check_reachable",
     "default_tracking_uri",
-    "flatten_params",
     "git_revision",
     "params_hash",
     "repo_root",

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from vaflow import atomic
+from vaflow.plain import plain
 
 __all__ = ["JOURNAL_FILE", "LOCK_FILE", "SPEC_FILE", "SPLITS", "Entries", "Journal", "SpecFolder"]
 
@@ -45,10 +46,6 @@ LOCK_FILE = ".lock"
 JOURNAL_FILE = ".journal.jsonl"
 SPLITS = "splits"  # the spec key whose entries each own one subfolder
 
-
-def _plain(obj: Any) -> Any:
-    """`obj` as JSON types (tuples become lists), so a spec compares equal to its recorded copy."""
-    return json.loads(json.dumps(obj))
 
 
 def _remove(path: Path) -> int:
@@ -98,7 +95,7 @@ class SpecFolder:
     def sync(self, spec: Mapping[str, Any]) -> dict[str, int]:
         """Make the folder hold only what `spec` allows, then record `spec`. Returns {entry: files deleted} for
         every top-level entry removed (a split's subfolder, or a file of the folder); empty when nothing was."""
-        spec = _plain(dict(spec))
+        spec = plain(dict(spec))
         splits = self._check_splits(spec)
         with self.locked():
             old = self.read_spec()

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vaflow.plain import flatten, plain
 from vaflow.train.config import RESUMABLE_KEYS
 
 log = logging.getLogger("vaflow.train")
@@ -48,21 +49,6 @@ class ConfigMismatchError(ValueError):
 # --------------------------------------------------------------------------------------------
 
 
-def plain(obj: Any) -> Any:
-    """`obj` as JSON types (tuples become lists), so stored and fresh configs compare equal."""
-    return json.loads(json.dumps(obj))
-
-
-def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    """A nested mapping as {dotted.key: leaf value}."""
-    if isinstance(obj, dict) and obj:
-        out: dict[str, Any] = {}
-        for key, value in obj.items():
-            out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    return {prefix: obj}
-
-
 def run_dir(root: str | os.PathLike, stage: str, sections: Any) -> Path:
     """`<root>/<stage>-<hash>`: the checkpoint folder of one training configuration.
 
@@ -70,8 +56,7 @@ def run_dir(root: str | os.PathLike, stage: str, sections: Any) -> Path:
     except the trainer keys a resume may change (steps, logging, launcher), so an interrupted or lengthened run
     continues in the same folder and any other change starts afresh in a new one.
     """
-    plain_sections = json.loads(json.dumps(sections, default=lambda m: m.model_dump(mode="json")))
-    kept = {k: v for k, v in flatten(plain_sections).items() if not _resumable(k)}
+    kept = {k: v for k, v in flatten(plain(sections)).items() if not _resumable(k)}
     digest = hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:12]
     return Path(root) / f"{stage}-{digest}"
 

@@ -31,6 +31,7 @@ from vaflow import atomic
 from vaflow.config import ClipConfig
 from vaflow.data import media, shards
 from vaflow.data.extract import ClipRejected, split_specs
+from vaflow.plain import plain
 from vaflow.visual import build_encoder
 from vaflow.visual.base import VisualEncoder, WeightsError, weight_hash
 
@@ -57,11 +58,6 @@ _WEIGHTS_OPTION = {"cavp": "checkpoint", "clip": "weights"}
 # ----------------------------------------------------------------------------------------------------------------
 # The encoder directory
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def _plain(obj: Any) -> Any:
-    """`obj` as JSON types (tuples become lists), so recorded and rebuilt identities compare equal."""
-    return json.loads(json.dumps(obj))
 
 
 def export_encoder(
@@ -105,9 +101,9 @@ def export_encoder(
     spec = {
         "format": ENCODER_FORMAT,
         "kind": kind,
-        "options": _plain(options),
+        "options": plain(options),
         "weights": name,
-        "identity": _plain(encoder.identity()),
+        "identity": plain(encoder.identity()),
     }
     atomic.write_json(out_dir / ENCODER_FILE, spec)
     return encoder
@@ -137,7 +133,7 @@ def load_encoder(encoder_dir: str | Path, device: str | torch.device = "cpu") ->
     if spec["weights"] is not None:
         options[_WEIGHTS_OPTION[kind]] = encoder_dir / spec["weights"]
     encoder = build_encoder(kind, **options).to(device)
-    recorded, rebuilt = spec["identity"], _plain(encoder.identity())
+    recorded, rebuilt = spec["identity"], plain(encoder.identity())
     if rebuilt != recorded:
         keys = sorted(k for k in set(recorded) | set(rebuilt) if recorded.get(k) != rebuilt.get(k))
         raise WeightsError(
@@ -246,7 +242,7 @@ def feature_spec(
     `artifacts.feature_identity` reads back), the clip geometry, frames per clip, per_shard, `code` (the stage's
     code identity, `vaflow.code.code_hash`), and per split its clips and media (`splits`: name -> manifest rows)."""
     return {
-        "encoder": _plain(encoder.identity()),
+        "encoder": plain(encoder.identity()),
         "clip": clip.model_dump(mode="json"),
         "num_frames": num_frames,
         "per_shard": per_shard,
