@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vaflow import atomic
 from vaflow.plain import flatten, plain
 from vaflow.train.config import RESUMABLE_KEYS
 
@@ -267,9 +268,8 @@ class CheckpointDir:
         try:
             os.link(self.last, dst)
         except OSError:  # filesystems without hard links: copy through a temp file, still atomic
-            tmp = self.dir / f".{dst.name}.tmp"
-            shutil.copyfile(self.last, tmp)
-            os.replace(tmp, dst)
+            with atomic.replacing(dst) as tmp:
+                shutil.copyfile(self.last, tmp)
         for old in sorted(self.dir.glob("step-*.pt"))[: -self.keep]:
             old.unlink(missing_ok=True)
 

@@ -17,7 +17,6 @@ audio latents). `feature_spec` is what the shards depend on; a rerun under anoth
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -85,9 +84,8 @@ def export_encoder(
         target = out_dir / name
         out_dir.mkdir(parents=True, exist_ok=True)
         if source.resolve() != target.resolve():
-            tmp = target.with_name(f".{name}.tmp")
-            shutil.copyfile(source, tmp)
-            os.replace(tmp, target)
+            with atomic.replacing(target) as tmp:
+                shutil.copyfile(source, tmp)
         if weight_hash(target) != encoder.weights_sha:
             raise WeightsError(f"{source} changed while it was copied to {target}; run the stage again")
     else:
