@@ -26,8 +26,10 @@ def test_loss_is_zero_for_identical_inputs_and_positive_otherwise(loss, signals)
     assert loss(clean, clean).item() == 0.0
     assert loss(noisy, clean).item() > 0.0
     assert loss(noisy[:, 0], clean[:, 0]).shape == ()  # (B, N) input too
-    louder_noise = clean + 0.5 * (noisy - clean)  # half the noise: a smaller loss
-    assert loss(louder_noise, clean) < loss(noisy, clean)
+    # The loss grows with the error: half the noise scores lower, twice the noise higher.
+    quieter_noise = clean + 0.5 * (noisy - clean)
+    louder_noise = clean + 2.0 * (noisy - clean)
+    assert loss(quieter_noise, clean) < loss(noisy, clean) < loss(louder_noise, clean)
 
 
 def test_losses_are_differentiable(signals):
