@@ -1,5 +1,7 @@
 """Params validation, derived lengths and presets."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -109,3 +111,10 @@ def test_user_errors_are_recognised_by_name():
     for entry in errors.USER_ERRORS:
         module, name = entry.split(":")
         assert isinstance(getattr(importlib.import_module(module), name), type), entry
+
+
+def test_params_validate_without_torch():
+    """`vaflow check` and every config import stay light: no model library is loaded to validate params."""
+    code = "import sys, vaflow.config as c; c.Params(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -171,7 +171,7 @@ class AudioVAEConfig(Section):
 
     # `train` inside the pipeline (the embedded default), or `import` a checkpoint (paper scale: SAO 1.0).
     mode: Literal["train", "import"] = "train"
-    # A name from `vaflow.audio.wavevae.SIZES`: `small` trains in CPU minutes; `sao` is exactly SAO 1.0.
+    # A name from `vaflow.audio.sizes.SIZES`: `small` trains in CPU minutes; `sao` is exactly SAO 1.0.
     size: str = "small"
     # `import` mode: the local checkpoint (SAO `model.ckpt` / `model.safetensors`, or a bare VAE state dict).
     checkpoint: str = ""
@@ -198,7 +198,7 @@ class AudioVAEConfig(Section):
 
     @model_validator(mode="after")
     def _known_size(self) -> AudioVAEConfig:
-        from vaflow.audio.wavevae import SIZES
+        from vaflow.audio.sizes import SIZES
 
         if self.size not in SIZES:
             near = difflib.get_close_matches(self.size, list(SIZES), n=1)
@@ -213,14 +213,14 @@ class AudioVAEConfig(Section):
     @property
     def hop(self) -> int:
         """Audio samples per latent frame of the chosen size."""
-        from vaflow.audio.wavevae import SIZES
+        from vaflow.audio.sizes import SIZES
 
         return SIZES[self.size].hop
 
     @property
     def latent_dim(self) -> int:
         """`D_a`: latent channels of the chosen size (SAO 64)."""
-        from vaflow.audio.wavevae import SIZES
+        from vaflow.audio.sizes import SIZES
 
         return SIZES[self.size].latent_dim
 
@@ -341,7 +341,7 @@ class Params(Section):
         # A trained VAE learns at clip.sample_rate; an imported one has its rate baked into its weights.
         if self.audio_vae.mode != "import":
             return self
-        from vaflow.audio.wavevae import SIZES
+        from vaflow.audio.sizes import SIZES
 
         rate = SIZES[self.audio_vae.size].sample_rate
         if rate != self.clip.sample_rate:
