@@ -233,7 +233,14 @@ def test_bare_state_dict_and_save_round_trip(tiny, tmp_path):
         assert model.config == tiny.config
         for a, b in zip(_outputs(tiny, audio), _outputs(model, audio), strict=True):
             torch.testing.assert_close(a, b, atol=0, rtol=0)
-    assert len(weights_hash(saved)) == 16 and weights_hash(saved) == weights_hash(saved)
+    # The hash identifies the weights: saved again under another name after a load, they hash the same (nothing of
+    # the path or the time is in the file); one changed value changes it.
+    again = save_wavevae(load_wavevae(saved), tmp_path / "again" / "other_name.safetensors")
+    assert len(weights_hash(saved)) == 16 and weights_hash(again) == weights_hash(saved)
+    changed = load_wavevae(saved)
+    with torch.no_grad():
+        changed.decoder.layers[0].bias[0] += 1e-3
+    assert weights_hash(save_wavevae(changed, tmp_path / "changed.safetensors")) != weights_hash(saved)
     assert weights_hash(saved) != weights_hash(bare)
     assert not list(saved.parent.glob("*.tmp"))
 
