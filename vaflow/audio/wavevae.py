@@ -530,7 +530,9 @@ def save_wavevae(model: WaveVAE, path: str | os.PathLike) -> Path:
 
     path = Path(path)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    metadata = {"format": "vaflow.wavevae", "wavevae_config": json.dumps(model.config.to_dict())}
+    # One metadata key: safetensors writes its metadata map in a per-process random order, and two keys would
+    # make the same weights save to different bytes (and weight hashes) from run to run.
+    metadata = {"wavevae_config": json.dumps(model.config.to_dict(), sort_keys=True)}
     with atomic.replacing(path) as tmp:
         save_file(state, str(tmp), metadata=metadata)
     return path

@@ -392,7 +392,9 @@ class CAVP(nn.Module):
         from safetensors.torch import save_file
 
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        metadata = {"format": _CHECKPOINT_FORMAT, "config": json.dumps(self.config.to_dict())}
+        # One metadata key: safetensors writes its metadata map in a per-process random order, and two keys would
+        # make the same weights save to different bytes (and weight hashes) from run to run.
+        metadata = {_CHECKPOINT_FORMAT: json.dumps(self.config.to_dict(), sort_keys=True)}
         with atomic.replacing(path) as tmp:
             save_file(state, str(tmp), metadata=metadata)
 
@@ -412,13 +414,17 @@ class CAVP(nn.Module):
             state = load_file(str(path))
         except Exception as e:
             raise WeightsError(f"{path} could not be read as safetensors ({e}); expected {expected}") from e
-        if metadata.get("format") != _CHECKPOINT_FORMAT or "config" not in metadata:
+        # {format: config} as written by `save`; {"format": ..., "config": ...} as written before it.
+        config_json = metadata.get(_CHECKPOINT_FORMAT)
+        if config_json is None and metadata.get("format") == _CHECKPOINT_FORMAT:
+            config_json = metadata.get("config")
+        if config_json is None:
             raise WeightsError(
                 f"{path} has no CAVP metadata (format {metadata.get('format')!r}, want {_CHECKPOINT_FORMAT!r}); "
                 f"expected {expected}"
             )
         try:
-            config = CAVPConfig.from_dict(json.loads(metadata["config"]))
+            config = CAVPConfig.from_dict(json.loads(config_json))
         except (ValueError, TypeError) as e:
             raise WeightsError(f"{path}: bad CAVP config in metadata: {e}") from e
         model = cls(config)
