@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vaflow.train.config import TrainerConfig  # noqa: E402
 from vaflow.train.distributed import init_distributed  # noqa: E402
-from vaflow.train.trainer import EMA, Trainer, seed_everything  # noqa: E402
+from vaflow.train.numerics import EMA, seed_everything  # noqa: E402
+from vaflow.train.trainer import Trainer  # noqa: E402
 
 N_IN = 32
 

@@ -2,9 +2,10 @@
 measure its test-split reconstruction against trivial baselines.
 
 Outputs: `<out>/wavevae.safetensors` (EMA weights, config in the metadata) and `<out>/vae.json`;
-`<metrics>/audio_vae.json` (+ `audio_vae_steps.tsv` when training); checkpoints in
-`<checkpoints>/audio_vae-<hash of the clip and audio_vae sections and of the code>/`, so a rerun resumes and a new
-config or new code restarts.
+`<metrics>/audio_vae.json` (+ `audio_vae_steps.tsv` when training) with the synthetic world's oracle figures when
+`<prepared>` holds its ground truth, and `<metrics>/audio_vae_mels.png` (ground-truth vs reconstructed log-mels of a
+few test clips, also logged to the MLflow run); checkpoints in `<checkpoints>/audio_vae-<hash of the clip and
+audio_vae sections and of the code>/`, so a rerun resumes and a new config or new code restarts.
 """
 
 from __future__ import annotations
@@ -18,22 +19,28 @@ from pathlib import Path
 import torch
 
 from vaflow import config
-from vaflow.audio import training
+from vaflow.audio import reconstruction, training
 from vaflow.audio.encode import export_model
 from vaflow.audio.wavevae import SIZES, WaveVAE, build, load_wavevae
 from vaflow.code import stage_code
 from vaflow.data.prepare import load_manifest
 from vaflow.errors import exit_on_user_error
+from vaflow.eval.oracle import read_truth, truth_dir
 from vaflow.tracking import Tracker
 from vaflow.train.checkpoint import run_dir
 from vaflow.train.distributed import env_rank
-from vaflow.train.trainer import Trainer, seed_everything
+from vaflow.train.numerics import seed_everything
+from vaflow.train.trainer import Trainer
 
 # Test clips scored (evenly spaced over the split) and train clips averaged into the mean-spectrum baseline:
 # all of them in the synthetic world; a bound on the work at VGGSound scale.
 EVAL_CLIPS = 512
 MEAN_SPECTRUM_CLIPS = 256
 EVAL_BATCH = 8
+# Test clips of distinct classes (one of each class of the synthetic world) drawn in the mel comparison figure,
+# written beside the metrics file.
+FIGURE_CLIPS = 8
+FIGURE_NAME = "audio_vae_mels.png"
 
 
 def train(
@@ -57,7 +64,7 @@ def train(
     sections = {"audio_vae": cfg.model_dump(mode="json"), "clip": clip.model_dump(mode="json")}
     trainer = Trainer(model, training.loss_fn, stream, cfg.trainer, ckpt_dir, tracker, stage_config=sections)
     result = trainer.fit()
-    mean_spectrum = training.mean_log_mel(bank.audio, clip.sample_rate)
+    mean_spectrum = reconstruction.mean_log_mel(bank.audio, clip.sample_rate)
     return result.ema.vae, mean_spectrum, {f"train_{k}": v for k, v in result.losses.items()}
 
 
@@ -72,17 +79,24 @@ def train_mean_spectrum(params: config.Params, manifest, hop: int) -> torch.Tens
     bank = training.load_bank(rows, params.clip, hop)
     if not bank.ids:
         raise config.ConfigError("no usable train clip for the mean-spectrum baseline")
-    return training.mean_log_mel(bank.audio, params.clip.sample_rate)
+    return reconstruction.mean_log_mel(bank.audio, params.clip.sample_rate)
 
 
-def evaluate(vae: WaveVAE, params: config.Params, manifest, mean_spectrum: torch.Tensor) -> dict:
-    """Test-split reconstruction figures and baselines (see training.reconstruction_metrics)."""
+def evaluate(
+    vae: WaveVAE, params: config.Params, manifest, mean_spectrum: torch.Tensor, prepared: Path, figure: Path
+) -> dict:
+    """Test-split reconstruction figures, baselines and (synthetic world) oracle figures; writes the figure."""
     rows = training.even_subset(manifest[manifest["split"] == "test"], EVAL_CLIPS)
     bank = training.load_bank(rows, params.clip, vae.hop)
     if not bank.ids:
         raise config.ConfigError("no usable test clip to measure the reconstruction on")
-    vae = vae.eval()
-    figures = training.reconstruction_metrics(vae, bank.audio, mean_spectrum, EVAL_BATCH, progress=True)
+    labels = dict(zip(rows["id"], rows["label"].astype(str), strict=True))
+    folder = truth_dir(prepared)
+    truths = [read_truth(folder, cid) for cid in bank.ids] if folder is not None else None
+    figures = reconstruction.evaluate_reconstruction(
+        vae.eval(), bank.audio, mean_spectrum, [labels[cid] for cid in bank.ids], truths, figure, FIGURE_CLIPS,
+        EVAL_BATCH, progress=True,
+    )  # fmt: skip
     return figures | {"test_rejected": float(len(bank.rejected))}
 
 
@@ -115,9 +129,11 @@ def main(argv: list[str] | None = None) -> None:
         info = export_model(vae.cpu(), args.out, info)
         print(f"exported {args.out}: {json.dumps(info)}")
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        figures |= evaluate(vae.to(device), params, manifest, mean_spectrum)
+        figure = Path(args.metrics) / FIGURE_NAME
+        figures |= evaluate(vae.to(device), params, manifest, mean_spectrum, Path(args.prepared), figure)
         tracker.log_final(figures)
         tracker.log_artifact(Path(args.out) / "vae.json")
+        tracker.log_artifact(figure)
     for key, value in sorted(figures.items()):
         print(f"{key:32s} {value:.4f}")
 

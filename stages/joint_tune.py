@@ -15,7 +15,7 @@ from vaflow.hashing import weights_hash
 from vaflow.models import artifacts, training
 from vaflow.tracking import Tracker
 from vaflow.train.checkpoint import run_dir
-from vaflow.train.trainer import seed_everything
+from vaflow.train.numerics import seed_everything
 
 STAGE = "joint_tune"
 

@@ -14,7 +14,8 @@ from vaflow.models import artifacts, training
 from vaflow.models.align_vae import AlignLossWeights, AlignVAE, AlignVAEConfig
 from vaflow.tracking import Tracker
 from vaflow.train.checkpoint import run_dir
-from vaflow.train.trainer import Trainer, seed_everything
+from vaflow.train.numerics import seed_everything
+from vaflow.train.trainer import Trainer
 
 STAGE = "train_align"
 

@@ -13,7 +13,8 @@ from vaflow.errors import exit_on_user_error
 from vaflow.tracking import Tracker
 from vaflow.train.checkpoint import run_dir
 from vaflow.train.distributed import env_rank
-from vaflow.train.trainer import Trainer, seed_everything
+from vaflow.train.numerics import seed_everything
+from vaflow.train.trainer import Trainer
 from vaflow.visual import CAVP, training
 from vaflow.visual.extract import export_encoder
 

@@ -226,15 +226,15 @@ def _outputs(work):
 
 
 def test_changed_code_reruns_exactly_its_importers_and_the_rerun_is_bit_identical(repo, clone):
-    """A comment appended to vaflow/data/media.py: `dvc status` names exactly the stages whose import closure holds
-    it (derived here from the sources, as the stages' deps are); `dvc repro` reruns them under their code's new
-    identity (fresh extraction specs, fresh checkpoint folders: nothing of the old code is resumed) and the stages
-    downstream of the changed specs; the code being the same in effect, every rerun writes byte-identical metrics
-    and shards (two runs of a stage on the CPU agree to the byte)."""
+    """A comment appended to vaflow/data/media/process.py: `dvc status` names exactly the stages whose import
+    closure holds it (derived here from the sources, as the stages' deps are); `dvc repro` reruns them under their
+    code's new identity (fresh extraction specs, fresh checkpoint folders: nothing of the old code is resumed) and
+    the stages downstream of the changed specs; the code being the same in effect, every rerun writes
+    byte-identical metrics and shards (two runs of a stage on the CPU agree to the byte)."""
     work, env = clone
     before = _outputs(work)
     stages = yaml.safe_load((work / "dvc.yaml").read_text())["stages"]
-    media = work / "vaflow" / "data" / "media.py"
+    media = work / "vaflow" / "data" / "media" / "process.py"
     importers = {
         name
         for name, stage in stages.items()

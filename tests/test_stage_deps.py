@@ -6,6 +6,7 @@ code (a decoding fix leaving stale latents in place); this test names the stage 
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 
@@ -39,7 +40,10 @@ def uncovered(script: str, deps: list[str], root: Path = ROOT) -> list[str]:
 def test_stage_deps_cover_every_module_it_imports(name):
     stage = STAGES[name]
     missing = uncovered(_script(stage["cmd"]), _code_deps(stage))
-    assert not missing, f"dvc.yaml stage {name!r}: deps miss modules it imports: {missing}"
+    assert not missing, (
+        f"dvc.yaml stage {name!r}: deps miss modules it imports: {missing} "
+        "(`.venv/bin/python .ci/sync_stage_deps.py` rewrites every stage's code deps)"
+    )
 
 
 def test_the_closure_follows_imports_transitively_and_inside_functions(tmp_path):
@@ -64,3 +68,15 @@ def test_the_closure_follows_imports_transitively_and_inside_functions(tmp_path)
     assert code_hash(import_closure(script, tmp_path), tmp_path) == before
     (pkg / "sub" / "leaf.py").write_text("import numpy  # a comment is a change\n")
     assert code_hash(import_closure(script, tmp_path), tmp_path) != before
+
+
+def test_dvc_yaml_holds_exactly_the_synced_deps():
+    """No stale dep either (a module no longer imported would rerun the stage for nothing): dvc.yaml is what
+    `.ci/sync_stage_deps.py` writes, and writing it again changes nothing."""
+    spec = importlib.util.spec_from_file_location("sync_stage_deps", ROOT / ".ci" / "sync_stage_deps.py")
+    sync = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sync)
+    text = (ROOT / "dvc.yaml").read_text()
+    new, changed = sync.synced(text)
+    assert not changed, f"run `.venv/bin/python .ci/sync_stage_deps.py`: stages {changed} differ"
+    assert new == text

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from vaflow.audio.losses import MelL1Loss, MultiResolutionSTFTLoss, si_sdr, waveform_l1
+from vaflow.audio.losses import MelL1Loss, MultiResolutionSTFTLoss, loudness_l1, si_sdr, waveform_l1
 
 
 @pytest.fixture
@@ -62,3 +62,62 @@ def test_si_sdr_closed_cases(signals):
     torch.testing.assert_close(si_sdr(s + n, s), torch.tensor([20.0]), atol=1e-3, rtol=0)
     assert si_sdr(noisy, clean).shape == (2, 1)
     assert (si_sdr(noisy, clean) < si_sdr(clean + 0.01 * (noisy - clean), clean)).all()
+
+
+def test_stft_log_term_ignores_what_lies_far_below_its_floor():
+    """A tone burst then digital silence: an estimate that adds noise at −120 dB re full scale is as good as exact
+    (the old absolute 1e-7 floor scored it ≈ 2.4, as bad as a wrong pitch), while a wrong pitch costs much."""
+    t = torch.arange(8192) / 16000
+    burst = torch.where(t < 0.25, 0.5 * torch.sin(2 * math.pi * 440 * t), torch.zeros_like(t))[None]  # (1, N)
+    hiss = 1e-6 * torch.randn(1, 8192, generator=torch.Generator().manual_seed(0))
+    wrong = torch.where(t < 0.25, 0.5 * torch.sin(2 * math.pi * 520 * t), torch.zeros_like(t))[None]
+    loss = MultiResolutionSTFTLoss()
+    assert loss(burst + hiss, burst) < 0.05
+    assert loss(wrong, burst) > 1.0
+
+
+def test_stft_gradient_is_bounded_near_silence():
+    """d log(|X| + floor) / d|X| <= 1/floor: a near-silent estimate gets a moderate gradient at every level (the
+    old absolute 1e-7 floor gave gradients of 800-16000 per sample here)."""
+    target = 0.1 * torch.randn(1, 4096, generator=torch.Generator().manual_seed(0))
+    for level in (1e-9, 1e-7, 1e-5):
+        noise = torch.randn(1, 4096, generator=torch.Generator().manual_seed(1))
+        estimate = (level * noise).requires_grad_(True)
+        MultiResolutionSTFTLoss()(estimate, target).backward()
+        assert torch.isfinite(estimate.grad).all() and estimate.grad.abs().max() < 50, level
+
+
+def test_spectral_convergence_pools_the_batch():
+    """A near-silent item beside a loud one does not dominate the loss: its spectral error weighs by its energy."""
+    t = torch.arange(4096) / 16000
+    loud = 0.5 * torch.sin(2 * math.pi * 440 * t)
+    quiet = 1e-3 * torch.randn(4096, generator=torch.Generator().manual_seed(0))
+    target = torch.stack([loud, quiet])  # (2, N)
+    off = target.clone()
+    off[1] = 2e-3 * torch.randn(4096, generator=torch.Generator().manual_seed(1))  # the quiet item wrong
+    loss = MultiResolutionSTFTLoss()
+    alone = loss(off[1:], target[1:])  # alone, the quiet item's relative error is all there is
+    assert loss(off, target) < 0.5 * alone
+
+
+def test_stft_loss_rejects_bad_settings():
+    with pytest.raises(ValueError, match="floor"):
+        MultiResolutionSTFTLoss(floor=0.0)
+    with pytest.raises(ValueError, match="FFT sizes"):
+        MultiResolutionSTFTLoss(fft_sizes=())
+
+
+def test_loudness_l1_closed_form():
+    """A gain of g on the whole signal is |log g| nepers in every frame above the floor; timing matters."""
+    t = torch.arange(4096) / 16000
+    tone = 0.3 * torch.sin(2 * math.pi * 440 * t)[None]  # (1, N)
+    assert loudness_l1(tone, tone) == 0.0
+    torch.testing.assert_close(loudness_l1(0.5 * tone, tone), torch.tensor(math.log(2.0)), atol=2e-3, rtol=0)
+    burst = torch.where(t < 0.1, tone[0], torch.zeros_like(t))[None]
+    late = torch.where(t >= 0.15, tone[0], torch.zeros_like(t))[None]  # as loud overall, at the wrong time
+    assert loudness_l1(late, burst) > 2.0
+    silent = torch.zeros_like(tone).requires_grad_(True)  # a digitally silent estimate still gets a gradient
+    loudness_l1(silent, tone).backward()
+    assert torch.isfinite(silent.grad).all()
+    with pytest.raises(ValueError, match="frame"):
+        loudness_l1(tone, tone, frame=0)

@@ -12,7 +12,8 @@ import pytest
 
 from tests.data.badmedia import BAD_MEDIA_CASES, REQUESTED_DURATION, make_clip
 from vaflow.data import media
-from vaflow.data.media import MediaError
+from vaflow.data.media import MediaError, reading, writing
+from vaflow.data.media.probing import _parse_probe
 
 # --------------------------------------------------------------------------------------------------------
 # Helpers
@@ -60,7 +61,7 @@ def flash_clip(tmp_path_factory) -> tuple[Path, float, int]:
     """
     path = tmp_path_factory.mktemp("flash") / "flash.mp4"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(media, "_X264_PRESET", "ultrafast")
+        mp.setattr(writing, "_X264_PRESET", "ultrafast")
         _flash_clip(path, 25, 75, 16000, [1.0, 2.2])
     return path, 25.0, 16000
 
@@ -156,7 +157,7 @@ def test_max_frames_and_unbounded_cap(flash_clip, monkeypatch):
     path, fps, _ = flash_clip
     assert media.read_frames(path, fps, max_frames=7).shape[0] == 7
     assert media.read_frames(path, fps, duration=2.0, max_frames=7).shape[0] == 7
-    monkeypatch.setattr(media, "_UNBOUNDED_READ_BYTES", 32 * 32 * 3 * 10)  # room for 10 frames only
+    monkeypatch.setattr(reading, "_UNBOUNDED_READ_BYTES", 32 * 32 * 3 * 10)  # room for 10 frames only
     with pytest.raises(MediaError, match="longer than 10 frames"):
         media.read_frames(path, fps)
 
@@ -210,7 +211,7 @@ def test_write_video_rejects_odd_sizes_and_bad_input(tmp_path):
 
 def test_write_video_failure_leaves_no_file(tmp_path, monkeypatch):
     target = tmp_path / "out.mp4"
-    monkeypatch.setattr(media, "_X264_PRESET", "no-such-preset")  # x264 refuses to open: ffmpeg fails
+    monkeypatch.setattr(writing, "_X264_PRESET", "no-such-preset")  # x264 refuses to open: ffmpeg fails
     with pytest.raises(MediaError) as err:
         media.write_video(target, np.zeros((4, 16, 16, 3), np.uint8), 10, np.zeros(400, np.float32), 100)
     assert str(target) in str(err.value)
@@ -399,7 +400,7 @@ At least one output file must be specified
 
 
 def test_probe_parser_on_canned_output():
-    info = media._parse_probe("a.m4v", _STDERR)
+    info = _parse_probe("a.m4v", _STDERR)
     assert info.duration == pytest.approx(3723.5)
     assert info.video_codec == "h264"  # cover art skipped
     assert (info.width, info.height) == (1080, 1920)  # rotated for display
@@ -408,7 +409,7 @@ def test_probe_parser_on_canned_output():
         media.AudioStream(index=2, codec="aac", sample_rate=44100, channels=6),
         media.AudioStream(index=3, codec="opus", sample_rate=48000, channels=2),
     )
-    no_dur = media._parse_probe(
+    no_dur = _parse_probe(
         "b", "  Duration: N/A, bitrate: N/A\n  Stream #0:0: Video: vp9, yuv420p, 64x48, 30k tbr\n"
     )
     assert no_dur.duration is None and no_dur.fps == 30000.0 and no_dur.audio == ()

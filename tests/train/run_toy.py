@@ -17,7 +17,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root: `
 
 from tests.train.toy import ToyStream, make_model, toy_loss  # noqa: E402
 from vaflow.train.config import TrainerConfig  # noqa: E402
-from vaflow.train.trainer import StreamSpec, Trainer, TrainResult, seed_everything  # noqa: E402
+from vaflow.train.interface import StreamSpec, TrainResult  # noqa: E402
+from vaflow.train.numerics import seed_everything  # noqa: E402
+from vaflow.train.trainer import Trainer  # noqa: E402
 
 
 def train_toy(

@@ -16,7 +16,8 @@ from tests.train.toy import Crash, make_model, toy_data, toy_loss
 from vaflow.data.shards import write_shards
 from vaflow.data.streams import training_stream
 from vaflow.train.config import TrainerConfig
-from vaflow.train.trainer import Trainer, seed_everything
+from vaflow.train.numerics import seed_everything
+from vaflow.train.trainer import Trainer
 
 N_CLIPS = 40
 STEPS, EVERY, CRASH = 14, 4, 11  # a pass is 5 batches: the step-8 checkpoint is 3 batches into pass 1

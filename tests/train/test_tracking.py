@@ -19,7 +19,8 @@ import pytest
 from tests.train.toy import ToyStream, make_model, toy_loss
 from vaflow.tracking import Tracker, TrackingError, params_hash, repo_root, run_group
 from vaflow.train.config import TrainerConfig
-from vaflow.train.trainer import Trainer, seed_everything
+from vaflow.train.numerics import seed_everything
+from vaflow.train.trainer import Trainer
 
 # MLflow's own SQLAlchemy usage warns on import of its store; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")

@@ -33,7 +33,9 @@ from tests.train.toy import (
 )
 from vaflow.train.checkpoint import CheckpointError, ConfigMismatchError, read_checkpoint
 from vaflow.train.config import TrainerConfig
-from vaflow.train.trainer import EMA, EmptyStreamError, NonFiniteError, Trainer, lr_factor, seed_everything
+from vaflow.train.interface import EmptyStreamError, NonFiniteError
+from vaflow.train.numerics import EMA, lr_factor, seed_everything
+from vaflow.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).resolve().parent / "run_toy.py"

@@ -23,14 +23,11 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from vaflow.audio.encode import load_clip, rejection_reason
-from vaflow.audio.losses import MelL1Loss, MultiResolutionSTFTLoss, si_sdr, waveform_l1
+from vaflow.audio.losses import MelL1Loss, MultiResolutionSTFTLoss, loudness_l1, stft_sizes, waveform_l1
 from vaflow.audio.wavevae import WaveVAE
 from vaflow.config import AudioVAEConfig, ClipConfig
 from vaflow.data.extract import ClipRejected
 from vaflow.data.media import FFmpegNotFoundError, MediaError
-
-# FFT sizes of the multi-resolution STFT (Parallel WaveGAN's 4 scales); sizes longer than the signal are dropped.
-STFT_SIZES = (256, 512, 1024, 2048)
 
 # --------------------------------------------------------------------------------------------
 # The clip bank
@@ -160,6 +157,11 @@ class CropStream:
 INITIAL_STD = 0.05
 
 
+# Frames of the loudness term: 16 ms, one latent frame of the small VAE at 16 kHz, short enough to follow an
+# event's attack and decay.
+LOUDNESS_FRAME_S = 0.016
+
+
 @torch.no_grad()
 def narrow_posterior(vae: WaveVAE, std: float = INITIAL_STD) -> WaveVAE:
     """Re-initialise the scale half of the encoder's output conv so that every posterior std starts near `std`."""
@@ -170,14 +172,10 @@ def narrow_posterior(vae: WaveVAE, std: float = INITIAL_STD) -> WaveVAE:
     return vae
 
 
-def stft_sizes(n_samples: int) -> tuple[int, ...]:
-    """The STFT_SIZES that fit a signal of n_samples (at least the smallest one)."""
-    return tuple(n for n in STFT_SIZES if n <= n_samples) or STFT_SIZES[:1]
-
-
 class WaveVAELoss(nn.Module):
-    """The WaveVAE with its training objective, so that DDP sees one forward:
-    stft_weight·MR-STFT + mel_weight·mel L1 + wave_weight·L1 + kl_weight·KL (the Oobleck/SAO recipe without GAN).
+    """The WaveVAE with its training objective, so that DDP sees one forward: stft_weight·MR-STFT +
+    mel_weight·mel L1 + wave_weight·L1 + kl_weight·KL (the Oobleck/SAO recipe without GAN) + loudness_weight·the
+    L1 of the log RMS contour over LOUDNESS_FRAME_S frames (see AudioVAEConfig for why each weight is what it is).
 
     Clips are mono; a multi-channel VAE gets the mono signal in every channel (WaveVAE.encode_mono's mapping) and
     is asked to reconstruct every channel. The spectral losses run in float32 even under bf16 autocast.
@@ -188,15 +186,18 @@ class WaveVAELoss(nn.Module):
         self.vae = vae
         self.stft = MultiResolutionSTFTLoss(stft_sizes(segment))
         self.mel = MelL1Loss(vae.config.sample_rate)
+        self.loudness_frame = max(1, round(LOUDNESS_FRAME_S * vae.config.sample_rate))
         self.weights = {
             "stft": cfg.stft_weight,
             "mel": cfg.mel_weight,
             "wave": cfg.wave_weight,
             "kl": cfg.kl_weight,
+            "loudness": cfg.loudness_weight,
         }
 
     def forward(self, audio: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """audio (B, N) in [-1, 1] -> (weighted loss (), detached parts {wave, kl, and stft, mel unless weighted 0})."""
+        """audio (B, N) in [-1, 1] -> (weighted loss (), detached parts {wave, kl, and stft, mel, loudness unless
+        weighted 0})."""
         x = audio[:, None, :].expand(-1, self.vae.config.audio_channels, -1)  # (B, C, N)
         out = self.vae(x)  # reconstruction (B, C, N), kl ()
         with torch.autocast(x.device.type, enabled=False):
@@ -207,6 +208,8 @@ class WaveVAELoss(nn.Module):
                 parts["stft"] = self.stft(y, x)
             if self.weights["mel"]:
                 parts["mel"] = self.mel(y, x)
+            if self.weights["loudness"]:
+                parts["loudness"] = loudness_l1(y, x, self.loudness_frame)
         loss = sum(self.weights[k] * v for k, v in parts.items())
         return loss, {k: v.detach() for k, v in parts.items()}
 
@@ -217,85 +220,12 @@ def loss_fn(model: nn.Module, batch: Tensor) -> tuple[Tensor, dict[str, float]]:
     return loss, {k: float(v) for k, v in parts.items()}
 
 
-# --------------------------------------------------------------------------------------------
-# Reconstruction figures
-# --------------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def mean_log_mel(audio: Tensor, sample_rate: int, batch_size: int = 32) -> Tensor:
-    """The mean log-mel spectrum of clips (N, n_samples): (n_mels,), averaged over clips and frames."""
-    mel = MelL1Loss(sample_rate)
-    total, frames = None, 0
-    for i in range(0, len(audio), batch_size):
-        lm = mel.log_mel(audio[i : i + batch_size].float())  # (B, n_mels, F)
-        s = lm.sum(dim=(0, 2))  # (n_mels,)
-        total = s if total is None else total + s
-        frames += lm.shape[0] * lm.shape[2]
-    if total is None:
-        raise ValueError("mean_log_mel of no clips")
-    return total / frames
-
-
-@torch.no_grad()
-def reconstruction_metrics(
-    vae: WaveVAE,
-    audio: Tensor,
-    train_log_mel: Tensor,
-    batch_size: int = 8,
-    progress: bool = False,
-) -> dict[str, float]:
-    """Reconstruction of full clips (N, n_samples) by decode(mean), against trivial baselines; clip means.
-
-    - test_stft, test_mel_l1, test_si_sdr: decode(posterior mean) vs the clip (MR-STFT distance, log-mel L1, dB);
-    - test_sample_stft, test_sample_mel_l1: decode(z ~ posterior) (seeded draw), what decoding a latent the flow
-      generates resembles: a VAE may carry noise-like textures in σ rather than in the mean;
-    - baseline_silence_stft, baseline_silence_mel_l1: an all-zero output;
-    - baseline_mean_spectrum_mel_l1: the constant log-mel spectrum `train_log_mel` (n_mels,) (the training set's
-      mean, `mean_log_mel`) at every frame — what a model that ignores its input at best achieves per bin.
-    A useful VAE is far below every baseline. The VAE runs on its own device; mel settings are MelL1Loss's.
-    """
-    device = next(vae.parameters()).device
-    stft = MultiResolutionSTFTLoss(stft_sizes(audio.shape[1])).to(device)
-    mel = MelL1Loss(vae.config.sample_rate).to(device)
-    ref = train_log_mel.to(device)[None, :, None]  # (1, n_mels, 1)
-    sums: dict[str, float] = {}
-    starts = range(0, len(audio), batch_size)
-    generator = torch.Generator(device).manual_seed(0)
-    for i in tqdm(starts, desc="reconstruct", unit="batch", disable=not progress):
-        x = audio[i : i + batch_size].to(device).float()  # (B, N)
-        posterior = vae.encode_mono(x)  # mean, std (B, D, T)
-        y = vae.decode_mono(posterior.mean).float()  # (B, N)
-        y_sample = vae.decode_mono(posterior.sample(generator)).float()  # (B, N)
-        silence = torch.zeros_like(x)
-        b = len(x)
-        values = {
-            "test_stft": b * stft(y, x),
-            "test_mel_l1": b * mel(y, x),
-            "test_si_sdr": si_sdr(y, x).sum(),
-            "test_sample_stft": b * stft(y_sample, x),
-            "test_sample_mel_l1": b * mel(y_sample, x),
-            "baseline_silence_stft": b * stft(silence, x),
-            "baseline_silence_mel_l1": b * mel(silence, x),
-            "baseline_mean_spectrum_mel_l1": b * (mel.log_mel(x) - ref).abs().mean(),
-        }
-        for k, v in values.items():
-            sums[k] = sums.get(k, 0.0) + float(v)
-    if not sums:
-        raise ValueError("reconstruction_metrics of no clips")
-    return {k: v / len(audio) for k, v in sums.items()} | {"test_clips": float(len(audio))}
-
-
 __all__ = [
-    "STFT_SIZES",
     "ClipBank",
     "CropStream",
     "WaveVAELoss",
     "even_subset",
     "load_bank",
     "loss_fn",
-    "mean_log_mel",
-    "reconstruction_metrics",
     "segment_samples",
-    "stft_sizes",
 ]

@@ -21,7 +21,8 @@ from vaflow.models import artifacts
 from vaflow.models.align_vae import AlignEncoder, AlignVAE
 from vaflow.models.dit import VelocityDiT, dit_config
 from vaflow.models.vaflow import FlowSettings, VAFlow, latent_statistics
-from vaflow.train.trainer import Trainer, TrainResult
+from vaflow.train.interface import TrainResult
+from vaflow.train.trainer import Trainer
 
 __all__ = [
     "FlowData",

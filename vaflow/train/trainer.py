@@ -56,26 +56,26 @@ nothing on CPU; bit-identity then holds for the same hardware, world size and so
 Stops. A NaN/Inf loss or gradient norm raises NonFiniteError naming the step, before anything of that step is
 applied or saved. SIGTERM/SIGINT finish the current step on every rank, write a checkpoint and raise
 TrainingInterrupted (a SystemExit with status 128 + signal: DVC sees a failed stage; rerunning resumes).
+
+Around the Trainer: `vaflow.train.interface` holds what a stage exchanges with it (StreamSpec, StepTracker,
+TrainResult, the errors above); `vaflow.train.numerics` holds seed_everything, the deterministic-kernels switch,
+the lr schedule (`lr_factor`) and the EMA.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import math
 import os
-import random
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -90,103 +90,18 @@ from vaflow.train.checkpoint import (
 )
 from vaflow.train.config import TrainerConfig
 from vaflow.train.distributed import DistInfo, all_gather_objects, all_reduce_sum, init_distributed
+from vaflow.train.interface import (
+    EmptyStreamError,
+    LossOutput,
+    NonFiniteError,
+    StepTracker,
+    StreamSpec,
+    TrainingInterrupted,
+    TrainResult,
+)
+from vaflow.train.numerics import EMA, deterministic_algorithms, lr_factor, seed_everything
 
 log = logging.getLogger("vaflow.train")
-
-LossOutput = torch.Tensor | tuple[torch.Tensor, Mapping[str, Any]]
-
-
-class NonFiniteError(FloatingPointError):
-    """The loss or the gradient norm became NaN/Inf; nothing of that step was applied or checkpointed."""
-
-
-class EmptyStreamError(RuntimeError):
-    """The data stream yielded no batch at all."""
-
-
-class TrainingInterrupted(SystemExit):
-    """SIGTERM/SIGINT arrived: a checkpoint was written and the run stopped. Uncaught, the process exits with
-    status 128 + signal (143 for SIGTERM), so DVC records the stage as failed and a rerun resumes it."""
-
-    def __init__(self, step: int, signum: int, checkpoint: Path | None):
-        super().__init__(128 + signum)
-        self.step, self.signum, self.checkpoint = step, signum, checkpoint
-
-    def __str__(self) -> str:
-        name = signal.Signals(self.signum).name
-        return f"training interrupted by {name} after step {self.step}; checkpoint {self.checkpoint}"
-
-
-class StepTracker(Protocol):
-    """What the trainer needs of a tracker (`vaflow.tracking.Tracker` implements it)."""
-
-    def start_at(self, step: int) -> None: ...
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
-    def set_tags(self, tags: Mapping[str, Any]) -> None: ...
-
-
-@dataclass(frozen=True)
-class StreamSpec:
-    """What a data-stream factory is told: which share of the data this process reads, in what batch size."""
-
-    rank: int
-    world_size: int
-    # Per-rank micro-batch: TrainerConfig.batch_size / (world_size × grad_accum).
-    batch_size: int
-    num_workers: int
-    seed: int
-
-
-@dataclass
-class TrainResult:
-    """What `fit` returns."""
-
-    step: int  # last completed optimiser step (== cfg.steps unless resumed past it)
-    losses: dict[str, float]  # loss and extra metrics, averaged over the last logging window
-    ema: nn.Module  # EMA weights (eval mode, no grad): evaluate and export these
-    model: nn.Module  # the raw trained weights (unwrapped from DDP)
-    checkpoint: Path | None  # last.pt (rank 0), None on other ranks
-    resumed_from: int = 0  # step the run resumed from (0 = fresh start)
-    history: list[dict[str, float]] = field(default_factory=list)  # the logged step metrics of this run
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (CPU and every CUDA device)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)  # also seeds every CUDA device
-
-
-def lr_factor(cfg: TrainerConfig, done: int) -> float:
-    """Multiplier of `cfg.lr` for the optimiser step taken after `done` completed steps."""
-    if done < cfg.warmup_steps:
-        return (done + 1) / cfg.warmup_steps  # linear warm-up, lr/warmup_steps on the first step
-    after = done - cfg.warmup_steps
-    if cfg.schedule == "cosine":
-        span = max(1, cfg.steps - cfg.warmup_steps)
-        progress = min(1.0, after / span)
-        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    if cfg.schedule == "step":
-        return cfg.schedule_gamma ** (after // cfg.schedule_step_every)
-    return 1.0
-
-
-class EMA:
-    """Exponential moving average of a module's parameters; buffers (e.g. norm statistics) are copied."""
-
-    def __init__(self, model: nn.Module, decay: float):
-        self.decay = decay
-        self.module = copy.deepcopy(model).eval().requires_grad_(False)
-        self._params = list(self.module.parameters())
-        self._buffers = list(self.module.buffers())
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        """ema ← decay·ema + (1−decay)·θ."""
-        src = list(model.parameters())
-        torch._foreach_lerp_(self._params, src, 1.0 - self.decay)
-        for dst, buf in zip(self._buffers, model.buffers(), strict=True):
-            dst.copy_(buf)
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:
@@ -572,7 +487,7 @@ class Trainer:
         t_start, step_start = time.perf_counter(), self.step
         self.model.train()
         try:
-            with self._signals(), _deterministic_algorithms(cfg.deterministic):
+            with self._signals(), deterministic_algorithms(cfg.deterministic):
                 while self.step < cfg.steps:
                     loss, grad_norm, extras, stop = self._train_step(it)
                     window["n"] += 1
@@ -656,27 +571,6 @@ class Trainer:
             self.tracker.log_metrics(metrics, self.step)
 
 
-@contextlib.contextmanager
-def _deterministic_algorithms(on: bool) -> Iterator[None]:
-    """`trainer.deterministic`: torch's deterministic kernels and no cuDNN autotuning for the run, then the
-    process's previous settings again (they are global)."""
-    if not on:
-        yield
-        return
-    before = (
-        torch.are_deterministic_algorithms_enabled(),
-        torch.is_deterministic_algorithms_warn_only_enabled(),
-        torch.backends.cudnn.benchmark,
-    )
-    torch.use_deterministic_algorithms(True)  # warn_only=False: a nondeterministic op raises, naming itself
-    torch.backends.cudnn.benchmark = False  # autotuning picks kernels by timing: another choice per run
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
-        torch.backends.cudnn.benchmark = before[2]
-
-
 def _ensure_log_handler() -> None:
     """Progress lines must reach the stage's stderr even when the stage configured no logging."""
     if logging.getLogger().handlers or log.handlers:
@@ -689,14 +583,4 @@ def _ensure_log_handler() -> None:
         log.setLevel(logging.INFO)
 
 
-__all__ = [
-    "EMA",
-    "EmptyStreamError",
-    "NonFiniteError",
-    "StreamSpec",
-    "TrainResult",
-    "Trainer",
-    "TrainingInterrupted",
-    "lr_factor",
-    "seed_everything",
-]
+__all__ = ["Trainer"]
