@@ -175,21 +175,18 @@ class AudioVAEConfig(Section):
     size: str = "small"
     # `import` mode: the local checkpoint (SAO `model.ckpt` / `model.safetensors`, or a bare VAE state dict).
     checkpoint: str = ""
-    # Seconds per random training crop: 0.25 s holds an event and keeps a CPU step short (0.125 s crops, which
-    # drop the 2048-point STFT, trained far worse; 0.5 s crops one at a time too).
+    # Seconds per random training crop: 0.25 s holds an event and keeps a CPU step short. Every choice of this
+    # recipe was measured against its alternatives on the default world: docs/wavevae.md has the figures.
     segment: float = Field(0.25, gt=0)
     # Loss weights (vaflow.audio.losses): multi-resolution STFT (spectral convergence pooled over the batch +
     # log-magnitude above a -100 dB floor), mel L1, waveform L1, KL, and the L1 of the frame loudness contour.
-    # On the default world (test mel L1, 600 steps of 8 crops): mel L1 alone 0.670, + MR-STFT 0.661 with onset
-    # F1 0.64; the loudness term brings the level from -16 dB towards 0 but costs mel L1 and the pitch contour,
-    # so it is off. The waveform L1 did not pay. A small KL keeps the latent smooth (SAO trains with 1e-4).
+    # A small KL keeps the latent smooth (SAO trains with 1e-4).
     stft_weight: float = Field(1.0, ge=0)
     mel_weight: float = Field(1.0, ge=0)
     wave_weight: float = Field(0.0, ge=0)
     kl_weight: float = Field(1e-4, ge=0)
     loudness_weight: float = Field(0.0, ge=0)
-    # 600 steps of 8 crops, lr 1e-3 (2e-3 and 3e-3 stall): about 4.5 minutes on 2 cores. Batches of 2 learn more
-    # per sample seen but vary widely by seed (1200 steps of 2: test mel L1 0.91 and 0.75 for seeds 0 and 1).
+    # 600 steps of 8 crops at lr 1e-3: about 4.5 minutes on 2 cores. Quality grows with steps (docs/wavevae.md).
     trainer: TrainerConfig = TrainerConfig(
         steps=600,
         batch_size=8,

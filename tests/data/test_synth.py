@@ -66,6 +66,19 @@ def test_same_seed_same_clip_other_seed_other_clip():
     assert not np.array_equal(a.audio, d.audio)
 
 
+def test_floor_twin_differs_only_by_its_noise_floor():
+    clip = synth.render_clip(SOLO, "train", 3)
+    np.testing.assert_array_equal(synth.render_clip(SOLO, "train", 3, floor_draw=0).audio, clip.audio)
+    twin, other = (synth.render_clip(SOLO, "train", 3, floor_draw=k) for k in (1, 2))
+    np.testing.assert_array_equal(twin.frames, clip.frames)
+    assert twin.truth == clip.truth
+    assert not np.array_equal(twin.audio, other.audio)
+    # Two independent draws of N(0, NOISE_FLOOR²) differ by N(0, 2·NOISE_FLOOR²) (up to the peak scaling ≤ 1).
+    diff = (twin.audio - clip.audio).astype(np.float64)
+    assert np.sqrt(2) * 1e-3 * 0.8 < diff.std() < np.sqrt(2) * 1e-3 * 1.05
+    assert abs(diff.mean()) < 1e-4
+
+
 def test_every_class_renders_with_consistent_truth():
     cfg = SOLO
     clips = _one_per_class(cfg)

@@ -56,11 +56,13 @@ def clip_label(cfg: SynthConfig, split: str, index: int) -> str:
     return names[order[pos]]
 
 
-def render_clip(cfg: SynthConfig, split: str, index: int) -> SynthClip:
+def render_clip(cfg: SynthConfig, split: str, index: int, floor_draw: int = 0) -> SynthClip:
     """Render clip `index` of `split`; deterministic in (cfg.seed, split, index) and the rest of `cfg`.
 
     Returns frames (T, H, W, 3) uint8 with T = round(duration·fps), H = W = cfg.size, audio (N,) float32 with
     N = round(duration·sample_rate) and peak ≤ 0.9, and the ground-truth dict written as `truth/<id>.json`.
+    `floor_draw` k > 0 renders the clip's twin whose white noise floor is another draw (k-th), all else the same:
+    what no codec that cannot store noise samples can tell apart (benchmarks/mel_floor.py).
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split '{split}'; valid: {list(SPLITS)}")
@@ -88,6 +90,8 @@ def render_clip(cfg: SynthConfig, split: str, index: int) -> SynthClip:
     scene = _Scene.new(cfg)
     if with_distractors:
         _distractors(scene, background)
+    if floor_draw:
+        noise = np.random.default_rng(_hash_seed("floor", cfg.seed, split, index, floor_draw))
     audio = noise.normal(0, NOISE_FLOOR, scene.n_samples)
     events: list[dict[str, Any]] = []
     curves: dict[str, dict[str, Any]] = {}

@@ -1,0 +1,160 @@
+"""Screening WaveVAE variants fast: architectures and optimiser settings the params cannot express, trained
+in-process for a few hundred steps and judged by the `audio_vae` stage's figures.
+
+    OMP_NUM_THREADS=1 python benchmarks/wavevae_screen.py --steps 300 --arch '{"strides": [4, 4, 4, 4]}' --name s4444
+
+`benchmarks/wavevae_recipe.py` runs the stage itself (the trainer, its checkpoints, MLflow) with params overrides;
+this script trades that fidelity for reach: `--arch` overrides WaveVAEConfig fields of the `small` size (JSON),
+`--cfg` AudioVAEConfig fields (loss weights, segment), and the optimiser, the init of the residual branches and of
+Snake's α, and a learning-rate multiplier for the weight-norm gains are flags. The loop is the trainer's minus its
+machinery: AdamW (decay on matrices only), linear warm-up then cosine to 0 (the stage stops at 0.1·lr), gradient
+clipping only with `--clip`, EMA weights judged. Figures: test mel L1 (also per class), loudness error, oracle
+pitch correlation and onset F1 (vaflow.audio.reconstruction) on the test split of `--prepared` (a default run's
+`data/prepared`), one JSON line printed and appended to `--out`. Deterministic per thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from vaflow import config
+from vaflow.audio import reconstruction, training
+from vaflow.audio.sizes import wavevae_small
+from vaflow.audio.wavevae import ResidualUnit, SnakeBeta, build
+from vaflow.config import AudioVAEConfig
+from vaflow.data.prepare import load_manifest
+from vaflow.eval.oracle import read_truth, truth_dir
+from vaflow.train.numerics import EMA
+
+KEYS = ("test_mel_l1", "test_loudness_db", "oracle_pitch_corr", "oracle_onset_f1", "test_silence_dbfs")
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float, gain_lr: float) -> list[dict]:
+    """The trainer's groups (decay on matrices only) with the weight-norm gains and Snake's α, β apart; "scale"
+    multiplies the group's lr."""
+    groups = {k: [] for k in ("decay", "plain", "snake", "gain")}
+    for name, p in model.named_parameters():
+        if name.endswith(("alpha", "beta")):
+            groups["snake"].append(p)
+        elif name.endswith("weight_g"):
+            groups["gain"].append(p)
+        else:
+            groups["decay" if p.ndim >= 2 else "plain"].append(p)
+    return [
+        {"params": groups["decay"], "weight_decay": weight_decay, "scale": 1.0},
+        {"params": groups["plain"], "weight_decay": 0.0, "scale": 1.0},
+        {"params": groups["snake"], "weight_decay": 0.0, "scale": 1.0},
+        {"params": groups["gain"], "weight_decay": 0.0, "scale": gain_lr},
+    ]
+
+
+@torch.no_grad()
+def reinit(vae: torch.nn.Module, res_init: float, snake_alpha: float) -> None:
+    """Scale every residual branch's output gain by `res_init` (0: each unit starts as the identity) and start
+    every Snake α at `snake_alpha` (1: the default)."""
+    for m in vae.modules():
+        if isinstance(m, ResidualUnit) and res_init != 1.0:
+            m.layers[3].weight_g.mul_(res_init)
+        elif isinstance(m, SnakeBeta) and snake_alpha != 1.0:
+            m.alpha.fill_(math.log(snake_alpha))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--name", default="")
+    parser.add_argument("--params", default="params.yaml", help="its `clip` section cuts the clips")
+    parser.add_argument("--prepared", default="data/prepared", help="a default run's prepared data")
+    parser.add_argument("--arch", default="{}", help="WaveVAEConfig overrides of the small size (JSON)")
+    parser.add_argument("--cfg", default="{}", help="AudioVAEConfig overrides, e.g. loss weights (JSON)")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--betas", default="0.9,0.999")
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--ema", type=float, default=0.99)
+    parser.add_argument("--weight-decay", type=float, default=1e-3)
+    parser.add_argument("--clip", type=float, default=0.0, help="max gradient norm (0: none)")
+    parser.add_argument("--gain-lr", type=float, default=1.0, help="lr multiplier of the weight-norm gains")
+    parser.add_argument("--res-init", type=float, default=1.0, help="initial scale of the residual branches")
+    parser.add_argument("--snake-alpha", type=float, default=1.0, help="initial Snake α")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="", help="a JSONL file to append the result to")
+    args = parser.parse_args()
+
+    prepared = Path(args.prepared)
+    manifest = load_manifest(prepared / "manifest.csv")
+    clip = config.load(args.params).clip
+    vae_config = dataclasses.replace(wavevae_small(), **json.loads(args.arch))
+    cfg = AudioVAEConfig(**json.loads(args.cfg))
+    train = training.load_bank(manifest[manifest["split"] == "train"], clip, vae_config.hop, progress=False)
+    test_rows = manifest[manifest["split"] == "test"]
+    test = training.load_bank(test_rows, clip, vae_config.hop, progress=False)
+    labels = dict(zip(test_rows["id"], test_rows["label"].astype(str), strict=True))
+    folder = truth_dir(prepared)
+    truths = [read_truth(folder, cid) for cid in test.ids] if folder is not None else None
+
+    torch.manual_seed(args.seed)
+    segment = training.segment_samples(cfg.segment, clip.sample_rate, vae_config.hop, train.audio.shape[1])
+    model = training.WaveVAELoss(training.narrow_posterior(build(vae_config)), cfg, segment)
+    reinit(model.vae, args.res_init, args.snake_alpha)
+    betas = tuple(float(b) for b in args.betas.split(","))
+    optimizer = torch.optim.AdamW(
+        param_groups(model, args.weight_decay, args.gain_lr), lr=args.lr, betas=betas
+    )
+    ema = EMA(model, args.ema)
+
+    def lr_factor(step: int) -> float:
+        if step < args.warmup:
+            return (step + 1) / args.warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - args.warmup) / max(1, args.steps - args.warmup)))
+
+    epoch, batches = 0, iter(training.CropStream(train.audio, args.batch, segment, seed=args.seed))
+    start = time.perf_counter()
+    for step in range(args.steps):
+        batch = next(batches, None)
+        if batch is None:  # a new epoch: the stream of the next seed
+            epoch += 1
+            batches = iter(training.CropStream(train.audio, args.batch, segment, seed=args.seed + step))
+            batch = next(batches)
+        for group in optimizer.param_groups:
+            group["lr"] = args.lr * lr_factor(step) * group["scale"]
+        loss, parts = model(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if args.clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+        optimizer.step()
+        ema.update(model)
+        if step % 100 == 0:
+            shown = {k: round(float(v), 3) for k, v in parts.items()}
+            print(
+                f"step {step} loss {float(loss):.3f} {shown} {time.perf_counter() - start:.0f} s",
+                file=sys.stderr,
+            )
+    train_s = time.perf_counter() - start
+
+    mean_spectrum = reconstruction.mean_log_mel(train.audio, clip.sample_rate)
+    figures = reconstruction.evaluate_reconstruction(
+        ema.module.vae.eval(), test.audio, mean_spectrum, [labels[c] for c in test.ids], truths, None, 8, 8
+    )
+    result = {"name": args.name, "train_s": round(train_s, 1), "steps": args.steps, "batch": args.batch}
+    result |= {k: round(figures[k], 4) for k in KEYS if k in figures}
+    result |= {k: round(v, 3) for k, v in figures.items() if k.startswith("test_mel_l1_")}
+    print(json.dumps(result))
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write(json.dumps(result | {"argv": sys.argv[1:]}) + "\n")
+
+
+if __name__ == "__main__":
+    main()
