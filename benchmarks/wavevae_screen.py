@@ -149,7 +149,9 @@ def main() -> None:
     )
     result = {"name": args.name, "train_s": round(train_s, 1), "steps": args.steps, "batch": args.batch}
     result |= {k: round(figures[k], 4) for k in KEYS if k in figures}
-    result |= {k: round(v, 3) for k, v in figures.items() if k.startswith("test_mel_l1_")}
+    result |= {
+        k: round(v, 3) for k, v in figures.items() if k.startswith(("test_mel_l1_", "test_loudness_db_"))
+    }
     print(json.dumps(result))
     if args.out:
         with open(args.out, "a") as f:

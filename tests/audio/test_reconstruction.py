@@ -72,6 +72,8 @@ def test_figures_of_a_scaled_copy_and_per_class_means():
         math.log(2), abs=0.02
     )  # log-mel is off by log 2 everywhere
     assert scaled["test_mel_l1_high"] == 0.0
+    assert scaled["test_loudness_db_low"] == pytest.approx(-10 * math.log10(4), abs=1e-3)
+    assert scaled["test_loudness_db_high"] == pytest.approx(0.0, abs=1e-6)
     assert scaled["test_mel_l1"] == pytest.approx((scaled["test_mel_l1_low"] + 0.0) / 2)
 
     silent = reconstruction.loudness_db(torch.zeros(1, N), x[:1])

@@ -224,7 +224,7 @@ def _argv(tmp) -> list[str]:
 FIGURES = {
     "test_stft", "test_mel_l1", "test_si_sdr", "test_clips", "baseline_silence_stft",
     "baseline_silence_mel_l1", "baseline_mean_spectrum_mel_l1", "test_loudness_db", "test_loudness_abs_db",
-    "test_silence_dbfs", "test_mel_l1_tone",
+    "test_silence_dbfs", "test_mel_l1_tone", "test_loudness_db_tone",
 }  # fmt: skip
 ORACLE = {
     "oracle_pitch_corr", "oracle_pitch_cents", "oracle_pitch_corr_input", "oracle_onset_f1",

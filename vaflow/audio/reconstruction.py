@@ -107,7 +107,8 @@ class ReconstructionFigures:
       resembles: a VAE may carry noise-like textures in σ rather than in the mean;
     - test_loudness_db, test_loudness_abs_db: the mean (signed: a systematically quiet VAE is negative) and the
       mean absolute energy ratio of decode(mean) to the clip, in dB;
-    - test_mel_l1_<label>: test_mel_l1 per class (when there are at most MAX_CLASS_FIGURES labels);
+    - test_mel_l1_<label>, test_loudness_db_<label>: test_mel_l1 and test_loudness_db per class (when there are
+      at most MAX_CLASS_FIGURES labels);
     - baseline_silence_stft, baseline_silence_mel_l1: an all-zero output;
     - baseline_mean_spectrum_mel_l1: the constant log-mel spectrum `train_log_mel` (n_mels,) (the training set's
       mean, `mean_log_mel`) at every frame — what a model that ignores its input at best achieves per bin.
@@ -119,7 +120,7 @@ class ReconstructionFigures:
     train_log_mel: Tensor  # (n_mels,)
     labels: Sequence[str] | None = None  # one per clip, in the order of the pass
     sums: dict[str, float] = field(default_factory=dict)
-    per_class: dict[str, list[float]] = field(default_factory=dict)
+    per_class: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # label -> (mel L1, dB)
     count: int = 0
 
     def __post_init__(self) -> None:
@@ -154,8 +155,8 @@ class ReconstructionFigures:
             for key, estimate in pairs:
                 self._add(key, self.stft(estimate[i : i + 1], x[i : i + 1]))
         if self.labels is not None:
-            for i, value in enumerate(mel_l1.tolist()):
-                self.per_class.setdefault(self.labels[batch.start + i], []).append(value)
+            for i, pair in enumerate(zip(mel_l1.tolist(), loud.tolist(), strict=True)):
+                self.per_class.setdefault(self.labels[batch.start + i], []).append(pair)
         self.count += len(x)
 
     def result(self) -> dict[str, float]:
@@ -163,7 +164,9 @@ class ReconstructionFigures:
             raise ValueError("no clips were reconstructed")
         figures = {k: v / self.count for k, v in self.sums.items()} | {"test_clips": float(self.count)}
         if len(self.per_class) <= MAX_CLASS_FIGURES:
-            figures |= {f"test_mel_l1_{k}": float(np.mean(v)) for k, v in sorted(self.per_class.items())}
+            for label, pairs in sorted(self.per_class.items()):
+                mel, loud = np.mean(pairs, axis=0)
+                figures |= {f"test_mel_l1_{label}": float(mel), f"test_loudness_db_{label}": float(loud)}
         return figures
 
 
