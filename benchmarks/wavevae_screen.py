@@ -118,12 +118,11 @@ def main() -> None:
             return (step + 1) / args.warmup
         return 0.5 * (1 + math.cos(math.pi * (step - args.warmup) / max(1, args.steps - args.warmup)))
 
-    epoch, batches = 0, iter(training.CropStream(train.audio, args.batch, segment, seed=args.seed))
+    batches = iter(training.CropStream(train.audio, args.batch, segment, seed=args.seed))
     start = time.perf_counter()
     for step in range(args.steps):
         batch = next(batches, None)
         if batch is None:  # a new epoch: the stream of the next seed
-            epoch += 1
             batches = iter(training.CropStream(train.audio, args.batch, segment, seed=args.seed + step))
             batch = next(batches)
         for group in optimizer.param_groups:
