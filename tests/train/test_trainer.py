@@ -470,3 +470,19 @@ def test_run_dir_ignores_resumable_trainer_keys_only():
     assert run_dir("ck", "flow", base).parent == Path("ck") and run_dir("ck", "flow", base).name.startswith(
         "flow-"
     )
+
+
+def test_weight_decay_skips_biases_and_weight_norm_gains(tmp_path):
+    """Kernels decay; biases, Snake's α/β and the weight-norm gains `weight_g` ((C, 1, 1), a kernel's shape) do not."""
+    from vaflow.audio.wavevae import build
+
+    vae = build("tiny")
+    trainer = Trainer(vae, toy_loss(), [], _cfg(weight_decay=0.1), tmp_path)
+    decayed, plain = trainer.optimizer.param_groups
+    names = {id(p): n for n, p in vae.named_parameters()}
+    decayed_names = {names[id(p)] for p in decayed["params"]}
+    plain_names = {names[id(p)] for p in plain["params"]}
+    assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
+    assert decayed_names == {n for n in names.values() if n.endswith("weight_v")}
+    assert {n for n in names.values() if n.endswith("weight_g")} <= plain_names
+    assert decayed_names | plain_names == set(names.values())

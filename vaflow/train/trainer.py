@@ -104,6 +104,13 @@ from vaflow.train.numerics import EMA, deterministic_algorithms, lr_factor, seed
 log = logging.getLogger("vaflow.train")
 
 
+def decays(name: str, param: torch.Tensor) -> bool:
+    """Whether weight decay applies to a parameter: matrices and kernels only. Decaying biases, norm gains and the
+    weight-norm gains `weight_g` (one scale per output channel, shaped (C, 1, 1) like a kernel) only pulls them off
+    their neutral values."""
+    return param.ndim >= 2 and not name.endswith("weight_g")
+
+
 def _to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
@@ -187,15 +194,14 @@ class Trainer:
         else:
             self.ddp = self.model
 
-        # Weight decay on matrices only: decaying biases and norm gains only pulls them off their neutral values.
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
-        if not trainable:
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        if not named:
             raise ValueError("the model has no trainable parameters (all have requires_grad=False)")
         groups = [
-            {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-            {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
+            {"params": [p for n, p in named if decays(n, p)], "weight_decay": cfg.weight_decay},
+            {"params": [p for n, p in named if not decays(n, p)], "weight_decay": 0.0},
         ]
-        self.params = trainable
+        self.params = [p for _, p in named]
         self.optimizer = torch.optim.AdamW(
             [g for g in groups if g["params"]],
             lr=cfg.lr,
@@ -583,4 +589,4 @@ def _ensure_log_handler() -> None:
         log.setLevel(logging.INFO)
 
 
-__all__ = ["Trainer"]
+__all__ = ["Trainer", "decays"]
