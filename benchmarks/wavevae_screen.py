@@ -6,7 +6,8 @@ in-process for a few hundred steps and judged by the `audio_vae` stage's figures
 `benchmarks/wavevae_recipe.py` runs the stage itself (the trainer, its checkpoints, MLflow) with params overrides;
 this script trades that fidelity for reach: `--arch` overrides WaveVAEConfig fields of the `small` size (JSON),
 `--cfg` AudioVAEConfig fields (loss weights, segment), and the optimiser, the init of the residual branches and of
-Snake's α, and a learning-rate multiplier for the weight-norm gains are flags. The loop is the trainer's minus its
+Snake's α, and a learning-rate multiplier for the weight-norm gains are flags; `--istft` trains the frame-rate
+STFT/iSTFT VAE of `istft_vae.py` in the Oobleck's place (the config's hop and latent width). The loop is the trainer's minus its
 machinery: AdamW (decay on matrices only), linear warm-up then cosine to 0 (the stage stops at 0.1·lr), gradient
 clipping only with `--clip`, EMA weights judged. Figures: test mel L1 (also per class), loudness error, oracle
 pitch correlation and onset F1 (vaflow.audio.reconstruction) on the test split of `--prepared` (a default run's
@@ -23,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+import istft_vae
 import torch
 
 from vaflow import config
@@ -33,6 +35,7 @@ from vaflow.config import AudioVAEConfig
 from vaflow.data.prepare import load_manifest
 from vaflow.eval.oracle import read_truth, truth_dir
 from vaflow.train.numerics import EMA
+from vaflow.train.trainer import decays
 
 KEYS = ("test_mel_l1", "test_loudness_db", "oracle_pitch_corr", "oracle_onset_f1", "test_silence_dbfs")
 
@@ -47,7 +50,7 @@ def param_groups(model: torch.nn.Module, weight_decay: float, gain_lr: float) ->
         elif name.endswith("weight_g"):
             groups["gain"].append(p)
         else:
-            groups["decay" if p.ndim >= 2 else "plain"].append(p)
+            groups["decay" if decays(name, p) else "plain"].append(p)
     return [
         {"params": groups["decay"], "weight_decay": weight_decay, "scale": 1.0},
         {"params": groups["plain"], "weight_decay": 0.0, "scale": 1.0},
@@ -65,6 +68,23 @@ def reinit(vae: torch.nn.Module, res_init: float, snake_alpha: float) -> None:
             m.layers[3].weight_g.mul_(res_init)
         elif isinstance(m, SnakeBeta) and snake_alpha != 1.0:
             m.alpha.fill_(math.log(snake_alpha))
+
+
+def focused(batches, audio: torch.Tensor, segment: int, share: float, seed: int, stride: int = 64):
+    """The crop stream with `share` of each batch's crops replaced by crops drawn in proportion to their RMS (starts
+    every `stride` samples, any clip): events and tones are seen more often than the noise floor between them."""
+    cum = torch.nn.functional.pad(audio.double().pow(2).cumsum(1), (1, 0))  # (N, n + 1)
+    starts = torch.arange(0, audio.shape[1] - segment + 1, stride)  # (S,)
+    rms = ((cum[:, starts + segment] - cum[:, starts]) / segment).sqrt().float()  # (N, S)
+    g = torch.Generator().manual_seed(seed + 7)
+    offsets = torch.arange(segment)
+    for batch in batches:
+        k = round(share * len(batch))
+        pick = torch.multinomial(rms.flatten(), k, replacement=True, generator=g)  # (k,)
+        clip, start = pick // rms.shape[1], starts[pick % rms.shape[1]]
+        batch = batch.clone()
+        batch[:k] = audio[clip[:, None], start[:, None] + offsets]
+        yield batch
 
 
 def main() -> None:
@@ -87,6 +107,14 @@ def main() -> None:
     parser.add_argument("--gain-lr", type=float, default=1.0, help="lr multiplier of the weight-norm gains")
     parser.add_argument("--res-init", type=float, default=1.0, help="initial scale of the residual branches")
     parser.add_argument("--snake-alpha", type=float, default=1.0, help="initial Snake α")
+    parser.add_argument(
+        "--istft",
+        default=None,
+        help="train istft_vae.ISTFTVAE instead, with these ISTFTOptions (JSON, '{}': defaults)",
+    )
+    parser.add_argument(
+        "--focus", type=float, default=0.0, help="share of crops drawn in proportion to their RMS"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="", help="a JSONL file to append the result to")
     args = parser.parse_args()
@@ -105,7 +133,13 @@ def main() -> None:
 
     torch.manual_seed(args.seed)
     segment = training.segment_samples(cfg.segment, clip.sample_rate, vae_config.hop, train.audio.shape[1])
-    model = training.WaveVAELoss(training.narrow_posterior(build(vae_config)), cfg, segment)
+    if args.istft is None:
+        vae = training.narrow_posterior(build(vae_config))
+    else:
+        vae = istft_vae.narrow_posterior(
+            istft_vae.ISTFTVAE(vae_config, istft_vae.ISTFTOptions(**json.loads(args.istft)))
+        )
+    model = training.WaveVAELoss(vae, cfg, segment)
     reinit(model.vae, args.res_init, args.snake_alpha)
     betas = tuple(float(b) for b in args.betas.split(","))
     optimizer = torch.optim.AdamW(
@@ -119,15 +153,21 @@ def main() -> None:
         return 0.5 * (1 + math.cos(math.pi * (step - args.warmup) / max(1, args.steps - args.warmup)))
 
     batches = iter(training.CropStream(train.audio, args.batch, segment, seed=args.seed))
+    if args.focus:
+        batches = focused(batches, train.audio, segment, args.focus, args.seed)
     start = time.perf_counter()
     for step in range(args.steps):
         batch = next(batches, None)
         if batch is None:  # a new epoch: the stream of the next seed
             batches = iter(training.CropStream(train.audio, args.batch, segment, seed=args.seed + step))
+            if args.focus:
+                batches = focused(batches, train.audio, segment, args.focus, args.seed + step)
             batch = next(batches)
         for group in optimizer.param_groups:
             group["lr"] = args.lr * lr_factor(step) * group["scale"]
         loss, parts = model(batch)
+        if getattr(model.vae, "aux_loss", None) is not None:  # istft_vae's spectral supervision
+            loss, parts = loss + model.vae.aux_loss, parts | {"aux": model.vae.aux_loss.detach()}
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if args.clip:
@@ -147,6 +187,8 @@ def main() -> None:
         ema.module.vae.eval(), test.audio, mean_spectrum, [labels[c] for c in test.ids], truths, None, 8, 8
     )
     result = {"name": args.name, "train_s": round(train_s, 1), "steps": args.steps, "batch": args.batch}
+    if args.istft is not None:
+        result["magnitude_kept"] = round(ema.module.vae.magnitude_kept(test.audio[:16]), 3)
     result |= {k: round(figures[k], 4) for k in KEYS if k in figures}
     result |= {
         k: round(v, 3) for k, v in figures.items() if k.startswith(("test_mel_l1_", "test_loudness_db_"))
