@@ -12,6 +12,10 @@ machinery: AdamW (decay on matrices only), linear warm-up then cosine to 0 (the 
 clipping only with `--clip`, EMA weights judged. Figures: test mel L1 (also per class), loudness error, oracle
 pitch correlation and onset F1 (vaflow.audio.reconstruction) on the test split of `--prepared` (a default run's
 `data/prepared`), one JSON line printed and appended to `--out`. Deterministic per thread count.
+
+On another machine (a GPU, no ffmpeg): `--save-bank FILE` writes the decoded clips and ground truths here, `--bank
+FILE` reads them there, `--device cuda` trains and judges on the GPU, `--eval-at 2400,4800` judges the EMA weights
+along the way (one JSON line each) and `--max-seconds` bounds the training.
 """
 
 from __future__ import annotations
@@ -116,30 +120,34 @@ def main() -> None:
         "--focus", type=float, default=0.0, help="share of crops drawn in proportion to their RMS"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="where to train and judge (cpu, cuda)")
+    parser.add_argument(
+        "--eval-at", default="", help="also judge the EMA weights after these steps (1200,2400)"
+    )
+    parser.add_argument("--max-seconds", type=float, default=math.inf, help="stop training after this long")
+    parser.add_argument(
+        "--bank", default="", help="read the decoded clips from this file instead of --prepared"
+    )
+    parser.add_argument("--save-bank", default="", help="write the decoded clips of --prepared to this file")
     parser.add_argument("--out", default="", help="a JSONL file to append the result to")
     args = parser.parse_args()
 
-    prepared = Path(args.prepared)
-    manifest = load_manifest(prepared / "manifest.csv")
     clip = config.load(args.params).clip
     vae_config = dataclasses.replace(wavevae_small(), **json.loads(args.arch))
     cfg = AudioVAEConfig(**json.loads(args.cfg))
-    train = training.load_bank(manifest[manifest["split"] == "train"], clip, vae_config.hop, progress=False)
-    test_rows = manifest[manifest["split"] == "test"]
-    test = training.load_bank(test_rows, clip, vae_config.hop, progress=False)
-    labels = dict(zip(test_rows["id"], test_rows["label"].astype(str), strict=True))
-    folder = truth_dir(prepared)
-    truths = [read_truth(folder, cid) for cid in test.ids] if folder is not None else None
+    data = load_data(args, clip, vae_config.hop)
+    train_audio, test_audio, test_labels, truths = data["train"], data["test"], data["labels"], data["truths"]
+    device = torch.device(args.device)
 
     torch.manual_seed(args.seed)
-    segment = training.segment_samples(cfg.segment, clip.sample_rate, vae_config.hop, train.audio.shape[1])
+    segment = training.segment_samples(cfg.segment, clip.sample_rate, vae_config.hop, train_audio.shape[1])
     if args.istft is None:
         vae = training.narrow_posterior(build(vae_config))
     else:
         vae = istft_vae.narrow_posterior(
             istft_vae.ISTFTVAE(vae_config, istft_vae.ISTFTOptions(**json.loads(args.istft)))
         )
-    model = training.WaveVAELoss(vae, cfg, segment)
+    model = training.WaveVAELoss(vae, cfg, segment).to(device)
     reinit(model.vae, args.res_init, args.snake_alpha)
     betas = tuple(float(b) for b in args.betas.split(","))
     optimizer = torch.optim.AdamW(
@@ -152,20 +160,50 @@ def main() -> None:
             return (step + 1) / args.warmup
         return 0.5 * (1 + math.cos(math.pi * (step - args.warmup) / max(1, args.steps - args.warmup)))
 
-    batches = iter(training.CropStream(train.audio, args.batch, segment, seed=args.seed))
+    batches = iter(training.CropStream(train_audio, args.batch, segment, seed=args.seed))
     if args.focus:
-        batches = focused(batches, train.audio, segment, args.focus, args.seed)
-    start = time.perf_counter()
+        batches = focused(batches, train_audio, segment, args.focus, args.seed)
+    mean_spectrum = reconstruction.mean_log_mel(train_audio, clip.sample_rate)
+
+    judging_s = [0.0]  # seconds spent judging, left out of train_s
+
+    def judge(steps: int, train_s: float) -> None:
+        """Print (and append to --out) the figures of the EMA weights after `steps` steps."""
+        began = time.perf_counter()
+        vae = ema.module.vae.eval()
+        figures = reconstruction.evaluate_reconstruction(
+            vae, test_audio, mean_spectrum, test_labels, truths, None, 8, 8
+        )
+        train_s -= judging_s[0]
+        result = {"name": args.name, "train_s": round(train_s, 1), "steps": steps, "batch": args.batch}
+        if args.istft is not None:
+            result["magnitude_kept"] = round(vae.magnitude_kept(test_audio[:16].to(device)), 3)
+        result |= {k: round(figures[k], 4) for k in KEYS if k in figures}
+        result |= {
+            k: round(v, 3) for k, v in figures.items() if k.startswith(("test_mel_l1_", "test_loudness_db_"))
+        }
+        print(json.dumps(result), flush=True)
+        if args.out:
+            with open(args.out, "a") as f:
+                f.write(json.dumps(result | {"argv": sys.argv[1:]}) + "\n")
+        vae.train()
+        judging_s[0] += time.perf_counter() - began
+
+    eval_at = {int(s) for s in args.eval_at.split(",") if s}
+    start, step = time.perf_counter(), 0
     for step in range(args.steps):
+        if time.perf_counter() - start - judging_s[0] > args.max_seconds:
+            print(f"stopped at step {step}: --max-seconds {args.max_seconds} reached", file=sys.stderr)
+            break
         batch = next(batches, None)
         if batch is None:  # a new epoch: the stream of the next seed
-            batches = iter(training.CropStream(train.audio, args.batch, segment, seed=args.seed + step))
+            batches = iter(training.CropStream(train_audio, args.batch, segment, seed=args.seed + step))
             if args.focus:
-                batches = focused(batches, train.audio, segment, args.focus, args.seed + step)
+                batches = focused(batches, train_audio, segment, args.focus, args.seed + step)
             batch = next(batches)
         for group in optimizer.param_groups:
             group["lr"] = args.lr * lr_factor(step) * group["scale"]
-        loss, parts = model(batch)
+        loss, parts = model(batch.to(device))
         if getattr(model.vae, "aux_loss", None) is not None:  # istft_vae's spectral supervision
             loss, parts = loss + model.vae.aux_loss, parts | {"aux": model.vae.aux_loss.detach()}
         optimizer.zero_grad(set_to_none=True)
@@ -177,26 +215,37 @@ def main() -> None:
         if step % 100 == 0:
             shown = {k: round(float(v), 3) for k, v in parts.items()}
             print(
-                f"step {step} loss {float(loss):.3f} {shown} {time.perf_counter() - start:.0f} s",
+                f"step {step} loss {float(loss.detach()):.3f} {shown} {time.perf_counter() - start:.0f} s",
                 file=sys.stderr,
             )
-    train_s = time.perf_counter() - start
+        if step + 1 in eval_at and step + 1 < args.steps:
+            judge(step + 1, time.perf_counter() - start)
+    else:
+        step = args.steps
+    judge(step, time.perf_counter() - start)
 
-    mean_spectrum = reconstruction.mean_log_mel(train.audio, clip.sample_rate)
-    figures = reconstruction.evaluate_reconstruction(
-        ema.module.vae.eval(), test.audio, mean_spectrum, [labels[c] for c in test.ids], truths, None, 8, 8
-    )
-    result = {"name": args.name, "train_s": round(train_s, 1), "steps": args.steps, "batch": args.batch}
-    if args.istft is not None:
-        result["magnitude_kept"] = round(ema.module.vae.magnitude_kept(test.audio[:16]), 3)
-    result |= {k: round(figures[k], 4) for k in KEYS if k in figures}
-    result |= {
-        k: round(v, 3) for k, v in figures.items() if k.startswith(("test_mel_l1_", "test_loudness_db_"))
+
+def load_data(args: argparse.Namespace, clip: config.ClipConfig, hop: int) -> dict:
+    """Train audio (N, n), test audio (M, n), test labels and ground truths: from `--bank` (a file `--save-bank`
+    wrote, for a machine without ffmpeg or the prepared folder), else decoded from `--prepared`."""
+    if args.bank:
+        return torch.load(args.bank, weights_only=False)  # a file this script wrote
+    prepared = Path(args.prepared)
+    manifest = load_manifest(prepared / "manifest.csv")
+    train = training.load_bank(manifest[manifest["split"] == "train"], clip, hop, progress=False)
+    test_rows = manifest[manifest["split"] == "test"]
+    test = training.load_bank(test_rows, clip, hop, progress=False)
+    labels = dict(zip(test_rows["id"], test_rows["label"].astype(str), strict=True))
+    folder = truth_dir(prepared)
+    data = {
+        "train": train.audio,
+        "test": test.audio,
+        "labels": [labels[c] for c in test.ids],
+        "truths": [read_truth(folder, c) for c in test.ids] if folder is not None else None,
     }
-    print(json.dumps(result))
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write(json.dumps(result | {"argv": sys.argv[1:]}) + "\n")
+    if args.save_bank:
+        torch.save(data, args.save_bank)
+    return data
 
 
 if __name__ == "__main__":
