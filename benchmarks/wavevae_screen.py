@@ -105,6 +105,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--betas", default="0.9,0.999")
     parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument(
+        "--schedule", choices=("cosine", "constant"), default="cosine", help="after the warm-up"
+    )
     parser.add_argument("--ema", type=float, default=0.99)
     parser.add_argument("--weight-decay", type=float, default=1e-3)
     parser.add_argument("--clip", type=float, default=0.0, help="max gradient norm (0: none)")
@@ -158,6 +161,8 @@ def main() -> None:
     def lr_factor(step: int) -> float:
         if step < args.warmup:
             return (step + 1) / args.warmup
+        if args.schedule == "constant":
+            return 1.0
         return 0.5 * (1 + math.cos(math.pi * (step - args.warmup) / max(1, args.steps - args.warmup)))
 
     batches = iter(training.CropStream(train_audio, args.batch, segment, seed=args.seed))
