@@ -7,9 +7,10 @@ in-process for a few hundred steps and judged by the `audio_vae` stage's figures
 this script trades that fidelity for reach: `--arch` overrides WaveVAEConfig fields of the `small` size (JSON),
 `--cfg` AudioVAEConfig fields (loss weights, segment), and the optimiser, the init of the residual branches and of
 Snake's α, and a learning-rate multiplier for the weight-norm gains are flags; `--istft` trains the frame-rate
-STFT/iSTFT VAE of `istft_vae.py` in the Oobleck's place (the config's hop and latent width). The loop is the trainer's minus its
-machinery: AdamW (decay on matrices only), linear warm-up then cosine to 0 (the stage stops at 0.1·lr), gradient
-clipping only with `--clip`, EMA weights judged. Figures: test mel L1 (also per class), loudness error, oracle
+STFT/iSTFT VAE of `istft_vae.py` in the Oobleck's place (the config's hop and latent width), `--focus` draws a share
+of the crops by their level. The loop is the trainer's minus its machinery: AdamW (decay as `trainer.decays`),
+linear warm-up then cosine to 0 (the stage stops at 0.1·lr) or `--schedule constant`, gradient clipping only with
+`--clip`, EMA weights judged. Figures: test mel L1 (also per class), loudness error, oracle
 pitch correlation and onset F1 (vaflow.audio.reconstruction) on the test split of `--prepared` (a default run's
 `data/prepared`), one JSON line printed and appended to `--out`. Deterministic per thread count.
 
@@ -170,16 +171,17 @@ def main() -> None:
         batches = focused(batches, train_audio, segment, args.focus, args.seed)
     mean_spectrum = reconstruction.mean_log_mel(train_audio, clip.sample_rate)
 
-    judging_s = [0.0]  # seconds spent judging, left out of train_s
+    judging_s = 0.0  # seconds spent judging, left out of train_s
 
     def judge(steps: int, train_s: float) -> None:
         """Print (and append to --out) the figures of the EMA weights after `steps` steps."""
+        nonlocal judging_s
         began = time.perf_counter()
         vae = ema.module.vae.eval()
         figures = reconstruction.evaluate_reconstruction(
             vae, test_audio, mean_spectrum, test_labels, truths, None, 8, 8
         )
-        train_s -= judging_s[0]
+        train_s -= judging_s
         result = {"name": args.name, "train_s": round(train_s, 1), "steps": steps, "batch": args.batch}
         if args.istft is not None:
             result["magnitude_kept"] = round(vae.magnitude_kept(test_audio[:16].to(device)), 3)
@@ -192,12 +194,12 @@ def main() -> None:
             with open(args.out, "a") as f:
                 f.write(json.dumps(result | {"argv": sys.argv[1:]}) + "\n")
         vae.train()
-        judging_s[0] += time.perf_counter() - began
+        judging_s += time.perf_counter() - began
 
     eval_at = {int(s) for s in args.eval_at.split(",") if s}
     start, step = time.perf_counter(), 0
     for step in range(args.steps):
-        if time.perf_counter() - start - judging_s[0] > args.max_seconds:
+        if time.perf_counter() - start - judging_s > args.max_seconds:
             print(f"stopped at step {step}: --max-seconds {args.max_seconds} reached", file=sys.stderr)
             break
         batch = next(batches, None)
