@@ -7,8 +7,8 @@ in-process for a few hundred steps and judged by the `audio_vae` stage's figures
 this script trades that fidelity for reach: `--arch` overrides WaveVAEConfig fields of the `small` size (JSON),
 `--cfg` AudioVAEConfig fields (loss weights, segment), and the optimiser, the init of the residual branches and of
 Snake's α, and a learning-rate multiplier for the weight-norm gains are flags; `--istft` trains the frame-rate
-STFT/iSTFT VAE of `istft_vae.py` in the Oobleck's place (the config's hop and latent width), `--focus` draws a share
-of the crops by their level. The loop is the trainer's minus its machinery: AdamW (decay as `trainer.decays`),
+STFT/iSTFT VAE of `istft_vae.py` in the Oobleck's place (the config's hop and latent width), `--bands M` runs the
+`--arch` Oobleck on M pseudo-QMF sub-bands (`pqmf_vae.py`), `--focus` draws a share of the crops by their level. The loop is the trainer's minus its machinery: AdamW (decay as `trainer.decays`),
 linear warm-up then cosine to 0 (the stage stops at 0.1·lr) or `--schedule constant`, gradient clipping only with
 `--clip`, EMA weights judged. Figures: test mel L1 (also per class), loudness error, oracle
 pitch correlation and onset F1 (vaflow.audio.reconstruction) on the test split of `--prepared` (a default run's
@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import istft_vae
+import pqmf_vae
 import torch
 
 from vaflow import config
@@ -121,6 +122,12 @@ def main() -> None:
         help="train istft_vae.ISTFTVAE instead, with these ISTFTOptions (JSON, '{}': defaults)",
     )
     parser.add_argument(
+        "--bands",
+        type=int,
+        default=1,
+        help="train pqmf_vae.SubbandVAE: the --arch Oobleck on this many PQMF bands (its strides give hop / bands)",
+    )
+    parser.add_argument(
         "--focus", type=float, default=0.0, help="share of crops drawn in proportion to their RMS"
     )
     parser.add_argument("--seed", type=int, default=0)
@@ -138,14 +145,17 @@ def main() -> None:
 
     clip = config.load(args.params).clip
     vae_config = dataclasses.replace(wavevae_small(), **json.loads(args.arch))
+    hop = args.bands * vae_config.hop
     cfg = AudioVAEConfig(**json.loads(args.cfg))
-    data = load_data(args, clip, vae_config.hop)
+    data = load_data(args, clip, hop)
     train_audio, test_audio, test_labels, truths = data["train"], data["test"], data["labels"], data["truths"]
     device = torch.device(args.device)
 
     torch.manual_seed(args.seed)
-    segment = training.segment_samples(cfg.segment, clip.sample_rate, vae_config.hop, train_audio.shape[1])
-    if args.istft is None:
+    segment = training.segment_samples(cfg.segment, clip.sample_rate, hop, train_audio.shape[1])
+    if args.bands > 1:
+        vae = training.narrow_posterior(pqmf_vae.SubbandVAE(vae_config, args.bands))
+    elif args.istft is None:
         vae = training.narrow_posterior(build(vae_config))
     else:
         vae = istft_vae.narrow_posterior(
