@@ -8,7 +8,8 @@ this script trades that fidelity for reach: `--arch` overrides WaveVAEConfig fie
 `--cfg` AudioVAEConfig fields (loss weights, segment), and the optimiser, the init of the residual branches and of
 Snake's α, and a learning-rate multiplier for the weight-norm gains are flags; `--istft` trains the frame-rate
 STFT/iSTFT VAE of `istft_vae.py` in the Oobleck's place (the config's hop and latent width), `--bands M` runs the
-`--arch` Oobleck on M pseudo-QMF sub-bands (`pqmf_vae.py`), `--focus` draws a share of the crops by their level. The loop is the trainer's minus its machinery: AdamW (decay as `trainer.decays`),
+`--arch` Oobleck on M pseudo-QMF sub-bands (`pqmf_vae.py`), `--adv` adds the multi-resolution STFT discriminators
+of `adversarial_vae.py` for the later steps, `--focus` draws a share of the crops by their level. The loop is the trainer's minus its machinery: AdamW (decay as `trainer.decays`),
 linear warm-up then cosine to 0 (the stage stops at 0.1·lr) or `--schedule constant`, gradient clipping only with
 `--clip`, EMA weights judged. Figures: test mel L1 (also per class), loudness error, oracle
 pitch correlation and onset F1 (vaflow.audio.reconstruction) on the test split of `--prepared` (a default run's
@@ -29,6 +30,7 @@ import sys
 import time
 from pathlib import Path
 
+import adversarial_vae
 import istft_vae
 import pqmf_vae
 import torch
@@ -128,6 +130,11 @@ def main() -> None:
         help="train pqmf_vae.SubbandVAE: the --arch Oobleck on this many PQMF bands (its strides give hop / bands)",
     )
     parser.add_argument(
+        "--adv",
+        default=None,
+        help="add adversarial_vae's discriminators from AdvOptions.start on, with these AdvOptions (JSON)",
+    )
+    parser.add_argument(
         "--focus", type=float, default=0.0, help="share of crops drawn in proportion to their RMS"
     )
     parser.add_argument("--seed", type=int, default=0)
@@ -206,6 +213,14 @@ def main() -> None:
         vae.train()
         judging_s += time.perf_counter() - began
 
+    adversary, seen = None, {}
+    if args.adv is not None:
+        adversary = adversarial_vae.Adversary(adversarial_vae.AdvOptions(**json.loads(args.adv))).to(device)
+        # The WaveVAE's input and reconstruction (B, 1, N) of each step, for the discriminators.
+        model.vae.register_forward_hook(
+            lambda _, inputs, out: seen.update(real=inputs[0], fake=out.reconstruction)
+        )
+
     eval_at = {int(s) for s in args.eval_at.split(",") if s}
     start, step = time.perf_counter(), 0
     for step in range(args.steps):
@@ -223,12 +238,19 @@ def main() -> None:
         loss, parts = model(batch.to(device))
         if getattr(model.vae, "aux_loss", None) is not None:  # istft_vae's spectral supervision
             loss, parts = loss + model.vae.aux_loss, parts | {"aux": model.vae.aux_loss.detach()}
+        adversarial = adversary is not None and step >= adversary.opts.start
+        if adversarial:
+            real, fake = seen["real"][:, 0], seen["fake"][:, 0]  # (B, N)
+            g_loss, g_parts = adversary.generator_loss(real, fake)
+            loss, parts = loss + g_loss, parts | g_parts
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if args.clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
         optimizer.step()
         ema.update(model)
+        if adversarial:
+            parts["disc"] = adversary.discriminator_step(real, fake)
         if step % 100 == 0:
             shown = {k: round(float(v), 3) for k, v in parts.items()}
             print(
