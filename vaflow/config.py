@@ -276,8 +276,10 @@ class VisualEncoderConfig(Section):
     kind: Literal["clip", "cavp", "pixels"] = "cavp"
     # `train` (cavp), `import` (clip, cavp) or `none` (pixels).
     mode: Literal["train", "import", "none"] = "train"
-    # Frames per second fed to the encoder; 0 = the kind's paper rate (clip 10, cavp 4, pixels 10).
-    fps: float = Field(0, ge=0)
+    # Frames per second fed to the encoder; 0 = the kind's paper rate (clip 10, cavp 4, pixels 10), which the paper
+    # presets use. The embedded default feeds its CAVP stand-in every frame of the synthetic world's 20 fps video:
+    # at Diff-Foley's 4 fps the flow cannot place the world's events in time (README, "The visual side").
+    fps: float = Field(20, ge=0)
     clip: CLIPOptions = CLIPOptions()
     cavp: CAVPOptions = CAVPOptions()
     pixels: PixelOptions = PixelOptions()

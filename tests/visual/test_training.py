@@ -178,7 +178,10 @@ def test_train_mode_end_to_end_and_resume(run, mlflow_uri):
     assert [p.name for p in (tmp / "ckpt").iterdir()] == [ckpt.name]
     assert torch.load(ckpt / "last.pt", weights_only=True)["step"] == 2
     spec = json.loads((tmp / "enc" / "encoder.json").read_text())
-    assert spec["kind"] == "cavp" and spec["identity"]["fps"] == 4.0 and spec["identity"]["dim"] == 64
+    rate = config.VisualEncoderConfig().frame_rate  # the default feeds every frame of the 20 fps video
+    assert (
+        spec["kind"] == "cavp" and spec["identity"]["fps"] == rate == 20.0 and spec["identity"]["dim"] == 64
+    )
     encoder = vx.load_encoder(tmp / "enc")
     assert encoder.encode_batch(torch.zeros(1, 4, 64, 64, 3, dtype=torch.uint8)).shape == (1, 4, 64)
 
@@ -220,7 +223,7 @@ def test_changed_config_starts_a_new_checkpoint_dir():
 
 
 def test_none_mode_writes_a_pixels_encoder(run):
-    tmp = run(kind="pixels", mode="none", pixels={"side": 4})
+    tmp = run(kind="pixels", mode="none", fps=0, pixels={"side": 4})  # fps 0: the kind's paper rate
     spec = json.loads((tmp / "enc" / "encoder.json").read_text())
     assert spec["kind"] == "pixels" and spec["weights"] is None
     assert spec["identity"]["dim"] == 48 and spec["identity"]["fps"] == 10.0
@@ -252,7 +255,9 @@ def test_clip_import_copies_the_weights(run, tmp_path):
     (tmp_path / f"{name}.json").write_text(json.dumps(cfg))
     open_clip.add_model_config(tmp_path / f"{name}.json")
     torch.save(open_clip.create_model(name, pretrained_text=False).state_dict(), tmp_path / "w.bin")
-    tmp = run(kind="clip", mode="import", clip={"model_name": name, "weights": str(tmp_path / "w.bin")})
+    tmp = run(
+        kind="clip", mode="import", fps=0, clip={"model_name": name, "weights": str(tmp_path / "w.bin")}
+    )
     spec = json.loads((tmp / "enc" / "encoder.json").read_text())
     assert spec["weights"] == "clip.bin" and spec["options"]["model_name"] == name
     assert spec["identity"]["fps"] == 10.0 and spec["identity"]["dim"] == 16
