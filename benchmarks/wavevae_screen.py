@@ -9,11 +9,12 @@ this script trades that fidelity for reach: `--arch` overrides WaveVAEConfig fie
 Snake's α, and a learning-rate multiplier for the weight-norm gains are flags; `--istft` trains the frame-rate
 STFT/iSTFT VAE of `istft_vae.py` in the Oobleck's place (the config's hop and latent width), `--bands M` runs the
 `--arch` Oobleck on M pseudo-QMF sub-bands (`pqmf_vae.py`), `--adv` adds the multi-resolution STFT discriminators
-of `adversarial_vae.py` for the later steps, `--focus` draws a share of the crops by their level. The loop is the trainer's minus its machinery: AdamW (decay as `trainer.decays`),
-linear warm-up then cosine to 0 (the stage stops at 0.1·lr) or `--schedule constant`, gradient clipping only with
-`--clip`, EMA weights judged. Figures: test mel L1 (also per class), loudness error, oracle
-pitch correlation and onset F1 (vaflow.audio.reconstruction) on the test split of `--prepared` (a default run's
-`data/prepared`), one JSON line printed and appended to `--out`. Deterministic per thread count.
+of `adversarial_vae.py` for the later steps, `--focus` draws a share of the crops by their level. The loop is the
+trainer's minus its machinery: AdamW (decay as `trainer.decays`), linear warm-up then cosine to 0 (the stage stops
+at 0.1·lr) or `--schedule constant`, gradient clipping only with `--clip`, EMA weights judged. Figures: test mel L1
+(also per class), loudness error, oracle pitch correlation and onset F1 (vaflow.audio.reconstruction) on the test
+split of `--prepared` (a default run's `data/prepared`), one JSON line printed and appended to `--out`.
+Deterministic per thread count.
 
 On another machine (a GPU, no ffmpeg): `--save-bank FILE` writes the decoded clips and ground truths here, `--bank
 FILE` reads them there, `--device cuda` trains and judges on the GPU, `--eval-at 2400,4800` judges the EMA weights
@@ -150,6 +151,10 @@ def main() -> None:
     parser.add_argument("--out", default="", help="a JSONL file to append the result to")
     args = parser.parse_args()
 
+    if args.bands < 1:
+        parser.error(f"--bands must be ≥ 1, got {args.bands}")
+    if args.bands > 1 and args.istft is not None:
+        parser.error("--bands splits the Oobleck's input into sub-bands; it does not apply to --istft")
     clip = config.load(args.params).clip
     vae_config = dataclasses.replace(wavevae_small(), **json.loads(args.arch))
     hop = args.bands * vae_config.hop

@@ -72,6 +72,8 @@ def test_presets_validate_and_differ():
     micro, vgg = config.preset("micro"), config.preset("vggsound")
     assert micro.clip.duration < config.Params().clip.duration
     assert vgg.clip.sample_rate == 44100 and vgg.prepare.source == "vggsound"
+    # The embedded default feeds its CAVP stand-in every 20 fps frame; the paper preset keeps CLIP's own 10 fps.
+    assert config.Params().visual_encoder.frame_rate == 20.0 and vgg.visual_encoder.frame_rate == 10.0
     with pytest.raises(config.ConfigError, match="did you mean 'micro'"):
         config.preset("mikro")
 
