@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 
 from vaflow import config
-from vaflow.audio import reconstruction, training
+from vaflow.audio import pretrained, reconstruction, training
 from vaflow.audio.encode import export_model
-from vaflow.audio.wavevae import SIZES, WaveVAE, build, load_wavevae
+from vaflow.audio.wavevae import SIZES, CheckpointError, WaveVAE, build, load_wavevae
 from vaflow.code import stage_code
 from vaflow.data.prepare import load_manifest
 from vaflow.errors import exit_on_user_error
@@ -44,9 +44,10 @@ FIGURE_NAME = "audio_vae_mels.png"
 
 
 def train(
-    params: config.Params, manifest, ckpt_dir: Path, tracker: Tracker
+    params: config.Params, manifest, ckpt_dir: Path, tracker: Tracker, init: WaveVAE | None
 ) -> tuple[WaveVAE, torch.Tensor, dict]:
-    """Train on random crops of the train clips; returns (EMA VAE, train mean log-mel, final train losses)."""
+    """Train on random crops of the train clips, from `init` or from random weights; returns (EMA VAE, train mean
+    log-mel, final train losses)."""
     cfg, clip = params.audio_vae, params.clip
     # A trained VAE runs at the pipeline's rate, whatever its size's nominal one.
     vae_config = dataclasses.replace(SIZES[cfg.size], sample_rate=clip.sample_rate)
@@ -54,7 +55,8 @@ def train(
     print(f"train clips: {len(bank.ids)} decoded, {len(bank.rejected)} rejected")
     segment = training.segment_samples(cfg.segment, clip.sample_rate, vae_config.hop, bank.audio.shape[1])
     seed_everything(cfg.trainer.seed)  # the same initial weights on every rank and every rerun
-    model = training.WaveVAELoss(training.narrow_posterior(build(vae_config)), cfg, segment)
+    vae = init if init is not None else training.narrow_posterior(build(vae_config))
+    model = training.WaveVAELoss(vae, cfg, segment)
 
     def stream(spec):
         return training.CropStream(
@@ -68,9 +70,30 @@ def train(
     return result.ema.vae, mean_spectrum, {f"train_{k}": v for k, v in result.losses.items()}
 
 
-def import_vae(params: config.Params) -> WaveVAE:
-    """Load the checkpoint strictly: a missing file or a key/shape mismatch is a CheckpointError naming the file."""
-    return load_wavevae(params.audio_vae.checkpoint, params.audio_vae.size)
+def load_checked(path: str, params: config.Params) -> WaveVAE:
+    """Load a checkpoint strictly: a missing file or a key/shape mismatch is a CheckpointError naming the file.
+    A pretrained folder's weights (the embedded default's) are first checked against their card: hash, size,
+    sample rate and hop."""
+    cfg = params.audio_vae
+    default = config.AudioVAEConfig.model_fields["checkpoint"].default
+    if pretrained.card_checked(path, default):
+        pretrained.read_card(
+            Path(path).parent, size=cfg.size, sample_rate=params.clip.sample_rate, hop=SIZES[cfg.size].hop
+        )
+    return load_wavevae(path, cfg.size)
+
+
+def initial_vae(params: config.Params) -> WaveVAE | None:
+    """`audio_vae.init`'s weights (None for a random start); they must run at the clip's rate."""
+    if not params.audio_vae.init:
+        return None
+    vae = load_checked(params.audio_vae.init, params)
+    if vae.config.sample_rate != params.clip.sample_rate:
+        raise CheckpointError(
+            f"{params.audio_vae.init}: audio_vae.init runs at {vae.config.sample_rate} Hz, clip.sample_rate is "
+            f"{params.clip.sample_rate}"
+        )
+    return vae
 
 
 def train_mean_spectrum(params: config.Params, manifest, hop: int) -> torch.Tensor:
@@ -115,11 +138,14 @@ def main(argv: list[str] | None = None) -> None:
     cfg = params.audio_vae
     manifest = load_manifest(Path(args.prepared) / "manifest.csv")
     sections = {"audio_vae": cfg, "clip": params.clip}
-    imported = import_vae(params) if cfg.mode == "import" else None  # a bad checkpoint fails before any run
+    # A bad checkpoint or init fails before any run.
+    imported = load_checked(cfg.checkpoint, params) if cfg.mode == "import" else None
+    init = initial_vae(params) if cfg.mode == "train" else None
     with Tracker("audio_vae", params=sections, metrics_dir=args.metrics) as tracker:
         if cfg.mode == "train":
-            ckpt_dir = run_dir(args.checkpoints, "audio_vae", {**sections, "code": stage_code(__file__)})
-            vae, mean_spectrum, figures = train(params, manifest, ckpt_dir, tracker)
+            identity = training.run_identity(cfg, params.clip, stage_code(__file__))
+            ckpt_dir = run_dir(args.checkpoints, "audio_vae", identity)
+            vae, mean_spectrum, figures = train(params, manifest, ckpt_dir, tracker, init)
         if env_rank()[0] != 0:
             return  # rank 0 exports and measures
         if imported is not None:

@@ -290,7 +290,8 @@ def test_stage_writes_samples_metrics_and_resumes(world, tmp_path, monkeypatch, 
     # MLflow's file store: a new sqlite store costs ~10 s of migrations, the file store none (tests only).
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"file://{tmp_path}/mlruns")
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
-    params = {"clip": {"duration": 0.2, "sample_rate": SR}, "sample": {"steps": 3, "batch_size": 2, "mux": 1}}
+    params = {"clip": {"duration": 0.2, "sample_rate": SR}, "audio_vae": {"mode": "train", "checkpoint": ""},
+              "sample": {"steps": 3, "batch_size": 2, "mux": 1}}  # fmt: skip
 
     def run(overrides: dict | None = None) -> dict:
         data = config.deep_merge(params, overrides or {})

@@ -167,14 +167,22 @@ class PrepareConfig(Section):
 
 
 class AudioVAEConfig(Section):
-    """The `audio_vae` stage: train a small Oobleck WaveVAE, or import Stable Audio Open's."""
+    """The `audio_vae` stage: import a pretrained WaveVAE (the embedded default's, or Stable Audio Open's), or
+    train one inside the pipeline."""
 
-    # `train` inside the pipeline (the embedded default), or `import` a checkpoint (paper scale: SAO 1.0).
-    mode: Literal["train", "import"] = "train"
+    # `import` a checkpoint: the embedded default imports the project's pretrained codec, as the paper imports
+    # SAO 1.0's VAE; `train` one inside the pipeline (the micro preset, and the recipe that made that codec).
+    mode: Literal["train", "import"] = "import"
     # A name from `vaflow.audio.sizes.SIZES`: `small` trains in CPU minutes; `sao` is exactly SAO 1.0.
     size: str = "small"
-    # `import` mode: the local checkpoint (SAO `model.ckpt` / `model.safetensors`, or a bare VAE state dict).
-    checkpoint: str = ""
+    # `import` mode: the local checkpoint. The default is the pretrained codec committed in git with its card
+    # (`vaflow preset wavevae && dvc repro audio_vae` rebuilds it: docs/wavevae.md); otherwise SAO's
+    # `model.ckpt` / `model.safetensors`, or a bare VAE state dict. `train` mode ignores it.
+    checkpoint: str = "data/pretrained/wavevae/wavevae.safetensors"
+    # `train` mode: start from these WaveVAE weights (checked against their card when they have one) instead of a
+    # random initialisation, with a fresh optimiser: the second phase of the pretrained codec's recipe
+    # (configs/wavevae.yaml). '' starts from random weights. `import` mode ignores it.
+    init: str = ""
     # Seconds per random training crop: 0.25 s holds an event and keeps a CPU step short. Every choice of this
     # recipe was measured against its alternatives on the default world: docs/wavevae.md has the figures.
     segment: float = Field(0.25, gt=0)

@@ -81,8 +81,12 @@ def make_media(root: Path, n: int = 2, sample_rate: int = RATE) -> list[Path]:
 
 
 def write_params(path: Path, overrides: dict) -> Path:
-    """A full params file: the defaults with `overrides` merged in."""
-    data = config.deep_merge(config.Params().model_dump(mode="json"), overrides)
+    """A full params file: the defaults, with the codec trained in the pipeline (the default imports the 16 kHz
+    pretrained one, these worlds run at any rate), and `overrides` merged in."""
+    base = config.deep_merge(
+        config.Params().model_dump(mode="json"), {"audio_vae": {"mode": "train", "checkpoint": ""}}
+    )
+    data = config.deep_merge(base, overrides)
     path.write_text(config.dump(config.validate(data)))
     return path
 

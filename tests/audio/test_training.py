@@ -180,21 +180,6 @@ def test_trained_vae_beats_silence_and_the_mean_spectrum():
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def mlflow_uri(tmp_path_factory) -> str:
-    """One sqlite store for the module (creating one costs seconds)."""
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
-
-
-@pytest.fixture
-def stage_env(tmp_path, monkeypatch, mlflow_uri):
-    monkeypatch.chdir(tmp_path)  # artifacts and the repo root of the tracker: the temporary folder
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "DVC_ROOT"):
-        monkeypatch.delenv(key, raising=False)
-    return tmp_path
-
-
 def _world(tmp, sample_rate: int = RATE, truth: bool = False) -> None:
     media = make_media(tmp / "media", sample_rate=sample_rate)
     clips = [(f"tr{k}", "train", media[k % 2]) for k in range(4)] + [
@@ -237,7 +222,7 @@ def test_stage_train_mode_end_to_end(stage_env):
     _world(tmp, truth=True)
     trainer = {"steps": 4, "batch_size": 2, "warmup_steps": 1, "log_every": 2, "checkpoint_every": 2}
     write_params(tmp / "params.yaml", {"clip": {"duration": 1.0, "sample_rate": RATE},
-                                       "audio_vae": {"size": "tiny", "segment": 0.2, "trainer": trainer}})  # fmt: skip
+                                       "audio_vae": {"mode": "train", "size": "tiny", "segment": 0.2, "trainer": trainer}})  # fmt: skip
     stage = load_stage("audio_vae")
     stage.main(_argv(tmp))
 
@@ -261,7 +246,7 @@ def test_stage_train_mode_end_to_end(stage_env):
     # A rerun with more steps resumes the same run instead of starting afresh.
     trainer["steps"] = 6
     write_params(tmp / "params.yaml", {"clip": {"duration": 1.0, "sample_rate": RATE},
-                                       "audio_vae": {"size": "tiny", "segment": 0.2, "trainer": trainer}})  # fmt: skip
+                                       "audio_vae": {"mode": "train", "size": "tiny", "segment": 0.2, "trainer": trainer}})  # fmt: skip
     stage.main(_argv(tmp))
     assert [p.name for p in (tmp / "ckpt").iterdir()] == [run_dir.name]
     assert torch.load(run_dir / "last.pt", weights_only=True)["step"] == 6
@@ -304,3 +289,50 @@ def test_stage_import_of_a_bad_checkpoint_exits_2_naming_the_file(stage_env, cap
     err = capsys.readouterr().err
     assert err.startswith("error: ") and str(ckpt) in err and "Traceback" not in err  # before any MLflow run
     assert not (tmp / "vae").exists()
+
+
+def _pretrained_folder(folder, card_rate: int = 16000):
+    """A pretrained folder as `vaflow pretrained wavevae` writes it, for a tiny VAE."""
+    from vaflow.audio import pretrained
+    from vaflow.audio.wavevae import save_wavevae
+
+    torch.manual_seed(0)
+    folder.mkdir(parents=True)
+    save_wavevae(build("tiny"), folder / pretrained.WEIGHTS)
+    pretrained.write_card(
+        folder, {"wavevae": {"size": "tiny", "sample_rate": card_rate, "hop": SIZES["tiny"].hop}}
+    )
+    return folder / pretrained.WEIGHTS
+
+
+@pytest.mark.parametrize("problem", ["none", "tampered weights", "card rate", "default missing"])
+def test_stage_import_checks_a_pretrained_card(stage_env, capsys, problem):
+    tmp = stage_env
+    _world(tmp, sample_rate=16000)
+    weights = _pretrained_folder(tmp / "pre", card_rate=8000 if problem == "card rate" else 16000)
+    if problem == "tampered weights":
+        data = bytearray(weights.read_bytes())
+        data[-64] ^= 0xFF
+        weights.write_bytes(bytes(data))
+    checkpoint = (
+        "data/pretrained/wavevae/wavevae.safetensors" if problem == "default missing" else str(weights)
+    )
+    write_params(tmp / "params.yaml", {"clip": {"duration": 0.5, "sample_rate": 16000},
+                                       "audio_vae": {"mode": "import", "size": "tiny", "checkpoint": checkpoint}})  # fmt: skip
+    if problem == "none":
+        load_stage("audio_vae").main(_argv(tmp))
+        assert json.loads((tmp / "vae" / encode.INFO_FILE).read_text())["checkpoint"] == checkpoint
+        return
+    with pytest.raises(SystemExit) as exc:
+        load_stage("audio_vae").main(_argv(tmp))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    expected = {
+        "tampered weights": "does not match its card",
+        "card rate": "sample_rate = 8000, the params ask for 16000",
+        "default missing": "wavevae.safetensors: no such file; rebuild the pretrained WaveVAE with: vaflow preset "
+        "wavevae && dvc repro audio_vae && vaflow pretrained wavevae",
+    }[problem]
+    assert expected in err
+    assert not (tmp / "vae").exists() and not (tmp / "metrics").exists()  # before any output or MLflow run

@@ -19,6 +19,7 @@ WORLD = {
         "workers": 1,
     },
     "prepare": {"verify": "probe", "workers": 1},
+    "audio_vae": {"mode": "train", "checkpoint": ""},  # an 8 kHz world: no pretrained 16 kHz codec
 }
 # A short training: enough for every evaluator to fit the 16 training clips, a few seconds in all.
 FAST = config.EvaluatorsConfig(epochs=16, batch_size=8)

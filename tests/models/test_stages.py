@@ -17,7 +17,7 @@ T_V, D_V, T_A, D_A = 4, 8, 50, 4  # audio_vae.size tiny: hop 8, 4 channels; clip
 FAST = {"steps": 4, "batch_size": 8, "warmup_steps": 1, "checkpoint_every": 2, "log_every": 2}
 PARAMS = {
     "clip": {"duration": 0.05, "sample_rate": 8000},
-    "audio_vae": {"size": "tiny"},
+    "audio_vae": {"mode": "train", "size": "tiny"},
     "train_align": {"channels": 8, "blocks": 1, "val": {"clips": 4, "every": 2}, "trainer": FAST},
     "flow": {"size": "tiny"},
     "train_flow": {"val": {"clips": 4, "times": 2, "every": 2}, "trainer": FAST},

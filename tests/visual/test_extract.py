@@ -104,6 +104,7 @@ def _manifest(root: Path, media_dir: Path, n_train: int = 12, bad: bool = True) 
 def _params(path: Path, per_shard: int = PER_SHARD) -> Path:
     data = {
         "clip": {"duration": DURATION, "sample_rate": SR},
+        "audio_vae": {"mode": "train", "checkpoint": ""},  # an 8 kHz world: no pretrained 16 kHz codec
         "extract_visual": {"per_shard": per_shard, "batch_size": 2},
         "encode_audio": {"per_shard": per_shard},  # the two shard sets are paired by position: same per_shard
     }

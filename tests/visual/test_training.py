@@ -32,6 +32,7 @@ WORLD = {
         "workers": 1,
     },
     "prepare": {"verify": "probe", "workers": 1},
+    "audio_vae": {"mode": "train", "checkpoint": ""},  # an 8 kHz world: no pretrained 16 kHz codec
 }
 FAST = {"steps": 2, "batch_size": 4, "warmup_steps": 1, "checkpoint_every": 1, "log_every": 1}
 

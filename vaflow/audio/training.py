@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from vaflow.audio.encode import load_clip, rejection_reason
 from vaflow.audio.losses import MelL1Loss, MultiResolutionSTFTLoss, loudness_l1, stft_sizes, waveform_l1
-from vaflow.audio.wavevae import WaveVAE
+from vaflow.audio.wavevae import WaveVAE, weights_hash
 from vaflow.config import AudioVAEConfig, ClipConfig
 from vaflow.data.extract import ClipRejected
 from vaflow.data.media import FFmpegNotFoundError, MediaError
@@ -214,6 +214,15 @@ class WaveVAELoss(nn.Module):
         return loss, {k: v.detach() for k, v in parts.items()}
 
 
+def run_identity(cfg: AudioVAEConfig, clip: ClipConfig, code: str) -> dict[str, Any]:
+    """What names a training run's checkpoint folder (`run_dir`): the two sections, the stage's code identity and,
+    with `cfg.init`, the initial weights' hash (other weights at the same path are another run)."""
+    identity: dict[str, Any] = {"audio_vae": cfg, "clip": clip, "code": code}
+    if cfg.init:
+        identity["init"] = weights_hash(cfg.init)
+    return identity
+
+
 def loss_fn(model: nn.Module, batch: Tensor) -> tuple[Tensor, dict[str, float]]:
     """The trainer's `loss_fn`: through `model(...)` (a WaveVAELoss, possibly DDP-wrapped)."""
     loss, parts = model(batch)
@@ -227,5 +236,6 @@ __all__ = [
     "even_subset",
     "load_bank",
     "loss_fn",
+    "run_identity",
     "segment_samples",
 ]
