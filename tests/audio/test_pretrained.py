@@ -24,7 +24,13 @@ def _card() -> dict:
 
 def test_card_describes_the_run():
     card = _card()
-    assert card["recipe"]["audio_vae"]["mode"] == "train" and card["steps"] == 12000
+    # Two phases: 12000 steps from random weights, then 500 from those with the loudness term; one card in the other.
+    assert card["recipe"]["audio_vae"]["mode"] == "train" and card["steps"] == 500
+    assert card["init"]["steps"] == 12000 and card["recipe"]["audio_vae"]["loudness_weight"] == 1.0
+    base = pretrained.read_card(FOLDER.parent / "wavevae-base", size="small", sample_rate=16000, hop=256)
+    assert card["init"]["weights_sha256"] == base["weights_sha256"]
+    assert card["training_manifest_sha256"] == base["training_manifest_sha256"]
+    assert card["command"] == pretrained.REBUILD and not card["code"]["uncommitted_changes"]
     # The training world is the default's with a larger train split: same seed, same val and test splits.
     default = config.Params().synth.model_dump(mode="json")
     world = card["training_world"]["synth"]
@@ -84,5 +90,5 @@ def test_the_default_imports_this_folder_and_dvc_tracks_it():
     assert config.Params().audio_vae.mode == "import"
     dvc = yaml.safe_load((FOLDER.parents[2] / "dvc.yaml").read_text())
     paths = next(v["paths"] for v in dvc["vars"] if "paths" in v)
-    assert Path(paths["pretrained_wavevae"]) == Path(config.Params().audio_vae.checkpoint).parent
-    assert "${paths.pretrained_wavevae}" in dvc["stages"]["audio_vae"]["deps"]
+    assert Path(paths["pretrained"]) == Path(config.Params().audio_vae.checkpoint).parents[1]
+    assert "${paths.pretrained}" in dvc["stages"]["audio_vae"]["deps"]

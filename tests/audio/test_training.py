@@ -13,7 +13,8 @@ import torch
 from tests.audio.test_encode import RATE, load_stage, make_media, one_thread, write_manifest, write_params
 from vaflow.audio import encode, reconstruction, training
 from vaflow.audio.losses import MelL1Loss
-from vaflow.audio.wavevae import SAO_PREFIX, SIZES, WaveVAEConfig, build
+from vaflow.audio.pretrained import REBUILD
+from vaflow.audio.wavevae import SAO_PREFIX, SIZES, WaveVAEConfig, build, load_wavevae
 from vaflow.config import AudioVAEConfig
 
 __all__ = ["one_thread"]  # the autouse fixture: one torch thread for these tests too
@@ -331,8 +332,38 @@ def test_stage_import_checks_a_pretrained_card(stage_env, capsys, problem):
     expected = {
         "tampered weights": "does not match its card",
         "card rate": "sample_rate = 8000, the params ask for 16000",
-        "default missing": "wavevae.safetensors: no such file; rebuild the pretrained WaveVAE with: vaflow preset "
-        "wavevae && dvc repro audio_vae && vaflow pretrained wavevae",
+        "default missing": f"wavevae.safetensors: no such file; rebuild the pretrained WaveVAE with: {REBUILD}",
     }[problem]
     assert expected in err
     assert not (tmp / "vae").exists() and not (tmp / "metrics").exists()  # before any output or MLflow run
+
+
+def test_stage_train_mode_starts_from_init(stage_env, capsys):
+    tmp = stage_env
+    _world(tmp, sample_rate=16000)
+    init = _pretrained_folder(tmp / "pre")
+    trainer = {
+        "steps": 2,
+        "batch_size": 2,
+        "lr": 1e-9,
+        "warmup_steps": 0,
+        "log_every": 1,
+        "checkpoint_every": 1,
+    }
+    params = {"clip": {"duration": 0.5, "sample_rate": 16000},
+              "audio_vae": {"mode": "train", "size": "tiny", "init": str(init), "trainer": trainer}}  # fmt: skip
+    write_params(tmp / "params.yaml", params)
+    load_stage("audio_vae").main(_argv(tmp))
+    trained, _ = encode.load_model(tmp / "vae")
+    start = load_wavevae(init)
+    for key, value in start.state_dict().items():  # two steps at lr 1e-9: still the initial weights
+        assert torch.allclose(trained.state_dict()[key], value, atol=1e-5), key
+
+    # Initial weights at another rate than the clip's: one clear error before anything is written.
+    params["clip"]["sample_rate"] = 8000
+    write_params(tmp / "params.yaml", params)
+    with pytest.raises(SystemExit) as exc:
+        load_stage("audio_vae").main([*_argv(tmp)[:5], str(tmp / "vae2"), *_argv(tmp)[6:]])
+    assert exc.value.code == 2
+    assert "sample_rate = 16000, the params ask for 8000" in capsys.readouterr().err
+    assert not (tmp / "vae2").exists()
