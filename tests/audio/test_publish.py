@@ -89,3 +89,20 @@ def test_publish_refuses_a_run_that_is_not_the_checkouts(trained: Path):
     with pytest.raises(pretrained.PretrainedError, match="audio_vae.mode is 'import'"):
         publish.publish(trained, trained / "pub")
     assert not (trained / "pub").exists()  # nothing written
+
+
+def test_a_second_phase_carries_the_first_phases_card(trained: Path):
+    first = publish.publish(trained, trained / "base")
+    params = {**PARAMS, "audio_vae": {**PARAMS["audio_vae"], "init": "base/wavevae.safetensors",
+                                      "loudness_weight": 1.0}}  # fmt: skip
+    write_params(trained / "params.yaml", params)
+    load_stage("audio_vae").main([
+        "--params", "params.yaml", "--prepared", "data/prepared", "--out", "data/models/audio_vae",
+        "--checkpoints", "data/checkpoints", "--metrics", "metrics",
+    ])  # fmt: skip
+    card = pretrained.read_card(
+        publish.publish(trained, trained / "pub").parent, size="tiny", sample_rate=RATE
+    )
+    assert card["init"] == json.loads(first.read_text())
+    assert card["recipe"]["audio_vae"]["init"] == "base/wavevae.safetensors"
+    assert card["weights_sha256"] != card["init"]["weights_sha256"]
