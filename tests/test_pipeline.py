@@ -18,7 +18,7 @@ from vaflow.data import shards
 from .browser import open_page
 
 ROOT = Path(__file__).resolve().parent.parent
-COPIED = ["dvc.yaml", "stages", "vaflow", "configs", "pyproject.toml", ".dvcignore"]
+COPIED = ["dvc.yaml", "stages", "vaflow", "configs", "data/pretrained", "pyproject.toml", ".dvcignore"]
 
 
 def _run(cmd, cwd, env):
