@@ -176,7 +176,7 @@ class AudioVAEConfig(Section):
     # A name from `vaflow.audio.sizes.SIZES`: `small` trains in CPU minutes; `sao` is exactly SAO 1.0.
     size: str = "small"
     # `import` mode: the local checkpoint. The default is the pretrained codec committed in git with its card
-    # (`vaflow preset wavevae && dvc repro audio_vae` rebuilds it: docs/wavevae.md); otherwise SAO's
+    # (two presets rebuild it: `wavevae-base`, then `wavevae`; docs/wavevae.md); otherwise SAO's
     # `model.ckpt` / `model.safetensors`, or a bare VAE state dict. `train` mode ignores it.
     checkpoint: str = "data/pretrained/wavevae/wavevae.safetensors"
     # `train` mode: start from these WaveVAE weights (checked against their card when they have one) instead of a

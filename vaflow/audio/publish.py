@@ -1,7 +1,8 @@
 """`vaflow pretrained wavevae`: publish the `wavevae` preset's trained WaveVAE as the embedded default's pretrained
 codec, `data/pretrained/wavevae/{wavevae.safetensors, card.json}` (docs/wavevae.md).
 
-Run in the checkout that trained it, after `vaflow preset wavevae && dvc repro audio_vae`. Everything on the card is
+Run in the checkout that trained it, after `dvc repro audio_vae` on the `wavevae-base` or `wavevae` preset
+(`pretrained.REBUILD` chains the two). Everything on the card is
 read from that run, never typed in: the params (`params.yaml`), the exported weights and their geometry
 (`vae.json`), the test figures (`metrics/audio_vae.json`), the training wall time (the step log's throughput), the
 hash of the training manifest, the commit and the stage's code identity, and the machine. The run must be the one the
@@ -103,9 +104,7 @@ def pipeline_paths(root: Path) -> dict[str, str]:
 
 def _need(path: Path) -> Path:
     if not path.is_file():
-        raise PretrainedError(
-            f"{path}: no such file; train the codec first: vaflow preset wavevae && dvc repro audio_vae"
-        )
+        raise PretrainedError(f"{path}: no such file; train the codec first ({REBUILD})")
     return path
 
 
