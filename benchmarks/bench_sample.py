@@ -21,7 +21,7 @@ import torch
 from bench_flow import _time, build
 
 from vaflow import flow
-from vaflow.audio.wavevae import build as build_wavevae
+from vaflow.models.wavevae import build as build_wavevae
 
 # preset -> (DiT size, WaveVAE size); the DiT size picks bench_flow's shapes (`small`: cpu, `dit_s`: paper).
 PRESETS = {"cpu": ("small", "small"), "paper": ("dit_s", "sao")}

@@ -28,7 +28,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vaflow.train.config import TrainerConfig  # noqa: E402
+from vaflow.config.trainer import TrainerConfig
 from vaflow.train.distributed import init_distributed  # noqa: E402
 from vaflow.train.numerics import EMA, seed_everything  # noqa: E402
 from vaflow.train.trainer import Trainer  # noqa: E402

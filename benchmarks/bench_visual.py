@@ -21,7 +21,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from vaflow.visual import CAVP, CAVPEncoder, CLIPEncoder, PixelEncoder
+from vaflow.models.encoders import CAVP, CAVPEncoder, CLIPEncoder, PixelEncoder
 
 
 def _time(fn: Callable[[], object], repeats: int) -> tuple[float, float]:

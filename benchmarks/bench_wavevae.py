@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from vaflow.audio.wavevae import SIZES, build
+from vaflow.models.wavevae import SIZES, build
 
 
 def _time(fn, repeats: int, device: torch.device) -> float:

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vaflow.audio.training import INITIAL_STD
-from vaflow.audio.wavevae import VAEBottleneck, WaveVAEConfig, WaveVAEOutput
+from vaflow.models.wavevae import VAEBottleneck, WaveVAEConfig, WaveVAEOutput
+from vaflow.train.wavevae import INITIAL_STD
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vaflow.audio.wavevae import WaveVAE, WaveVAEConfig, WaveVAEOutput
+from vaflow.models.wavevae import WaveVAE, WaveVAEConfig, WaveVAEOutput
 
 __all__ = ["PQMF", "SubbandVAE", "cutoff_for", "prototype"]
 

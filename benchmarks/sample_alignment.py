@@ -18,7 +18,7 @@ import torch
 
 from vaflow.data import media
 from vaflow.data.prepare import load_manifest
-from vaflow.visual.cavp import log_mel
+from vaflow.models.cavp import log_mel
 
 
 def _read_wav(path: Path) -> tuple[np.ndarray, int]:

@@ -12,7 +12,7 @@ STFT/iSTFT VAE of `istft_vae.py` in the Oobleck's place (the config's hop and la
 of `adversarial_vae.py` for the later steps, `--focus` draws a share of the crops by their level. The loop is the
 trainer's minus its machinery: AdamW (decay as `trainer.decays`), linear warm-up then cosine to 0 (the stage stops
 at 0.1·lr) or `--schedule constant`, gradient clipping only with `--clip`, EMA weights judged. Figures: test mel L1
-(also per class), loudness error, oracle pitch correlation and onset F1 (vaflow.audio.reconstruction) on the test
+(also per class), loudness error, oracle pitch correlation and onset F1 (vaflow.eval.reconstruction) on the test
 split of `--prepared` (a default run's `data/prepared`), one JSON line printed and appended to `--out`.
 Deterministic per thread count.
 
@@ -37,12 +37,13 @@ import pqmf_vae
 import torch
 
 from vaflow import config
-from vaflow.audio import reconstruction, training
-from vaflow.audio.sizes import wavevae_small
-from vaflow.audio.wavevae import ResidualUnit, SnakeBeta, build
 from vaflow.config import AudioVAEConfig
+from vaflow.config.sizes import wavevae_small
 from vaflow.data.prepare import load_manifest
+from vaflow.eval import reconstruction
 from vaflow.eval.oracle import read_truth, truth_dir
+from vaflow.models.wavevae import ResidualUnit, SnakeBeta, build
+from vaflow.train import wavevae as training
 from vaflow.train.numerics import EMA
 from vaflow.train.trainer import decays
 

@@ -19,14 +19,16 @@ from pathlib import Path
 import torch
 
 from vaflow import config
-from vaflow.audio import pretrained, reconstruction, training
-from vaflow.audio.encode import export_model
-from vaflow.audio.wavevae import SIZES, CheckpointError, WaveVAE, build, load_wavevae
 from vaflow.code import stage_code
+from vaflow.data.latents import export_model
 from vaflow.data.prepare import load_manifest
 from vaflow.errors import exit_on_user_error
+from vaflow.eval import reconstruction
 from vaflow.eval.oracle import read_truth, truth_dir
+from vaflow.models import pretrained
+from vaflow.models.wavevae import SIZES, CheckpointError, WaveVAE, build, load_wavevae
 from vaflow.tracking import Tracker
+from vaflow.train import wavevae as training
 from vaflow.train.checkpoint import run_dir
 from vaflow.train.distributed import env_rank
 from vaflow.train.numerics import seed_everything

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 from vaflow import config
-from vaflow.audio import encode
 from vaflow.code import code_hash, import_closure
+from vaflow.data import latents as encode
 from vaflow.data import media
 from vaflow.data.extract import extract_split, finish_split, summary_metrics
 from vaflow.data.journal import SPEC_FILE, SpecFolder

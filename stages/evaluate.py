@@ -16,15 +16,15 @@ from vaflow import atomic, config
 from vaflow.data import pairs
 from vaflow.data.prepare import load_manifest
 from vaflow.errors import exit_on_user_error
-from vaflow.eval import evaluator_training as et
 from vaflow.eval import evaluators as ev
 from vaflow.eval import gallery, oracle, report, scoring
 from vaflow.eval.references import reference_audio
 from vaflow.generate import default_device, load_models
-from vaflow.generate.core import read_wav
+from vaflow.generate.generator import read_wav
 from vaflow.generate.samples import INDEX_FILE, SPEC_FILE
 from vaflow.models import artifacts
 from vaflow.tracking import Tracker
+from vaflow.train import evaluators as et
 
 STAGE = "evaluate"
 SPLIT = "test"

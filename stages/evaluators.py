@@ -13,10 +13,10 @@ from typing import Any
 from vaflow import atomic, config
 from vaflow.data.prepare import load_manifest
 from vaflow.errors import exit_on_user_error
-from vaflow.eval import evaluator_training as et
 from vaflow.eval import evaluators as ev
-from vaflow.eval.evaluator_nets import EvaluatorConfig
+from vaflow.models.evaluators import EvaluatorConfig
 from vaflow.tracking import Tracker
+from vaflow.train import evaluators as et
 
 STAGE = "evaluators"
 

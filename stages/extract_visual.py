@@ -16,13 +16,13 @@ from pathlib import Path
 
 from vaflow import config
 from vaflow.code import code_hash, import_closure
+from vaflow.data import features as vx
 from vaflow.data.extract import extract_split, finish_split, summary_metrics
 from vaflow.data.journal import SPEC_FILE, SpecFolder
 from vaflow.data.prepare import load_manifest
 from vaflow.errors import exit_on_user_error
 from vaflow.tracking import Tracker
 from vaflow.train.distributed import barrier, init_distributed
-from vaflow.visual import extract as vx
 
 STAGE = "extract_visual"
 # A manifest window may differ from clip.duration by container rounding only (prepare.DURATION_TOLERANCE).

@@ -10,9 +10,10 @@ from vaflow import config
 from vaflow.code import stage_code
 from vaflow.data import pairs
 from vaflow.errors import exit_on_user_error
-from vaflow.models import artifacts, training
+from vaflow.models import artifacts
 from vaflow.models.align_vae import AlignLossWeights, AlignVAE, AlignVAEConfig
 from vaflow.tracking import Tracker
+from vaflow.train import vaflow as training
 from vaflow.train.checkpoint import run_dir
 from vaflow.train.numerics import seed_everything
 from vaflow.train.trainer import Trainer

@@ -10,8 +10,9 @@ from vaflow import config
 from vaflow.code import stage_code
 from vaflow.errors import exit_on_user_error
 from vaflow.hashing import weights_hash
-from vaflow.models import artifacts, training
+from vaflow.models import artifacts
 from vaflow.tracking import Tracker
+from vaflow.train import vaflow as training
 from vaflow.train.checkpoint import run_dir
 from vaflow.train.numerics import seed_everything
 

@@ -8,15 +8,16 @@ from pathlib import Path
 
 from vaflow import config
 from vaflow.code import stage_code
+from vaflow.data.features import export_encoder
 from vaflow.data.prepare import load_manifest
 from vaflow.errors import exit_on_user_error
+from vaflow.models.encoders import CAVP
 from vaflow.tracking import Tracker
+from vaflow.train import cavp as training
 from vaflow.train.checkpoint import run_dir
 from vaflow.train.distributed import env_rank
 from vaflow.train.numerics import seed_everything
 from vaflow.train.trainer import Trainer
-from vaflow.visual import CAVP, training
-from vaflow.visual.extract import export_encoder
 
 STAGE = "visual_encoder"
 # The pixels stand-in reads frames at the synthetic world's size; area pooling then brings them to `pixels.side`.

@@ -16,20 +16,20 @@ import pytest
 import torch
 
 from vaflow import config
-from vaflow.audio import encode
-from vaflow.audio.wavevae import SIZES, build
 from vaflow.code import code_hash, import_closure
+from vaflow.data import latents as encode
 from vaflow.data import media, pairs
+from vaflow.data.features import compact_identity, export_encoder
 from vaflow.data.journal import JOURNAL_FILE, LOCK_FILE, SpecFolder
 from vaflow.data.prepare import MANIFEST_COLUMNS
 from vaflow.data.shards import write_shards
 from vaflow.generate import Sampler, load_models, sample_spec, sample_split, samples
-from vaflow.generate.core import clip_seed, prior_noise, read_wav, sample_latents
+from vaflow.generate.generator import clip_seed, prior_noise, read_wav, sample_latents
 from vaflow.models import artifacts
 from vaflow.models.align_vae import AlignEncoder, AlignVAEConfig
 from vaflow.models.dit import VelocityDiT, dit_config
 from vaflow.models.vaflow import FlowSettings, VAFlow
-from vaflow.visual.extract import compact_identity, export_encoder
+from vaflow.models.wavevae import SIZES, build
 
 ROOT = Path(__file__).resolve().parents[1]
 SR, HOP, D_A = 8000, 8, 4  # the tiny WaveVAE at 8 kHz (AAC's lowest usual rate)

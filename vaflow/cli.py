@@ -26,9 +26,9 @@ def _cmd_check(args: argparse.Namespace) -> None:
 
 
 def _cmd_generate(args: argparse.Namespace) -> None:
+    from vaflow.data.features import compact_identity, load_encoder
     from vaflow.generate import Sampler, default_device, generate_video, load_models
     from vaflow.generate.video import check_video
-    from vaflow.visual.extract import compact_identity, load_encoder
 
     chosen = {"solver": args.solver, "steps": args.steps, "cfg": args.cfg, "seed": args.seed}
     cfg = config.validate({"sample": chosen}, "vaflow generate").sample  # the stage's own checks
@@ -49,7 +49,7 @@ def _cmd_generate(args: argparse.Namespace) -> None:
 
 
 def _cmd_pretrained(args: argparse.Namespace) -> None:
-    from vaflow.audio.publish import publish
+    from vaflow.train.publish import publish
 
     card = publish(".", args.out)
     print(f"{card}: card written beside {card.parent / 'wavevae.safetensors'}; commit both (docs/wavevae.md)")

@@ -16,12 +16,12 @@ __all__ = ["USER_ERRORS", "exit_on_user_error", "is_user_error"]
 # as one clear message without a traceback. Listed by name so that checking needs no heavy import.
 USER_ERRORS = frozenset(
     {
-        "vaflow.section:ConfigError",
+        "vaflow.config.section:ConfigError",
         "vaflow.data.sources:SourceError",
         "vaflow.data.media.process:MediaError",
         "vaflow.data.shards:ShardError",
-        "vaflow.audio.wavevae:CheckpointError",
-        "vaflow.visual.base:WeightsError",
+        "vaflow.models.wavevae:CheckpointError",
+        "vaflow.models.visual:WeightsError",
         "vaflow.models.artifacts:ModelMismatchError",
         "vaflow.train.checkpoint:CheckpointError",
         "vaflow.train.checkpoint:ConfigMismatchError",

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from vaflow import atomic
-from vaflow.plain import flatten, plain
+from vaflow.config.section import flatten, jsonable
 
 log = logging.getLogger("vaflow.tracking")
 
@@ -354,7 +354,7 @@ class Tracker:
         `provenance` in the metrics file, beside the numbers, and set as `provenance.*` tags of the run."""
         if not self.enabled:
             return
-        self.final["provenance"] = plain(provenance)  # JSON types, a copy
+        self.final["provenance"] = jsonable(provenance)  # JSON types, a copy
         atomic.write_text(self.final_path, json.dumps(self.final, indent=2, sort_keys=True) + "\n")
         self.set_tags(flatten({"provenance": provenance}))
 

@@ -9,7 +9,7 @@ import torch
 
 from vaflow import config
 from vaflow.data import prepare, sources
-from vaflow.eval import evaluator_training as et
+from vaflow.train import evaluators as et
 
 from .world import FAST, WORLD, rows
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from vaflow import config
-from vaflow.eval import evaluator_training as et
 from vaflow.eval import evaluators as ev
 from vaflow.hashing import weights_hash
 from vaflow.tracking import Tracker
+from vaflow.train import evaluators as et
 
 from .world import FAST, WORLD, rows
 

@@ -145,6 +145,6 @@ def test_solver_passes_float32_time_for_float32_state():
 
 
 def test_params_know_every_solver_by_name():
-    from vaflow.method_config import SOLVER_NAMES
+    from vaflow.config.method import SOLVER_NAMES
 
     assert set(SOLVER_NAMES) == set(SOLVERS)

@@ -5,11 +5,12 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from vaflow.models import sizes
+from vaflow.config.sizes import DIT_SIZES, PAPER_COUNT_DIMS, PAPER_PARAMETERS, DiTSize
 from vaflow.models.dit import (
     DiTConfig,
     SelfAttention,
@@ -19,7 +20,6 @@ from vaflow.models.dit import (
     dit_config,
     rope_cos_sin,
 )
-from vaflow.models.sizes import DIT_SIZES, PAPER_COUNT_DIMS, PAPER_PARAMETERS, DiTSize
 
 B, T_A, D_A, T_V, D_V = 2, 7, 8, 5, 12
 
@@ -98,7 +98,7 @@ def test_no_cross_attention_has_no_cond_parameters():
 
 
 def test_sizes_module_imports_without_torch():
-    code = "import sys, vaflow.models.sizes; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, vaflow.config.sizes; assert 'torch' not in sys.modules, 'torch imported'"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
 
@@ -274,13 +274,18 @@ def test_wrong_input_dims_are_refused():
         model(x_t, t, cond[..., :-1])
 
 
-def test_the_size_table_in_sizes_py_is_what_the_model_counts():
-    """The docstring table is documentation others quote: keep it equal to the counted truth."""
-    rows = re.findall(r"^\| (\w+) +\| +(\d+) \| +(\d+) \| +(\d+) \| +([\d,]+) \|", sizes.__doc__, re.M)
+def test_the_size_table_in_the_design_doc_is_what_the_model_counts():
+    """docs/design.md's DiT table is documentation others quote: keep it equal to the counted truth."""
+    doc = (
+        (Path(__file__).resolve().parents[2] / "docs" / "design.md")
+        .read_text()
+        .split("## 11. Network sizes")[1]
+    )
+    rows = re.findall(r"^\| (\w+) +\| +(\d+) \| +(\d+) \| +(\d+) \| +([\d,]+) \|", doc, re.M)
     assert {name for name, *_ in rows} == set(DIT_SIZES)
     for name, width, depth, heads, counted in rows:
         size = DIT_SIZES[name]
         assert (size.width, size.depth, size.heads) == (int(width), int(depth), int(heads)), name
         assert count_parameters(dit_config(name, *PAPER_COUNT_DIMS)) == int(counted.replace(",", "")), name
-    small = re.search(r"has ([\d,]+) parameters", sizes.__doc__).group(1)
+    small = re.search(r"has ([\d,]+) parameters", doc).group(1)
     assert count_parameters(dit_config("small", 16, 64)) == int(small.replace(",", ""))

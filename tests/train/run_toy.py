@@ -16,7 +16,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root: `vaflow` and `tests.train.toy`
 
 from tests.train.toy import ToyStream, make_model, toy_loss  # noqa: E402
-from vaflow.train.config import TrainerConfig  # noqa: E402
+from vaflow.config.trainer import TrainerConfig
 from vaflow.train.interface import StreamSpec, TrainResult  # noqa: E402
 from vaflow.train.numerics import seed_everything  # noqa: E402
 from vaflow.train.trainer import Trainer  # noqa: E402

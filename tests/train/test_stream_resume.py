@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from tests.train.toy import Crash, make_model, toy_data, toy_loss
+from vaflow.config.trainer import TrainerConfig
 from vaflow.data.shards import write_shards
 from vaflow.data.streams import training_stream
-from vaflow.train.config import TrainerConfig
 from vaflow.train.numerics import seed_everything
 from vaflow.train.trainer import Trainer
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from tests.train.toy import ToyStream, make_model, toy_loss
+from vaflow.config.trainer import TrainerConfig
 from vaflow.tracking import Tracker, TrackingError, params_hash, repo_root, run_group
-from vaflow.train.config import TrainerConfig
 from vaflow.train.numerics import seed_everything
 from vaflow.train.trainer import Trainer
 

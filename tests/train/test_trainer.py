@@ -31,8 +31,8 @@ from tests.train.toy import (
     make_model,
     toy_loss,
 )
+from vaflow.config.trainer import TrainerConfig
 from vaflow.train.checkpoint import CheckpointError, ConfigMismatchError, read_checkpoint
-from vaflow.train.config import TrainerConfig
 from vaflow.train.interface import EmptyStreamError, NonFiniteError
 from vaflow.train.numerics import EMA, lr_factor, seed_everything
 from vaflow.train.trainer import Trainer
@@ -474,7 +474,7 @@ def test_run_dir_ignores_resumable_trainer_keys_only():
 
 def test_weight_decay_skips_biases_and_weight_norm_gains(tmp_path):
     """Kernels decay; biases, Snake's α/β and the weight-norm gains `weight_g` ((C, 1, 1), a kernel's shape) do not."""
-    from vaflow.audio.wavevae import build
+    from vaflow.models.wavevae import build
 
     vae = build("tiny")
     trainer = Trainer(vae, toy_loss(), [], _cfg(weight_decay=0.1), tmp_path)

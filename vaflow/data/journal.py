@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from vaflow import atomic
-from vaflow.plain import plain
+from vaflow.config.section import jsonable
 
 __all__ = ["JOURNAL_FILE", "LOCK_FILE", "SPEC_FILE", "SPLITS", "Entries", "Journal", "SpecFolder"]
 
@@ -95,7 +95,7 @@ class SpecFolder:
     def sync(self, spec: Mapping[str, Any]) -> dict[str, int]:
         """Make the folder hold only what `spec` allows, then record `spec`. Returns {entry: files deleted} for
         every top-level entry removed (a split's subfolder, or a file of the folder); empty when nothing was."""
-        spec = plain(dict(spec))
+        spec = jsonable(dict(spec))
         splits = self._check_splits(spec)
         with self.locked():
             old = self.read_spec()

@@ -1,6 +1,6 @@
 """In-pipeline proxy evaluators (DESIGN §6, paper §4.1 "Metrics"): their cards, loading, and applying them.
 
-Three networks (`vaflow.eval.evaluator_nets`), trained on the *train* split by `vaflow.eval.evaluator_training`
+Three networks (`vaflow.models.evaluators`), trained on the *train* split by `vaflow.train.evaluators`
 and independent of the generator's own encoders, stand in for the paper's evaluators: an audio classifier
 (Melception/PaSST: FD, KL, IS), a video-audio embedding model (ImageBind: IB-VA) and a synchronisation classifier
 (Diff-Foley's: Acc.). Metrics computed with them are proxies and must be named so in every output.
@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from vaflow import atomic
-from vaflow.eval.evaluator_nets import NETWORKS, AudioClassifier, AVEmbedder, EvaluatorConfig, SyncClassifier
 from vaflow.hashing import weights_hash
+from vaflow.models.evaluators import NETWORKS, AudioClassifier, AVEmbedder, EvaluatorConfig, SyncClassifier
 
 __all__ = [
     "CARD_FORMAT",

@@ -98,7 +98,7 @@ def gallery_media(
     `generated` (N, samples) in `generated_ids` order at the reference's rate; `windows`: clip id → (video path,
     start, duration) from the manifest. Previous media of the folder are replaced.
     """
-    from vaflow.generate.core import write_wav
+    from vaflow.generate.generator import write_wav
     from vaflow.generate.samples import mux_window
 
     media = Path(out_dir) / MEDIA

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from vaflow.data.pairs import SplitShards
-from vaflow.generate.core import Models, clip_seed, decode_audio, prior_noise
+from vaflow.generate.generator import Models, clip_seed, decode_audio, prior_noise
 
 __all__ = ["ReferenceAudio", "reference_audio"]
 

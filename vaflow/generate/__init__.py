@@ -8,7 +8,7 @@
 - `video`: any user video → the same video with generated audio, in cross-faded windows of the training length.
 """
 
-from vaflow.generate.core import Models, Sampler, default_device, load_models
+from vaflow.generate.generator import Models, Sampler, default_device, load_models
 from vaflow.generate.samples import SampleReport, sample_spec, sample_split
 from vaflow.generate.video import OVERLAP, VideoResult, generate_video
 

@@ -41,7 +41,7 @@ from vaflow.data import media
 from vaflow.data.journal import SPEC_FILE, SpecFolder
 from vaflow.data.pairs import SplitShards
 from vaflow.data.shards import sanitize_key
-from vaflow.generate.core import (
+from vaflow.generate.generator import (
     Models,
     Sampler,
     clip_seed,

@@ -25,8 +25,8 @@ import numpy as np
 from tqdm import tqdm
 
 from vaflow.data import media
-from vaflow.generate.core import Models, Sampler, clip_seed, decode_audio, prior_noise, sample_latents
-from vaflow.visual.base import VisualEncoder
+from vaflow.generate.generator import Models, Sampler, clip_seed, decode_audio, prior_noise, sample_latents
+from vaflow.models.visual import VisualEncoder
 
 __all__ = [
     "OVERLAP",

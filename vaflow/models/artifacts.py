@@ -21,10 +21,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vaflow import atomic
+from vaflow.config.section import jsonable
 from vaflow.models.align_vae import AlignEncoder, AlignLossWeights, AlignVAE, AlignVAEConfig
 from vaflow.models.dit import DiTConfig, VelocityDiT
 from vaflow.models.vaflow import FlowSettings, VAFlow
-from vaflow.plain import plain
 
 __all__ = [
     "ALIGN_CARD",
@@ -64,7 +64,7 @@ def wavevae_identity(latents_spec: Mapping[str, Any]) -> dict[str, Any]:
 
 def check_identity(what: str, recorded: Mapping[str, Any], current: Mapping[str, Any], where: Path) -> None:
     """Raise ModelMismatchError naming both identities when `current` differs from the model's `recorded` one."""
-    if plain(dict(recorded)) != plain(dict(current)):
+    if jsonable(dict(recorded)) != jsonable(dict(current)):
         keys = sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
         raise ModelMismatchError(
             f"{where} was trained on {what} {dict(recorded)} but the current {what} is {dict(current)} "

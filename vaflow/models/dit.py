@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vaflow.models.sizes import DIT_SIZES, check_dit_shape
+from vaflow.config.sizes import DIT_SIZES, check_dit_shape
 
 # --------------------------------------------------------------------------------------------
 # Configuration
@@ -42,7 +42,7 @@ class DiTConfig:
     latent_dim: int
     # D_v: visual-feature channels fed to the cond embedder (CLIP ViT-L/14: 768). From the data.
     cond_dim: int
-    # Model width, blocks and attention heads: a size from `vaflow.models.sizes.DIT_SIZES`.
+    # Model width, blocks and attention heads: a size from `vaflow.config.sizes.DIT_SIZES`.
     width: int
     depth: int
     heads: int
@@ -325,7 +325,7 @@ class VelocityDiT(nn.Module):
 
 
 def dit_config(size: str, latent_dim: int, cond_dim: int, cross_attention: bool = True) -> DiTConfig:
-    """The DiTConfig of a registry size (`vaflow.models.sizes.DIT_SIZES`) for the data's D_a and D_v."""
+    """The DiTConfig of a registry size (`vaflow.config.sizes.DIT_SIZES`) for the data's D_a and D_v."""
     if size not in DIT_SIZES:
         near = difflib.get_close_matches(size, list(DIT_SIZES), n=1)
         hint = f" (did you mean {near[0]!r}?)" if near else ""

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from vaflow import atomic
-from vaflow.plain import flatten, plain
-from vaflow.train.config import RESUMABLE_KEYS
+from vaflow.config.section import flatten, jsonable
+from vaflow.config.trainer import RESUMABLE_KEYS
 
 log = logging.getLogger("vaflow.train")
 
@@ -57,7 +57,7 @@ def run_dir(root: str | os.PathLike, stage: str, sections: Any) -> Path:
     except the trainer keys a resume may change (steps, logging, launcher), so an interrupted or lengthened run
     continues in the same folder and any other change starts afresh in a new one.
     """
-    kept = {k: v for k, v in flatten(plain(sections)).items() if not _resumable(k)}
+    kept = {k: v for k, v in flatten(jsonable(sections)).items() if not _resumable(k)}
     digest = hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:12]
     return Path(root) / f"{stage}-{digest}"
 
@@ -70,7 +70,7 @@ def _resumable(key: str) -> bool:
 
 def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Lines `key: old -> new` for every key that differs, ignoring the resumable trainer keys."""
-    a, b = flatten(plain(old)), flatten(plain(new))
+    a, b = flatten(jsonable(old)), flatten(jsonable(new))
     missing = object()
     lines = []
     for key in sorted(set(a) | set(b)):

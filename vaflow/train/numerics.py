@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vaflow.train.config import TrainerConfig
+from vaflow.config.trainer import TrainerConfig
 
 __all__ = ["EMA", "deterministic_algorithms", "lr_factor", "seed_everything"]
 

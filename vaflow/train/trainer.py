@@ -80,15 +80,15 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from vaflow.config.section import jsonable
+from vaflow.config.trainer import TrainerConfig
 from vaflow.train.checkpoint import (
     CheckpointDir,
     CheckpointError,
     check_config,
-    plain,
     rng_state,
     set_rng_state,
 )
-from vaflow.train.config import TrainerConfig
 from vaflow.train.distributed import DistInfo, all_gather_objects, all_reduce_sum, init_distributed
 from vaflow.train.interface import (
     EmptyStreamError,
@@ -176,7 +176,9 @@ class Trainer:
         # Named in a NaN/Inf error: the stage (the tracker's, or DVC's) whose training stopped.
         self.stage = getattr(tracker, "stage", None) or os.environ.get("DVC_STAGE") or "training"
         self.ckpt = CheckpointDir(out_dir, keep=cfg.keep_checkpoints)
-        self.config_dict = plain({"trainer": cfg.model_dump(mode="json"), "stage": dict(stage_config or {})})
+        self.config_dict = jsonable(
+            {"trainer": cfg.model_dump(mode="json"), "stage": dict(stage_config or {})}
+        )
         if cfg.deterministic:
             # Deterministic cuBLAS needs a fixed workspace (torch refuses cuBLAS ops without it). Read when the process
             # makes its first cuBLAS handle: set here, before the trainer computes anything; a stage that multiplies

@@ -1,1 +1,0 @@
-"""Audio: the Oobleck WaveVAE and audio transforms."""

@@ -1,0 +1,241 @@
+"""Training the WaveVAE inside the pipeline, and the reconstruction figures every WaveVAE is judged by.
+
+Read top to bottom: the clip bank (decoded clips in memory), the crop stream the trainer draws from, the loss
+module, and the test-set reconstruction metrics with their trivial baselines.
+
+Scale: the embedded default decodes each train clip's window once, at `clip.sample_rate`, into memory (256 clips ×
+2 s × 16 kHz = 32 MB) and every rank holds the whole bank. That suits the synthetic world only; at paper scale the
+pipeline imports Stable Audio Open's VAE (`audio_vae.mode: import`) instead of training one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from vaflow.config import AudioVAEConfig, ClipConfig
+from vaflow.data.extract import ClipRejected
+from vaflow.data.latents import load_clip, rejection_reason
+from vaflow.data.media import FFmpegNotFoundError, MediaError
+from vaflow.models.wavevae import WaveVAE, weights_hash
+from vaflow.train.losses import MelL1Loss, MultiResolutionSTFTLoss, loudness_l1, stft_sizes, waveform_l1
+
+# --------------------------------------------------------------------------------------------
+# The clip bank
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ClipBank:
+    """Decoded clips of one split: `audio` (N, n_samples) float32, their ids, and the clips that were rejected."""
+
+    audio: Tensor  # (N, n_samples)
+    ids: list[str]
+    rejected: list[tuple[str, str]] = field(default_factory=list)  # (id, reason)
+
+
+def load_bank(
+    rows: pd.DataFrame, clip: ClipConfig, hop: int, workers: int = 2, progress: bool = True
+) -> ClipBank:
+    """Decode every clip of `rows` (manifest rows) through the clip policy (`encode.clip_audio`) into memory.
+
+    Each clip becomes clip.padded_samples(hop) samples, exactly what `encode_audio` encodes; clips the policy or the
+    decoder rejects are listed, not loaded. `workers` ffmpeg decoders run at once (they are subprocesses).
+    """
+    n_samples = clip.padded_samples(hop)
+    records = list(rows[["id", "path", "start"]].itertuples(index=False))
+
+    def one(r: Any) -> np.ndarray | Exception:
+        try:
+            return load_clip(r.path, float(r.start), clip, n_samples)
+        except FFmpegNotFoundError:
+            raise
+        except (MediaError, ClipRejected) as err:
+            return err
+
+    audio, ids, rejected = [], [], []
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = pool.map(one, records)
+        for r, out in tqdm(zip(records, results, strict=True), total=len(records), desc="decode",
+                           unit="clip", disable=not progress):  # fmt: skip
+            if isinstance(out, Exception):
+                rejected.append((r.id, rejection_reason(out)))
+            else:
+                audio.append(out)
+                ids.append(r.id)
+    stacked = torch.from_numpy(np.stack(audio)) if audio else torch.zeros(0, n_samples)
+    return ClipBank(audio=stacked, ids=ids, rejected=rejected)
+
+
+def even_subset(rows: pd.DataFrame, limit: int) -> pd.DataFrame:
+    """At most `limit` rows, evenly spaced over `rows` (deterministic, covers the whole list)."""
+    if len(rows) <= limit:
+        return rows
+    index = np.linspace(0, len(rows) - 1, limit).round().astype(int)
+    return rows.iloc[index].reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------------------------
+# The crop stream
+# --------------------------------------------------------------------------------------------
+
+
+def segment_samples(seconds: float, sample_rate: int, hop: int, max_samples: int) -> int:
+    """Training crop length: `seconds` rounded to a whole number of latent frames, within [hop, max_samples]."""
+    frames = max(1, round(seconds * sample_rate / hop))
+    return min(frames * hop, max_samples // hop * hop)
+
+
+class CropStream:
+    """Batches (B, segment) of random crops from a clip bank: an epoch is a permutation of the clips.
+
+    The permutation is cut into global batches of `batch_size × world`, of which rank r takes the r-th chunk, so
+    N ranks together see what one process sees; a bank smaller than one global batch is repeated to fill it. Each
+    crop starts at a uniform random sample. All draws come from a generator seeded by (seed, epoch), so the stream
+    is reproducible and resumes exactly from `state_dict()` (epoch, position) without replaying.
+    """
+
+    def __init__(
+        self, audio: Tensor, batch_size: int, segment: int, rank: int = 0, world: int = 1, seed: int = 0
+    ):
+        """audio: (N, n_samples) with n_samples ≥ segment."""
+        if len(audio) == 0:
+            raise ValueError("the clip bank is empty: no usable training clip")
+        if audio.shape[1] < segment:
+            raise ValueError(f"crops of {segment} samples do not fit clips of {audio.shape[1]} samples")
+        self.audio, self.batch_size, self.segment = audio, batch_size, segment
+        self.rank, self.world, self.seed = rank, world, seed
+        self.epoch, self.pos = 0, 0
+
+    def _epoch_plan(self, epoch: int) -> tuple[Tensor, Tensor]:
+        """(clip index, crop start) for every crop of `epoch`, all ranks: each (n_batches, world, batch_size)."""
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        n, per_step = len(self.audio), self.batch_size * self.world
+        n_batches = max(1, n // per_step)
+        reps = math.ceil(n_batches * per_step / n)
+        order = torch.cat([torch.randperm(n, generator=g) for _ in range(reps)])[: n_batches * per_step]
+        starts = torch.randint(0, self.audio.shape[1] - self.segment + 1, (len(order),), generator=g)
+        shape = (n_batches, self.world, self.batch_size)
+        return order.view(shape), starts.view(shape)
+
+    def __iter__(self) -> Iterator[Tensor]:
+        epoch = self.epoch - 1 if self.pos else self.epoch  # mid-epoch after load_state_dict
+        self.epoch = epoch + 1
+        order, starts = self._epoch_plan(epoch)
+        offsets = torch.arange(self.segment)  # (S,)
+        for k in range(self.pos, len(order)):
+            idx, start = order[k, self.rank], starts[k, self.rank]  # (B,), (B,)
+            self.pos = k + 1
+            yield self.audio[idx[:, None], start[:, None] + offsets]  # (B, S)
+        self.pos = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
+
+
+# --------------------------------------------------------------------------------------------
+# The loss module
+# --------------------------------------------------------------------------------------------
+
+
+# Posterior std a WaveVAE trained here starts from. The Oobleck init gives std = softplus(~0) ≈ 0.69 against means
+# of ~0.2, so the decoder first learns to use z's noise as its noise source and decode(mean) lags behind; starting
+# narrow makes it an autoencoder first (synthetic world, small size, 300 steps: test mel L1 of decode(mean) 0.97 ->
+# 0.88). The KL term widens σ later wherever the latent carries nothing.
+INITIAL_STD = 0.05
+
+
+# Frames of the loudness term: 16 ms, one latent frame of the small VAE at 16 kHz, short enough to follow an
+# event's attack and decay.
+LOUDNESS_FRAME_S = 0.016
+
+
+@torch.no_grad()
+def narrow_posterior(vae: WaveVAE, std: float = INITIAL_STD) -> WaveVAE:
+    """Re-initialise the scale half of the encoder's output conv so that every posterior std starts near `std`."""
+    out = vae.encoder.layers[-1]  # WNConv1d to 2·D channels: mean, then scale (VAEBottleneck's split)
+    d = vae.latent_dim
+    out.weight_g[d:] *= 0.1  # scale ≈ its bias: the same narrow σ for every input at first
+    out.bias[d:] = math.log(math.expm1(std - 1e-4))  # softplus⁻¹(std − the bottleneck's 1e-4 floor)
+    return vae
+
+
+class WaveVAELoss(nn.Module):
+    """The WaveVAE with its training objective, so that DDP sees one forward: stft_weight·MR-STFT +
+    mel_weight·mel L1 + wave_weight·L1 + kl_weight·KL (the Oobleck/SAO recipe without GAN) + loudness_weight·the
+    L1 of the log RMS contour over LOUDNESS_FRAME_S frames (see AudioVAEConfig for why each weight is what it is).
+
+    Clips are mono; a multi-channel VAE gets the mono signal in every channel (WaveVAE.encode_mono's mapping) and
+    is asked to reconstruct every channel. The spectral losses run in float32 even under bf16 autocast.
+    """
+
+    def __init__(self, vae: WaveVAE, cfg: AudioVAEConfig, segment: int) -> None:
+        super().__init__()
+        self.vae = vae
+        self.stft = MultiResolutionSTFTLoss(stft_sizes(segment))
+        self.mel = MelL1Loss(vae.config.sample_rate)
+        self.loudness_frame = max(1, round(LOUDNESS_FRAME_S * vae.config.sample_rate))
+        self.weights = {
+            "stft": cfg.stft_weight,
+            "mel": cfg.mel_weight,
+            "wave": cfg.wave_weight,
+            "kl": cfg.kl_weight,
+            "loudness": cfg.loudness_weight,
+        }
+
+    def forward(self, audio: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """audio (B, N) in [-1, 1] -> (weighted loss (), detached parts {wave, kl, and stft, mel, loudness unless
+        weighted 0})."""
+        x = audio[:, None, :].expand(-1, self.vae.config.audio_channels, -1)  # (B, C, N)
+        out = self.vae(x)  # reconstruction (B, C, N), kl ()
+        with torch.autocast(x.device.type, enabled=False):
+            y = out.reconstruction.float()  # (B, C, N)
+            parts = {"wave": waveform_l1(y, x), "kl": out.kl.float()}
+            # The spectral losses dominate a step's cost: skip one whose weight is 0 (the same set on every rank).
+            if self.weights["stft"]:
+                parts["stft"] = self.stft(y, x)
+            if self.weights["mel"]:
+                parts["mel"] = self.mel(y, x)
+            if self.weights["loudness"]:
+                parts["loudness"] = loudness_l1(y, x, self.loudness_frame)
+        loss = sum(self.weights[k] * v for k, v in parts.items())
+        return loss, {k: v.detach() for k, v in parts.items()}
+
+
+def run_identity(cfg: AudioVAEConfig, clip: ClipConfig, code: str) -> dict[str, Any]:
+    """What names a training run's checkpoint folder (`run_dir`): the two sections, the stage's code identity and,
+    with `cfg.init`, the initial weights' hash (other weights at the same path are another run)."""
+    identity: dict[str, Any] = {"audio_vae": cfg, "clip": clip, "code": code}
+    if cfg.init:
+        identity["init"] = weights_hash(cfg.init)
+    return identity
+
+
+def loss_fn(model: nn.Module, batch: Tensor) -> tuple[Tensor, dict[str, float]]:
+    """The trainer's `loss_fn`: through `model(...)` (a WaveVAELoss, possibly DDP-wrapped)."""
+    loss, parts = model(batch)
+    return loss, {k: float(v) for k, v in parts.items()}
+
+
+__all__ = [
+    "ClipBank",
+    "CropStream",
+    "WaveVAELoss",
+    "even_subset",
+    "load_bank",
+    "loss_fn",
+    "run_identity",
+    "segment_samples",
+]
