@@ -6,7 +6,7 @@ clip rendered with another draw of its white noise floor (−60 dBFS).
 A WaveVAE compresses 16 kHz audio to 62.5 latent frames of 16 channels per second (the `small` size): it can keep
 every tone and event of a clip but not the sample values of its noise floor, so the best reconstruction it can give
 is, at most, as close as such a twin. The figure is the same log-mel L1 as `metrics/audio_vae.json`'s
-`test_mel_l1` (vaflow.train.losses.MelL1Loss), overall and per class, and it is a floor that ignores the other
+`test_mel_l1` (vaflow.eval.losses.MelL1Loss), overall and per class, and it is a floor that ignores the other
 noises of the world (the orb's breath, the rain's hiss and grains, the bird's grains are drawn from the object's
 own stream and stay the same in the twin), so a real VAE's floor is higher. Both renders are the raw waveforms (no
 AAC round trip). Rendering is deterministic: the figure is the same on every machine.
@@ -22,7 +22,7 @@ import torch
 
 from vaflow import config
 from vaflow.data.synth import render_clip
-from vaflow.train.losses import MelL1Loss
+from vaflow.eval.losses import MelL1Loss
 
 
 def main() -> None:

@@ -44,8 +44,7 @@ from vaflow.eval import reconstruction
 from vaflow.eval.oracle import read_truth, truth_dir
 from vaflow.models.wavevae import ResidualUnit, SnakeBeta, build
 from vaflow.train import wavevae as training
-from vaflow.train.numerics import EMA
-from vaflow.train.trainer import decays
+from vaflow.train.numerics import EMA, decays
 
 KEYS = ("test_mel_l1", "test_loudness_db", "oracle_pitch_corr", "oracle_onset_f1", "test_silence_dbfs")
 

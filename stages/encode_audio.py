@@ -11,30 +11,40 @@ its own shards and encodes on its own GPU.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 from vaflow import config
-from vaflow.code import code_hash, import_closure
+from vaflow.code import stage_code
+from vaflow.data import extract, media
 from vaflow.data import latents as encode
-from vaflow.data import media
-from vaflow.data.extract import extract_split, finish_split, summary_metrics
 from vaflow.data.journal import SPEC_FILE, SpecFolder
 from vaflow.data.prepare import load_manifest
-from vaflow.errors import exit_on_user_error
+from vaflow.models.wavevae import load_model
+from vaflow.stage import Stage, run
 from vaflow.tracking import Tracker
 from vaflow.train.distributed import barrier, init_distributed
 
-STAGE = "encode_audio"
+STAGE = Stage(
+    "encode_audio",
+    __doc__,
+    {
+        "--prepared": "the prepare stage's folder (manifest.csv)",
+        "--vae": "the audio_vae stage's folder (wavevae.safetensors)",
+        "--out": "output folder: <split>/audio-%%06d.tar, spec.json",
+        "--metrics": "folder of metrics/encode_audio.json",
+    },
+    tracked=("encode_audio", "clip"),
+)
 SHARD_NAME = "audio"
 
 
 def encode_audio(params: config.Params, args: argparse.Namespace, tracker: Tracker) -> None:
+    """Encode this rank's share of every split, then (rank 0) sum the splits up into rejected lists and metrics."""
     clip, cfg = params.clip, params.encode_audio
     media.ffmpeg_exe()  # no ffmpeg is a setup error, not a reason to reject every clip
     dist = init_distributed()
-    vae, vae_hash = encode.load_model(args.vae)
+    vae, vae_hash = load_model(args.vae)
     if vae.config.sample_rate != clip.sample_rate:
         raise config.ConfigError(
             f"{args.vae}: the WaveVAE runs at {vae.config.sample_rate} Hz but clip.sample_rate is "
@@ -42,32 +52,21 @@ def encode_audio(params: config.Params, args: argparse.Namespace, tracker: Track
         )
     vae = vae.to(dist.device).eval()
     manifest = load_manifest(Path(args.prepared) / "manifest.csv")
-    splits = {s: manifest[manifest["split"] == s] for s in manifest["split"].drop_duplicates()}
-    code = code_hash(import_closure(__file__))
+    splits = extract.manifest_splits(manifest)
+    code = stage_code(__file__)
     folder = SpecFolder(args.out)
-    cleared = folder.sync(encode.latent_spec(vae, vae_hash, clip, cfg.per_shard, splits, code))
-    if cleared:
-        print(f"{args.out}: the spec changed (VAE, clip, policy, per_shard, code or media): deleted "
-              f"{', '.join(sorted(cleared))} ({sum(cleared.values())} files)")  # fmt: skip
+    extract.sync_spec(folder, encode.latent_spec(vae, vae_hash, clip, cfg.per_shard, splits, code), "latent")
 
     t0 = time.perf_counter()
     encoder = encode.LatentEncoder(vae, clip)
-    for split, rows in splits.items():
-        load = encode.AudioLoader(rows, clip, vae.hop)
-        report = extract_split(rows["id"].tolist(), folder, split, SHARD_NAME, load, encoder, cfg.batch_size,
-                               cfg.per_shard, dist.rank, dist.world_size, progress=sys.stderr.isatty())  # fmt: skip
-        print(f"{split}: rank {dist.rank}/{dist.world_size} wrote {len(report.written)} shard(s) "
-              f"({report.n_samples} clips), skipped {len(report.skipped)} finished")  # fmt: skip
+    load = encode.AudioLoader(manifest, clip, vae.hop)
+    extract.extract_splits(splits, folder, SHARD_NAME, load, encoder, cfg.batch_size, cfg.per_shard, dist.rank,
+                           dist.world_size)  # fmt: skip
     barrier()  # every rank's shards are finished before rank 0 sums up the splits
     if not dist.is_main:
         return
-    summaries = [
-        finish_split(folder, s, SHARD_NAME, rows["id"].tolist(), cfg.per_shard) for s, rows in splits.items()
-    ]
-    for summary in summaries:
-        print(summary.line())
+    metrics = extract.summary_metrics(extract.finish_splits(folder, splits, SHARD_NAME, cfg.per_shard))
     seconds = time.perf_counter() - t0
-    metrics = summary_metrics(summaries)
     # Wall-clock time goes to the MLflow run only: metrics/encode_audio.json must be the same on every run.
     tracker.set_tags(
         {"vae.weights": vae_hash, "code": code, "seconds": f"{seconds:.1f}", "device": dist.device}
@@ -78,19 +77,9 @@ def encode_audio(params: config.Params, args: argparse.Namespace, tracker: Track
           f"{dist.device}: latents ({encoder.t_a}, {vae.latent_dim}) per clip, VAE {vae_hash}")  # fmt: skip
 
 
-@exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--prepared", required=True, help="the prepare stage's folder (manifest.csv)")
-    parser.add_argument("--vae", required=True, help="the audio_vae stage's folder (wavevae.safetensors)")
-    parser.add_argument("--out", required=True, help="output folder: <split>/audio-%%06d.tar, spec.json")
-    parser.add_argument("--metrics", required=True, help="folder of metrics/encode_audio.json")
-    args = parser.parse_args(argv)
-    params = config.load(args.params)
-    tracked = {STAGE: params.encode_audio, "clip": params.clip}
-    with Tracker(STAGE, params=tracked, metrics_dir=args.metrics) as tracker:
-        encode_audio(params, args, tracker)
+    """Run the stage (flags as in dvc.yaml)."""
+    run(STAGE, encode_audio, argv)
 
 
 if __name__ == "__main__":

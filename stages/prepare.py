@@ -7,32 +7,44 @@ from pathlib import Path
 
 from vaflow import config
 from vaflow.data import prepare, sources
-from vaflow.errors import exit_on_user_error
+from vaflow.stage import Stage, run
 from vaflow.tracking import Tracker
 
+STAGE = Stage(
+    "prepare",
+    __doc__,
+    {
+        "--out": "output folder: manifest.csv, rejected.csv, synth media",
+        "--metrics": "metrics folder (prepare.json: the clip counts)",
+    },
+    tracked=("clip", "synth", "prepare"),
+)
 
-@exit_on_user_error
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--out", required=True, help="output folder: manifest.csv, rejected.csv, synth media")
-    parser.add_argument("--metrics", required=True, help="metrics folder (prepare.json: the clip counts)")
-    args = parser.parse_args(argv)
 
-    params = config.load(args.params)
-    out = Path(args.out)
-    sections = {name: getattr(params, name) for name in ("clip", "synth", "prepare")}
-    with Tracker("prepare", params=sections, metrics_dir=args.metrics) as tracker:
-        items = sources.list_items(params, out)
-        report = prepare.prepare(items, params.clip, params.prepare, out)
-        print(report.summary())
-        counts = {f"clips_{s}": int((report.manifest["split"] == s).sum()) for s in config.SPLITS}
-        tracker.log_final(counts | {"rejected": len(report.rejected)})
-        tracker.log_artifact(report.rejected_path)
+def list_and_check(
+    params: config.Params, args: argparse.Namespace, tracker: Tracker
+) -> prepare.PrepareReport:
+    """Check the source's clips into the manifest and log the clip counts per split."""
+    items = sources.list_items(params, Path(args.out))
+    report = prepare.prepare(items, params.clip, params.prepare, Path(args.out))
+    print(report.summary())
+    counts = {f"clips_{s}": int((report.manifest["split"] == s).sum()) for s in config.SPLITS}
+    tracker.log_final(counts | {"rejected": len(report.rejected)})
+    tracker.log_artifact(report.rejected_path)
+    return report
+
+
+def refuse_empty(params: config.Params, args: argparse.Namespace, report: prepare.PrepareReport) -> None:
+    """No usable clip is a bad source, raised once the run has recorded the counts and the rejected list."""
     if report.manifest.empty:
         raise config.ConfigError(
             f"no usable clip in the source '{params.prepare.source}'; see {report.rejected_path}"
         )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the stage (flags as in dvc.yaml)."""
+    run(STAGE, list_and_check, argv, after=refuse_empty)
 
 
 if __name__ == "__main__":

@@ -12,17 +12,30 @@ from vaflow.code import code_hash, import_closure
 from vaflow.data import pairs
 from vaflow.data.journal import SPEC_FILE, SpecFolder
 from vaflow.data.prepare import load_manifest
-from vaflow.errors import exit_on_user_error
 from vaflow.generate import Sampler, default_device, load_models, sample_spec, sample_split
 from vaflow.generate.samples import INDEX_FILE
 from vaflow.models import artifacts
+from vaflow.stage import Stage, run
 from vaflow.tracking import Tracker
 
-STAGE = "sample"
+STAGE = Stage(
+    "sample",
+    __doc__,
+    {
+        "--features": "extract_visual's folder (<split>/visual-*.tar)",
+        "--model": "joint_tune's model folder (vaflow.json + weights)",
+        "--vae": "audio_vae's model folder (the WaveVAE decoder)",
+        "--prepared": "prepare's folder (manifest.csv: the original videos)",
+        "--out": "samples folder to write (<id>.wav, index.csv, spec.json)",
+        "--metrics": "folder of metrics/sample.json",
+    },
+    tracked=("sample", "clip"),
+)
 SPLIT = "test"
 
 
 def sample(params: config.Params, args: argparse.Namespace, tracker: Tracker) -> None:
+    """Generate every test clip's audio (finished wavs of the same spec are kept) and log the figures."""
     cfg = params.sample
     features_spec = pairs.read_spec(args.features, pairs.FEATURES)
     models = load_models(args.model, args.vae, artifacts.feature_identity(features_spec), default_device())
@@ -68,25 +81,9 @@ def sample(params: config.Params, args: argparse.Namespace, tracker: Tracker) ->
           f"{report.muxed} previews muxed; {metrics['nonfinite']} non-finite")  # fmt: skip
 
 
-@exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--features", required=True, help="extract_visual's folder (<split>/visual-*.tar)")
-    parser.add_argument("--model", required=True, help="joint_tune's model folder (vaflow.json + weights)")
-    parser.add_argument("--vae", required=True, help="audio_vae's model folder (the WaveVAE decoder)")
-    parser.add_argument(
-        "--prepared", required=True, help="prepare's folder (manifest.csv: the original videos)"
-    )
-    parser.add_argument(
-        "--out", required=True, help="samples folder to write (<id>.wav, index.csv, spec.json)"
-    )
-    parser.add_argument("--metrics", required=True, help="folder of metrics/sample.json")
-    args = parser.parse_args(argv)
-    params = config.load(args.params)
-    tracked = {STAGE: params.sample, "clip": params.clip}
-    with Tracker(STAGE, params=tracked, metrics_dir=args.metrics) as tracker:
-        sample(params, args, tracker)
+    """Run the stage (flags as in dvc.yaml)."""
+    run(STAGE, sample, argv)
 
 
 if __name__ == "__main__":

@@ -9,19 +9,30 @@ from pathlib import Path
 from vaflow import config
 from vaflow.code import stage_code
 from vaflow.data import pairs
-from vaflow.errors import exit_on_user_error
 from vaflow.models import artifacts
 from vaflow.models.align_vae import AlignLossWeights, AlignVAE, AlignVAEConfig
+from vaflow.stage import Stage, run
 from vaflow.tracking import Tracker
 from vaflow.train import vaflow as training
 from vaflow.train.checkpoint import run_dir
 from vaflow.train.numerics import seed_everything
 from vaflow.train.trainer import Trainer
 
-STAGE = "train_align"
+STAGE = Stage(
+    "train_align",
+    __doc__,
+    {
+        "--features": "extract_visual's folder (<split>/visual-*.tar)",
+        "--out": "model folder to write (align_vae.safetensors + .json)",
+        "--checkpoints": "root of the resumable training checkpoints",
+        "--metrics": "folder of metrics/train_align.json and its step log",
+    },
+    tracked=("train_align", "clip"),
+)
 
 
 def train(params: config.Params, args: argparse.Namespace, tracker: Tracker) -> None:
+    """Train the alignment VAE with fixed-draw validation on the val clips; rank 0 exports its EMA weights."""
     cfg = params.train_align
     identity = artifacts.feature_identity(pairs.read_spec(args.features, pairs.FEATURES))
     train_split = pairs.open_split(args.features, "train")
@@ -41,9 +52,9 @@ def train(params: config.Params, args: argparse.Namespace, tracker: Tracker) -> 
     print(f"train: {train_split.n_clips} clips; x_v ({t_v}, {d_v}) -> x_v^AE ({model_cfg.latent_length}, "
           f"{model_cfg.latent_dim})")  # fmt: skip
     val = training.load_validation(pairs.optional_split(args.features, "val"), cfg.val.clips)
-    validate = training.align_validation(val, cfg.val.seed) if val is not None else None
+    validate = training.validator(val, cfg.val, "align")
     sections = {
-        STAGE: cfg.model_dump(mode="json"),
+        STAGE.name: cfg.model_dump(mode="json"),
         "model": model_cfg.to_dict(),
         "features": identity,
         "code": stage_code(__file__),  # changed code never resumes a checkpoint of the old one
@@ -54,7 +65,7 @@ def train(params: config.Params, args: argparse.Namespace, tracker: Tracker) -> 
         training.align_loss,
         lambda spec: pairs.ClipStream(train_split, spec.batch_size, spec.rank, spec.world_size, spec.seed),
         cfg.trainer,
-        run_dir(args.checkpoints, STAGE, sections),
+        run_dir(args.checkpoints, STAGE.name, sections),
         tracker,
         stage_config=sections,
         validate=validate,
@@ -64,32 +75,20 @@ def train(params: config.Params, args: argparse.Namespace, tracker: Tracker) -> 
     if not trainer.dist.is_main:
         return
     out = Path(args.out)
-    artifacts.save_align_vae(result.ema, out, identity, {"stage": STAGE, "steps": result.step})
+    artifacts.save_align_vae(result.ema, out, identity, {"stage": STAGE.name, "steps": result.step})
     final = training.final_metrics(result, validate)
     final["params"] = sum(p.numel() for p in result.ema.parameters())
     tracker.log_final(final)
-    tracker.log_artifact(out / artifacts.ALIGN_CARD)
+    tracker.log_artifact(out / artifacts.ALIGN.card)
     print(
         f"{out}: alignment VAE ({final['params']} params), "
         + ", ".join(f"{k} {v:.4g}" for k, v in final.items())
     )
 
 
-@exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--features", required=True, help="extract_visual's folder (<split>/visual-*.tar)")
-    parser.add_argument("--out", required=True, help="model folder to write (align_vae.safetensors + .json)")
-    parser.add_argument("--checkpoints", required=True, help="root of the resumable training checkpoints")
-    parser.add_argument(
-        "--metrics", required=True, help="folder of metrics/train_align.json and its step log"
-    )
-    args = parser.parse_args(argv)
-    params = config.load(args.params)
-    tracked = {STAGE: params.train_align, "clip": params.clip}
-    with Tracker(STAGE, params=tracked, metrics_dir=args.metrics) as tracker:
-        train(params, args, tracker)
+    """Run the stage (flags as in dvc.yaml)."""
+    run(STAGE, train, argv)
 
 
 if __name__ == "__main__":

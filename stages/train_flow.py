@@ -8,18 +8,31 @@ from pathlib import Path
 
 from vaflow import config
 from vaflow.code import stage_code
-from vaflow.errors import exit_on_user_error
 from vaflow.hashing import weights_hash
 from vaflow.models import artifacts
+from vaflow.stage import Stage, run
 from vaflow.tracking import Tracker
 from vaflow.train import vaflow as training
 from vaflow.train.checkpoint import run_dir
 from vaflow.train.numerics import seed_everything
 
-STAGE = "train_flow"
+STAGE = Stage(
+    "train_flow",
+    __doc__,
+    {
+        "--features": "extract_visual's folder (<split>/visual-*.tar)",
+        "--latents": "encode_audio's folder (<split>/audio-*.tar)",
+        "--align": "train_align's model folder",
+        "--out": "model folder to write (vaflow.safetensors + .json)",
+        "--checkpoints": "root of the resumable training checkpoints",
+        "--metrics": "folder of metrics/train_flow.json and its step log",
+    },
+    tracked=("flow", "train_flow"),
+)
 
 
 def train(params: config.Params, args: argparse.Namespace, tracker: Tracker) -> None:
+    """Train the estimator on the paired train clips under the frozen prior; rank 0 exports the EMA model."""
     cfg, flow_cfg = params.train_flow, params.flow
     data = training.open_flow_data(args.features, args.latents, cfg.val.clips)
     align, _ = artifacts.load_align_vae(args.align, data.features)
@@ -29,37 +42,25 @@ def train(params: config.Params, args: argparse.Namespace, tracker: Tracker) -> 
           f"x_a ({data.latent_length}, {data.latent_dim}); prior {flow_cfg.prior}, DiT {flow_cfg.size}")  # fmt: skip
     sections = {
         "flow": flow_cfg.model_dump(mode="json"),
-        STAGE: cfg.model_dump(mode="json"),
+        STAGE.name: cfg.model_dump(mode="json"),
         "features": data.features,
         "wavevae": data.wavevae,
-        "align": weights_hash(Path(args.align) / artifacts.ALIGN_WEIGHTS),
+        "align": weights_hash(Path(args.align) / artifacts.ALIGN.weights),
         "code": stage_code(__file__),  # changed code never resumes a checkpoint of the old one
     }
     seed_everything(cfg.trainer.seed)  # before building the model: the same initial weights every run
     model = training.build_vaflow(flow_cfg, align, data.feature_dim, data.latent_dim, mean, std)
-    result = training.fit(model, data, cfg, flow_cfg.compile, run_dir(args.checkpoints, STAGE, sections),
-                          tracker, sections)  # fmt: skip
+    checkpoints = run_dir(args.checkpoints, STAGE.name, sections)
+    result = training.fit(model, data, cfg, flow_cfg.compile, checkpoints, tracker, sections)
     if result is None:
         return  # not rank 0
-    trained = [{"stage": STAGE, "steps": result.step}]
+    trained = [{"stage": STAGE.name, "steps": result.step}]
     training.export(result, data, cfg.val, args.out, trained, tracker)
 
 
-@exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--features", required=True, help="extract_visual's folder (<split>/visual-*.tar)")
-    parser.add_argument("--latents", required=True, help="encode_audio's folder (<split>/audio-*.tar)")
-    parser.add_argument("--align", required=True, help="train_align's model folder")
-    parser.add_argument("--out", required=True, help="model folder to write (vaflow.safetensors + .json)")
-    parser.add_argument("--checkpoints", required=True, help="root of the resumable training checkpoints")
-    parser.add_argument("--metrics", required=True, help="folder of metrics/train_flow.json and its step log")
-    args = parser.parse_args(argv)
-    params = config.load(args.params)
-    tracked = {"flow": params.flow, STAGE: params.train_flow}
-    with Tracker(STAGE, params=tracked, metrics_dir=args.metrics) as tracker:
-        train(params, args, tracker)
+    """Run the stage (flags as in dvc.yaml)."""
+    run(STAGE, train, argv)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["PACKAGE", "code_hash", "import_closure", "package_root", "stage_code"]
+__all__ = ["PACKAGE", "code_hash", "import_closure", "imported_files", "package_root", "stage_code"]
 
 PACKAGE = "vaflow"
 
@@ -72,15 +72,23 @@ def import_closure(script: str | os.PathLike, root: str | os.PathLike | None = N
         if path in seen:
             continue
         seen.add(path)
-        for name in _imported_names(path, root):
-            parts = name.split(".")
-            if parts[0] != PACKAGE:
-                continue
-            for depth in range(1, len(parts) + 1):
-                found = _module_file(root, ".".join(parts[:depth]))
-                if found is not None and found not in seen:
-                    todo.append(found)
+        todo.extend(found for found in imported_files(path, root) if found not in seen)
     return sorted(seen)
+
+
+def imported_files(path: str | os.PathLike, root: str | os.PathLike | None = None) -> set[Path]:
+    """The `vaflow` source files `path` imports directly, with the `__init__.py` of every package on the way."""
+    root = Path(root or package_root()).resolve()
+    found: set[Path] = set()
+    for name in _imported_names(Path(path).resolve(), root):
+        parts = name.split(".")
+        if parts[0] != PACKAGE:
+            continue
+        for depth in range(1, len(parts) + 1):
+            module = _module_file(root, ".".join(parts[:depth]))
+            if module is not None:
+                found.add(module)
+    return found
 
 
 def code_hash(files: Iterable[str | os.PathLike], root: str | os.PathLike | None = None) -> str:

@@ -1,42 +1,33 @@
 """What a stage shows as a bad input (one `error:` line, exit 2) rather than as a bug (a traceback).
 
-Kept apart from `vaflow.cli` and free of heavy imports, so that a stage script importing it does not import (and,
-through `vaflow.code`, depend on) the rest of the command line.
+Kept free of project imports, so that every module can give its errors the `UserError` base (the config, which
+must not import torch, included) and a stage script importing it depends on nothing else.
 """
 
 from __future__ import annotations
 
+import difflib
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
-__all__ = ["USER_ERRORS", "exit_on_user_error", "is_user_error"]
+__all__ = ["UserError", "did_you_mean", "exit_on_user_error", "is_user_error"]
 
-# Errors that name a bad input (params, files, media, checkpoints, a server) rather than a bug: a stage shows them
-# as one clear message without a traceback. Listed by name so that checking needs no heavy import.
-USER_ERRORS = frozenset(
-    {
-        "vaflow.config.section:ConfigError",
-        "vaflow.data.sources:SourceError",
-        "vaflow.data.media.process:MediaError",
-        "vaflow.data.shards:ShardError",
-        "vaflow.models.wavevae:CheckpointError",
-        "vaflow.models.visual:WeightsError",
-        "vaflow.models.artifacts:ModelMismatchError",
-        "vaflow.train.checkpoint:CheckpointError",
-        "vaflow.train.checkpoint:ConfigMismatchError",
-        "vaflow.train.interface:NonFiniteError",
-        "vaflow.train.interface:EmptyStreamError",
-        "vaflow.tracking:TrackingError",
-        "vaflow.eval.oracle:TruthError",
-        "builtins:FileNotFoundError",
-    }
-)
+
+class UserError(Exception):
+    """An error naming a bad input (params, files, media, checkpoints, a server) rather than a bug: a stage
+    shows it as one clear message without a traceback. An extra base, beside the error's own built-in one."""
 
 
 def is_user_error(err: BaseException) -> bool:
-    """Whether `err` (or one of its base classes) is one of USER_ERRORS."""
-    return any(f"{cls.__module__}:{cls.__qualname__}" in USER_ERRORS for cls in type(err).__mro__)
+    """Whether `err` is a UserError, or a missing file (`FileNotFoundError`, the one built-in bad input)."""
+    return isinstance(err, UserError | FileNotFoundError)
+
+
+def did_you_mean(value: str, choices: Iterable[str]) -> str:
+    """` (did you mean 'x'?)` for the choice nearest to a misspelt `value`, or "" when none is near."""
+    near = difflib.get_close_matches(value, list(choices), n=1)
+    return f" (did you mean {near[0]!r}?)" if near else ""
 
 
 def exit_on_user_error(main: Callable[..., object]) -> Callable[..., object]:

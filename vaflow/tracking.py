@@ -1,33 +1,6 @@
 """Run tracking: one MLflow run per stage execution, plus the metrics files DVC reads (DESIGN §7).
 
-Where runs go:
-- tracking URI: `MLFLOW_TRACKING_URI` when set (a team server, `http://host:5000`), else the embedded
-  `sqlite:///<repo root>/mlflow.db`, with artifacts in `<repo root>/mlartifacts/<experiment>`;
-  repo root = `DVC_ROOT` (set by DVC for every stage, and pointing at the real repo under `dvc exp run --temp`),
-  else the git top level of the working directory, else the working directory;
-- experiment: the `experiment` argument, else `VAFLOW_EXPERIMENT`, else `MLFLOW_EXPERIMENT_NAME`, else `vaflow`.
-
-What a run carries:
-- params: the stage's config section flattened to `section.key=value` (pass `{"flow": cfg.flow}`);
-- tags: `stage`, `git_revision` (`git rev-parse HEAD`, or "unknown"), `git_dirty`, `dvc_experiment`
-  (`DVC_EXP_NAME`, which `dvc exp run` exports to every stage; "none" outside an experiment), `dvc_stage`,
-  `host`, `world_size`, `params_hash`, and `vaflow.group`;
-- step metrics (`log_metrics`), final metrics (`log_final`), artifacts (`log_artifact`).
-
-`vaflow.group` gathers the runs of one pipeline execution: `VAFLOW_RUN_GROUP` when set; else `DVC_EXP_NAME`
-(all stages of one `dvc exp run`); else `<git revision[:12]>-<params hash>`, where the params hash is the sha256 of
-the repo's `params.yaml` — every stage of one `dvc repro` shares commit and params, and no timestamp is involved,
-so a rerun of an unchanged pipeline lands in the same group. Search with `tags."vaflow.group" = '…'`.
-
-DVC files (rank 0, in `metrics_dir`): `<stage>.json` (final metrics, for `dvc metrics`) and `<stage>_steps.tsv`
-(one row per logged step, for `dvc plots`); a resumed run truncates the step log back to its resume step.
-Each process start is its own MLflow run; a run that resumed training carries the tag `resumed_from_step`.
-
-Only rank 0 tracks: on other ranks (RANK ≠ 0) every method is a no-op. An `http(s)` tracking server is probed
-(`/health`, 5 s timeout) when the tracker starts, so an unreachable server is an immediate TrackingError naming the
-URI instead of minutes of retries; MLflow's HTTP retries are also capped (`MLFLOW_HTTP_REQUEST_MAX_RETRIES=3`,
-`MLFLOW_HTTP_REQUEST_TIMEOUT=20` unless set) so a server that dies mid-run costs seconds per logging call, and step
-metrics stop going to MLflow (with a warning) after 3 failures in a row — the TSV step log keeps everything.
+In full: docs/library.md, `vaflow.tracking`.
 """
 
 from __future__ import annotations
@@ -49,6 +22,7 @@ from typing import Any
 
 from vaflow import atomic
 from vaflow.config.section import flatten, jsonable
+from vaflow.errors import UserError
 
 log = logging.getLogger("vaflow.tracking")
 
@@ -58,7 +32,7 @@ MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 MAX_FAILURES = 3
 
 
-class TrackingError(RuntimeError):
+class TrackingError(RuntimeError, UserError):
     """The tracking backend cannot be used; the message names the URI."""
 
 

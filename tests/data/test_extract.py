@@ -157,3 +157,69 @@ def test_media_digest_follows_the_bytes_not_the_path(tmp_path):
     assert extract.media_digest(moved.assign(label="cat")) != extract.media_digest(moved)
     with pytest.raises(ValueError, match="'path' column"):
         extract.media_digest(rows.drop(columns="path"))
+
+
+def _two_splits(tmp_path):
+    (tmp_path / "a.mp4").write_bytes(b"a")
+    manifest = pd.DataFrame(
+        {
+            "id": ["t1", "a1", "a2"],
+            "split": ["test", "train", "train"],
+            "path": [str(tmp_path / "a.mp4")] * 3,
+            "start": [0.0, 0.0, 1.0],
+            "duration": [2.0, 2.0, 2.0],
+        }  # fmt: skip
+    )
+    return manifest, extract.manifest_splits(manifest)
+
+
+def test_splits_keep_the_manifest_order(tmp_path):
+    manifest, splits = _two_splits(tmp_path)
+    assert list(splits) == ["test", "train"]  # prepare's order: by split name, then id
+    assert [rows["id"].tolist() for rows in splits.values()] == [["t1"], ["a1", "a2"]]
+
+
+def test_spec_contents_of_both_modalities(tmp_path):
+    from types import SimpleNamespace
+
+    from vaflow.config import ClipConfig
+    from vaflow.data import features, latents
+
+    _, splits = _two_splits(tmp_path)
+    clip = ClipConfig()
+    media = extract.split_specs(splits)
+    vae = SimpleNamespace(hop=512, latent_dim=64)
+    assert latents.latent_spec(vae, "abc", clip, 16, splits, "c0de") == {
+        "vae_weights_hash": "abc",
+        "clip": clip.model_dump(mode="json"),
+        "per_shard": 16,
+        "latent_length": clip.latent_length(512),
+        "latent_dim": 64,
+        "hop": 512,
+        "layout": {"mean": "(T_a, D_a) float16", "std": "(T_a, D_a) float16"},
+        "policy": {"pad_tolerance_s": 0.05, "silence_rms": 1e-4},
+        "code": "c0de",
+        "splits": media,
+    }
+    encoder = SimpleNamespace(identity=lambda: {"kind": "pixels", "dim": 3, "fps": 4.0})
+    assert features.feature_spec(encoder, clip, 8, 16, splits, "c0de") == {
+        "encoder": {"kind": "pixels", "dim": 3, "fps": 4.0},
+        "clip": clip.model_dump(mode="json"),
+        "num_frames": 8,
+        "per_shard": 16,
+        "code": "c0de",
+        "splits": media,
+    }
+    with pytest.raises(ValueError, match="given twice"):
+        extract.extraction_spec({"per_shard": 1}, {}, clip, 16, splits, "c0de")
+
+
+def test_windows_off_clip_duration_are_refused(tmp_path):
+    from vaflow.config import ClipConfig, ConfigError
+
+    manifest, _ = _two_splits(tmp_path)
+    extract.check_windows(
+        manifest.assign(duration=2.04), ClipConfig(duration=2.0)
+    )  # within prepare's tolerance
+    with pytest.raises(ConfigError, match="rerun the prepare stage"):
+        extract.check_windows(manifest.assign(duration=2.1), ClipConfig(duration=2.0))

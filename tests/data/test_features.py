@@ -23,11 +23,12 @@ import torch
 from tests.data.badmedia import make_clip
 from vaflow import config
 from vaflow.code import code_hash, import_closure
+from vaflow.data import features as vx
 from vaflow.data import shards
 from vaflow.data.extract import ClipRejected, extract_split
 from vaflow.data.journal import SpecFolder
-from vaflow.models.encoders import CAVP, WeightsError
-from vaflow.data import features as vx
+from vaflow.models.artifacts import ModelFileError
+from vaflow.models.encoders import CAVP
 from vaflow.train.cavp import cavp_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -146,7 +147,7 @@ def test_encoder_dir_round_trip_and_replaced_weights_are_refused(tmp_path):
     # Another model's weights under the recorded name: the identity no longer matches the record.
     torch.manual_seed(1)
     CAVP(cavp_config(4.0, SR, 16)).save(tmp_path / "enc" / "cavp.safetensors")
-    with pytest.raises(WeightsError, match="weight_hash"):
+    with pytest.raises(ModelFileError, match="weight_hash"):
         vx.load_encoder(tmp_path / "enc")
     with pytest.raises(FileNotFoundError, match="encoder.json"):
         vx.load_encoder(tmp_path)
@@ -315,4 +316,4 @@ def test_missing_encoder_dir_is_a_user_error(tmp_path, media_dir, capsys, mlflow
     with pytest.raises(SystemExit) as exit_info:
         _stage().main(_args(tmp_path, prepared, tmp_path / "nowhere", tmp_path / "features"))
     assert exit_info.value.code == 2
-    assert "nowhere/encoder.json not found" in capsys.readouterr().err
+    assert "nowhere/encoder.json: no such file" in capsys.readouterr().err

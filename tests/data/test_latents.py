@@ -21,14 +21,14 @@ import torch
 
 from tests.data.badmedia import make_clip
 from vaflow import config
-from vaflow.data import latents as encode
-from vaflow.models.wavevae import SIZES, build
 from vaflow.code import code_hash, import_closure
 from vaflow.config import ClipConfig
+from vaflow.data import latents as encode
 from vaflow.data import media, shards
 from vaflow.data.extract import ClipRejected, extract_split, finish_split
 from vaflow.data.journal import SpecFolder
 from vaflow.data.prepare import MANIFEST_COLUMNS
+from vaflow.models.wavevae import SIZES, build
 
 ROOT = Path(__file__).resolve().parents[2]
 RATE = 8000
@@ -181,7 +181,7 @@ def _encode_params(tmp: Path, per_shard: int, batch_size: int) -> Path:
 def _run_encode(tmp: Path, per_shard: int = 2, batch_size: int = 3, seed: int = 0) -> tuple[Path, Path]:
     params = _encode_params(tmp, per_shard, batch_size)
     vae_dir = tmp / "vae"
-    if not (vae_dir / encode.WEIGHTS_FILE).exists():
+    if not (vae_dir / encode.FOLDER.weights).exists():
         export_tiny(vae_dir, seed)
     out = tmp / "latents"
     argv = [
@@ -382,7 +382,7 @@ def test_missing_vae_is_a_clear_error(world, tmp_path, capsys, mlflow_store):
     with pytest.raises(SystemExit) as exc:
         stage.main([*argv, "--out", str(tmp_path / "latents"), "--metrics", str(tmp_path / "metrics")])
     assert exc.value.code == 2
-    assert str(tmp_path / "none" / encode.WEIGHTS_FILE) in capsys.readouterr().err
+    assert str(tmp_path / "none" / encode.FOLDER.weights) in capsys.readouterr().err
 
 
 def test_ranks_write_their_own_shards_and_share_one_rejected_list(world, tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ import torch
 
 from vaflow import config
 from vaflow.data import prepare, sources
+from vaflow.data.clips import load_split
 from vaflow.train import evaluators as et
 
 from .world import FAST, WORLD, rows
@@ -38,8 +39,8 @@ def data(world):
     return (
         labels,
         cfg,
-        et.load_split(rows(world, "train"), cfg, 1.0),
-        et.load_split(rows(world, "test"), cfg, 1.0),
+        load_split(rows(world, "train"), cfg, 1.0),
+        load_split(rows(world, "test"), cfg, 1.0),
     )
 
 

@@ -12,8 +12,10 @@ import pytest
 import torch
 
 from vaflow import config
+from vaflow.data.clips import load_split
 from vaflow.eval import evaluators as ev
 from vaflow.hashing import weights_hash
+from vaflow.models import artifacts
 from vaflow.tracking import Tracker
 from vaflow.train import evaluators as et
 
@@ -34,8 +36,8 @@ def test_load_split_decodes_windows_at_the_evaluator_rate(world, data):
     test_rows = rows(world, "test")[:1] + [
         {**rows(world, "test")[0], "id": "broken", "path": str(world / "no.mp4")}
     ]
-    some = et.load_split(test_rows, cfg, 1.0)
-    assert len(some) == 1 and some.rejected == [("broken", "no such file")]
+    some = load_split(test_rows, cfg, 1.0)
+    assert len(some) == 1 and some.rejected == [("broken", "decode failed: no such file")]
 
 
 def test_training_learns_each_task_on_the_train_split(data, trained):
@@ -147,14 +149,14 @@ def test_loader_refuses_missing_and_wrong_files(tmp_path, data, trained):
     card = json.loads(card_path.read_text())
 
     def refused(match):
-        with pytest.raises(ev.EvaluatorError, match=match) as info:
+        with pytest.raises(artifacts.ModelFileError, match=match) as info:
             ev.load_evaluator(tmp_path, "audio_classifier")
         assert "dvc repro evaluators" in str(info.value)
 
     card_path.write_text("not json")
-    refused("not a JSON evaluator card")
+    refused("audio_classifier.json: not a JSON card")
     card_path.write_text(json.dumps({**card, "format": "something-else"}))
-    refused("not a vaflow-evaluator-1 card")
+    refused("format 'something-else', expected 'vaflow-evaluator-1'")
     card_path.write_text(json.dumps(card))
     weights.write_bytes(weights.read_bytes()[:-4] + b"abcd")
     refused("weight hash differs")
@@ -162,9 +164,9 @@ def test_loader_refuses_missing_and_wrong_files(tmp_path, data, trained):
     ev.save_evaluator(tmp_path, "av_embedder", trained["av_embedder"], labels, {})
     shutil.copyfile(tmp_path / "av_embedder.safetensors", weights)
     card_path.write_text(json.dumps({**card, "weight_hash": weights_hash(weights)}))
-    refused("weights do not fit audio_classifier")
+    refused("does not fit its card's AudioClassifier")
     weights.unlink()
-    refused("evaluator weights not found")
+    refused("audio_classifier.safetensors: no such file")
 
 
 # ---------------------------------------------------------------------------------------------------------------

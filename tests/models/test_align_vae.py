@@ -31,9 +31,9 @@ def test_shapes_and_interpolation():
 
 def test_kl_is_zero_for_the_standard_normal_and_positive_otherwise():
     zeros, ones = torch.zeros(2, 5, 4), torch.ones(2, 5, 4)
-    assert kl_divergence(Posterior(zeros, ones)).item() == pytest.approx(0.0, abs=1e-7)
+    assert kl_divergence(Posterior(zeros, ones, channel_dim=-1)).item() == pytest.approx(0.0, abs=1e-7)
     # KL(N(1, 1) || N(0, 1)) = 0.5 per channel, summed over 4 channels.
-    assert kl_divergence(Posterior(ones, ones)).item() == pytest.approx(2.0)
+    assert kl_divergence(Posterior(ones, ones, channel_dim=-1)).item() == pytest.approx(2.0)
 
 
 def test_contrastive_loss_is_lower_for_matched_than_for_shuffled_pairs():

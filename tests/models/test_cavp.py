@@ -9,8 +9,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from vaflow.hashing import weights_hash
+from vaflow.models.artifacts import ModelFileError
 from vaflow.models.cavp import CAVP, CAVPConfig, CAVPEncoder, log_mel, retrieval_topk, temporal_discrimination
-from vaflow.models.encoders import WeightsError, build_encoder, weight_hash
+from vaflow.models.encoders import build_encoder
 
 FPS, SECONDS, SR = 4, 2, 8000
 # A model small enough to train 30 steps in seconds: 16 px frames, 8 kHz audio, 20 mel frames per video frame.
@@ -176,7 +178,7 @@ def test_save_load_round_trip_and_encoder(tmp_path):
     torch.testing.assert_close(enc.encode(frames[0].numpy()), want[0])
     ident = enc.identity()
     assert ident["kind"] == "cavp" and ident["fps"] == 4.0 and ident["input_size"] == [16, 16]
-    assert ident["dim"] == 16 and ident["weight_hash"] == weight_hash(path)
+    assert ident["dim"] == 16 and ident["weight_hash"] == weights_hash(path)
     assert ident["config"]["width"] == 32
     json.dumps(ident)
 
@@ -190,17 +192,17 @@ def test_default_encoder_runs_at_4_fps_on_64px_frames():
 
 def test_missing_and_foreign_checkpoints_name_path_and_keys(tmp_path):
     missing = tmp_path / "none.safetensors"
-    with pytest.raises(WeightsError, match=f"not found: {missing}.*CAVP.save"):
+    with pytest.raises(ModelFileError, match=f"not found: {missing}.*CAVP.save"):
         CAVP.load(missing)
 
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"\x00" * 64)
-    with pytest.raises(WeightsError, match="could not be read as safetensors"):
+    with pytest.raises(ModelFileError, match="could not be read as safetensors"):
         CAVP.load(garbage)
 
     no_meta = tmp_path / "no_meta.safetensors"
     save_file({"x": torch.zeros(1)}, str(no_meta))
-    with pytest.raises(WeightsError, match="no CAVP metadata"):
+    with pytest.raises(ModelFileError, match="no CAVP metadata"):
         CAVP.load(no_meta)
 
     # Weights of a wider model under the tiny model's config: shapes must not be silently dropped.
@@ -209,7 +211,7 @@ def test_missing_and_foreign_checkpoints_name_path_and_keys(tmp_path):
     state = {k: v.contiguous() for k, v in wide.state_dict().items()}
     meta = {"format": "vaflow-cavp-1", "config": json.dumps(TINY.to_dict())}
     save_file(state, str(foreign), metadata=meta)
-    with pytest.raises(WeightsError, match=r"shape mismatch: \['video\.embed\.weight"):
+    with pytest.raises(ModelFileError, match=r"wrong shape: video\.embed\.weight"):
         CAVP.load(foreign)
 
     # One tensor gone: named as missing.
@@ -219,20 +221,20 @@ def test_missing_and_foreign_checkpoints_name_path_and_keys(tmp_path):
         str(foreign),
         metadata=meta,
     )
-    with pytest.raises(WeightsError, match=r"missing from file: \['audio\.embed\.bias'\]"):
+    with pytest.raises(ModelFileError, match=r"1 missing: audio\.embed\.bias"):
         CAVP.load(foreign)
 
     bad_cfg = tmp_path / "bad_cfg.safetensors"
     save_file(
         {"x": torch.zeros(1)}, str(bad_cfg), metadata={"format": "vaflow-cavp-1", "config": '{"widht": 3}'}
     )
-    with pytest.raises(WeightsError, match="widht"):
+    with pytest.raises(ModelFileError, match="widht"):
         CAVP.load(bad_cfg)
 
 
 def test_config_round_trip_and_validation():
     assert CAVPConfig.from_dict(json.loads(json.dumps(TINY.to_dict()))) == TINY
-    with pytest.raises(ValueError, match=r"unknown CAVPConfig key\(s\) \['embed'\]"):
+    with pytest.raises(ValueError, match=r"CAVPConfig: unknown keys \['embed'\]"):
         CAVPConfig.from_dict({"embed": 3})
     with pytest.raises(ValueError, match="num_windows"):
         CAVPConfig(num_windows=1)

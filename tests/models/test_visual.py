@@ -6,7 +6,8 @@ import hashlib
 
 import pytest
 
-from vaflow.models.encoders import KINDS, VisualEncoder, build_encoder, weight_hash
+from vaflow.hashing import weights_hash
+from vaflow.models.encoders import KINDS, VisualEncoder, build_encoder
 
 
 def test_registry_lists_every_kind():
@@ -25,8 +26,8 @@ def test_unknown_kind_and_option_are_named():
 def test_weight_hash_is_sha256_prefix(tmp_path):
     path = tmp_path / "w.bin"
     path.write_bytes(b"vaflow" * 1000)
-    assert weight_hash(path) == hashlib.sha256(b"vaflow" * 1000).hexdigest()[:16]
-    assert weight_hash(None) == "none"
+    assert weights_hash(path) == hashlib.sha256(b"vaflow" * 1000).hexdigest()[:16]
+    assert weights_hash(None) == "none"
 
 
 def test_encoders_stay_in_eval_mode():

@@ -10,18 +10,18 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from vaflow.hashing import weights_hash
+from vaflow.models.artifacts import MissingModelFileError, ModelFileError
 from vaflow.models.wavevae import (
+    SAO_KL_SCALE,
     SAO_PREFIX,
     SIZES,
-    CheckpointError,
-    MissingCheckpointError,
     Posterior,
     WaveVAE,
     WaveVAEConfig,
     build,
     load_wavevae,
     save_wavevae,
-    weights_hash,
 )
 
 # The reference fixtures live in `shared/` beside the repository (DESIGN §10); VAFLOW_FIXTURES overrides.
@@ -156,8 +156,11 @@ def test_kl_is_twice_the_gaussian_kl_summed_over_channels():
     mean, std = torch.randn(3, 5, 7), torch.rand(3, 5, 7) + 0.1
     closed_form = 0.5 * (mean**2 + std**2 - 2 * std.log() - 1)  # KL(N(μ, σ²) ‖ N(0, 1)) per element
     expected = 2 * closed_form.sum(1).mean()
-    torch.testing.assert_close(Posterior(mean, std).kl(), expected)
-    assert Posterior(torch.zeros(2, 3, 4), torch.ones(2, 3, 4)).kl().abs() < 1e-7
+    torch.testing.assert_close(
+        Posterior(mean, std, channel_dim=1).kl(SAO_KL_SCALE, square_once=False), expected
+    )
+    unit = Posterior(torch.zeros(2, 3, 4), torch.ones(2, 3, 4), channel_dim=1)
+    assert unit.kl(SAO_KL_SCALE, square_once=False).abs() < 1e-7
 
 
 def test_bottleneck_std_and_sample_statistics():
@@ -167,7 +170,7 @@ def test_bottleneck_std_and_sample_statistics():
     posterior = model.bottleneck(h)
     torch.testing.assert_close(posterior.mean, h[:, :4])
     torch.testing.assert_close(posterior.std, torch.nn.functional.softplus(h[:, 4:]) + 1e-4)
-    p = Posterior(torch.full((1, 1, 200_000), 2.0), torch.full((1, 1, 200_000), 0.5))
+    p = Posterior(torch.full((1, 1, 200_000), 2.0), torch.full((1, 1, 200_000), 0.5), channel_dim=1)
     z = p.sample(torch.Generator().manual_seed(0))
     assert abs(z.mean() - 2.0) < 0.01 and abs(z.std() - 0.5) < 0.01
 
@@ -251,7 +254,7 @@ def test_missing_keys_are_named(tiny, tmp_path):
     del state[SAO_PREFIX + "encoder.layers.1.layers.3.alpha"]
     path = tmp_path / "model.ckpt"
     torch.save({"state_dict": state}, path)
-    with pytest.raises(CheckpointError, match="2 missing") as err:
+    with pytest.raises(ModelFileError, match="2 missing") as err:
         load_wavevae(path, "tiny")
     assert "encoder.layers.1.layers.3.alpha" in str(err.value) and "decoder.layers.0.bias" in str(err.value)
     assert str(path) in str(err.value)
@@ -262,7 +265,7 @@ def test_unexpected_keys_are_named(tiny, tmp_path):
     state[SAO_PREFIX + "decoder.layers.9.weight_g"] = torch.ones(1, 1, 1)
     path = tmp_path / "model.safetensors"
     save_file(state, str(path))
-    with pytest.raises(CheckpointError, match=r"1 unexpected: decoder\.layers\.9\.weight_g"):
+    with pytest.raises(ModelFileError, match=r"1 unexpected: decoder\.layers\.9\.weight_g"):
         load_wavevae(path, "tiny")
 
 
@@ -270,7 +273,7 @@ def test_wrong_shapes_are_named(tiny, tmp_path):
     path = tmp_path / "vae.pt"
     torch.save(tiny.state_dict(), path)
     with pytest.raises(
-        CheckpointError, match=r"wrong shape: encoder\.layers\.0\.bias \(8,\) != \(16,\)"
+        ModelFileError, match=r"wrong shape: encoder\.layers\.0\.bias \(8,\) != \(16,\)"
     ) as err:
         load_wavevae(path, WaveVAEConfig(channels=16, c_mults=(1, 2), strides=(2, 4), latent_dim=4))
     assert "(+" in str(err.value)  # more mismatches than are listed
@@ -279,7 +282,7 @@ def test_wrong_shapes_are_named(tiny, tmp_path):
 def test_sao_size_against_a_tiny_checkpoint_is_rejected(tiny, tmp_path):
     path = tmp_path / "model.ckpt"
     torch.save({"state_dict": _full_model_layout(tiny)}, path)
-    with pytest.raises(CheckpointError, match="missing"):
+    with pytest.raises(ModelFileError, match="missing"):
         load_wavevae(path, "sao")
 
 
@@ -287,7 +290,7 @@ def test_text_file_is_rejected(tmp_path):
     for name in ("model.ckpt", "model.safetensors"):
         path = tmp_path / name
         path.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 123\n")
-        with pytest.raises(CheckpointError, match="not a readable checkpoint") as err:
+        with pytest.raises(ModelFileError, match="not a readable checkpoint") as err:
             load_wavevae(path, "tiny")
         assert str(path) in str(err.value)
 
@@ -301,7 +304,7 @@ def test_truncated_files_are_rejected(tiny, tmp_path):
     save_file(tiny.state_dict(), str(st))
     st.write_bytes(st.read_bytes()[: st.stat().st_size // 2])
     for path in (ckpt, st):
-        with pytest.raises(CheckpointError, match="not a readable checkpoint") as err:
+        with pytest.raises(ModelFileError, match="not a readable checkpoint") as err:
             load_wavevae(path, "tiny")
         assert str(path) in str(err.value)
 
@@ -309,15 +312,15 @@ def test_truncated_files_are_rejected(tiny, tmp_path):
 def test_non_state_dict_is_rejected(tmp_path):
     path = tmp_path / "model.pt"
     torch.save({"state_dict": {"a": 1}}, path)
-    with pytest.raises(CheckpointError, match="not a state dict"):
+    with pytest.raises(ModelFileError, match="not a state dict"):
         load_wavevae(path, "tiny")
 
 
 def test_missing_file_says_what_belongs_there(tmp_path):
     path = tmp_path / "weights" / "model.ckpt"
-    with pytest.raises(MissingCheckpointError, match="Stable Audio Open 1.0 VAE") as err:
+    with pytest.raises(MissingModelFileError, match="Stable Audio Open 1.0 VAE") as err:
         load_wavevae(path, "sao")
     assert str(path) in str(err.value)
     assert isinstance(err.value, FileNotFoundError)
-    with pytest.raises(CheckpointError, match="trained WaveVAE"):
+    with pytest.raises(ModelFileError, match="trained WaveVAE"):
         load_wavevae(path, "small", expected="the trained WaveVAE of the train_wavevae stage")

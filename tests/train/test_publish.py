@@ -13,6 +13,7 @@ import pytest
 from tests.data.test_latents import load_stage, write_params
 from tests.train.test_wavevae import _world
 from vaflow.cli import main as cli
+from vaflow.hashing import file_sha256
 from vaflow.models import pretrained
 from vaflow.train import publish
 
@@ -52,7 +53,7 @@ def test_publish_writes_a_card_the_stage_accepts(trained: Path, capsys):
     assert card["commit"] == _git(trained, "rev-parse", "HEAD") and not card["code"]["uncommitted_changes"]
     assert card["recipe"]["audio_vae"]["trainer"]["steps"] == 4 and card["steps"] == 4 and card["seed"] == 0
     assert card["command"] == pretrained.REBUILD and card["training_world"]["prepare_source"] == "synth"
-    assert card["training_manifest_sha256"] == pretrained.file_sha256(trained / "data/prepared/manifest.csv")
+    assert card["training_manifest_sha256"] == file_sha256(trained / "data/prepared/manifest.csv")
     metrics = json.loads((trained / "metrics/audio_vae.json").read_text())
     assert (
         card["test_figures"]["test_mel_l1"] == metrics["test_mel_l1"]
@@ -79,7 +80,7 @@ def test_publish_writes_a_card_the_stage_accepts(trained: Path, capsys):
 
 
 def test_publish_refuses_a_run_that_is_not_the_checkouts(trained: Path):
-    with (trained / "vaflow/train/losses.py").open("a") as f:
+    with (trained / "vaflow/eval/losses.py").open("a") as f:
         f.write("# changed after training\n")
     with pytest.raises(pretrained.PretrainedError, match="code or params changed after training"):
         publish.publish(trained, trained / "pub")

@@ -355,8 +355,8 @@ def test_stream_factory_gets_rank_world_and_per_rank_batch(tmp_path):
         seen.append(spec)
         return ToyStream(spec.rank, spec.world_size, spec.batch_size)
 
-    Trainer(make_model(), toy_loss(), factory, _cfg(batch_size=12, grad_accum=3, num_workers=2), tmp_path)
-    assert [(s.rank, s.world_size, s.batch_size, s.num_workers) for s in seen] == [(0, 1, 4, 2)]
+    Trainer(make_model(), toy_loss(), factory, _cfg(batch_size=12, grad_accum=3, seed=5), tmp_path)
+    assert [(s.rank, s.world_size, s.batch_size, s.seed) for s in seen] == [(0, 1, 4, 5)]
 
 
 def test_lr_schedules():

@@ -14,10 +14,10 @@ from tests.data.test_latents import RATE, load_stage, make_media, one_thread, wr
 from vaflow.config import AudioVAEConfig
 from vaflow.data import latents as encode
 from vaflow.eval import reconstruction
+from vaflow.eval.losses import MelL1Loss
 from vaflow.models.pretrained import REBUILD
 from vaflow.models.wavevae import SAO_PREFIX, SIZES, WaveVAEConfig, build, load_wavevae
 from vaflow.train import wavevae as training
-from vaflow.train.losses import MelL1Loss
 
 __all__ = ["one_thread"]  # the autouse fixture: one torch thread for these tests too
 
@@ -229,7 +229,7 @@ def test_stage_train_mode_end_to_end(stage_env):
     stage = load_stage("audio_vae")
     stage.main(_argv(tmp))
 
-    info = json.loads((tmp / "vae" / encode.INFO_FILE).read_text())
+    info = json.loads((tmp / "vae" / encode.FOLDER.card).read_text())
     assert info["size"] == "tiny" and info["mode"] == "train"
     assert info["sample_rate"] == RATE and info["hop"] == 8 and info["latent_dim"] == 4
     vae, weights_hash = encode.load_model(tmp / "vae")  # rebuilt from the file alone
@@ -271,7 +271,7 @@ def test_stage_import_mode_with_a_sao_layout_checkpoint(stage_env):
     vae, _ = encode.load_model(tmp / "vae")
     for key, value in source.state_dict().items():
         assert torch.equal(vae.state_dict()[key], value), key
-    info = json.loads((tmp / "vae" / encode.INFO_FILE).read_text())
+    info = json.loads((tmp / "vae" / encode.FOLDER.card).read_text())
     assert info["mode"] == "import" and info["checkpoint"] == str(tmp / "model.ckpt")
     metrics = json.loads((tmp / "metrics" / "audio_vae.json").read_text())
     assert FIGURES <= set(metrics) and not ORACLE & set(metrics)  # no ground truth, no oracle figures
@@ -324,7 +324,7 @@ def test_stage_import_checks_a_pretrained_card(stage_env, capsys, problem):
                                        "audio_vae": {"mode": "import", "size": "tiny", "checkpoint": checkpoint}})  # fmt: skip
     if problem == "none":
         load_stage("audio_vae").main(_argv(tmp))
-        assert json.loads((tmp / "vae" / encode.INFO_FILE).read_text())["checkpoint"] == checkpoint
+        assert json.loads((tmp / "vae" / encode.FOLDER.card).read_text())["checkpoint"] == checkpoint
         return
     with pytest.raises(SystemExit) as exc:
         load_stage("audio_vae").main(_argv(tmp))

@@ -92,8 +92,8 @@ class EpochToyStream(ToyStream):
 
 
 class ResumableEpochToyStream(EpochToyStream):
-    """`set_epoch` and `state_dict` (like `streams.ShardStream`): `__iter__` continues the current pass from its
-    position, so a `set_epoch` after `load_state_dict` would restart the restored pass."""
+    """`set_epoch` and `state_dict` (a stream that saves its place): `__iter__` continues the current pass from
+    its position, so a `set_epoch` after `load_state_dict` would restart the restored pass."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)

@@ -4,13 +4,13 @@ training stages, sampling, and evaluation. `vaflow.config` assembles them with t
 
 from __future__ import annotations
 
-import difflib
 from typing import Literal
 
 from pydantic import Field, model_validator
 
 from vaflow.config.section import Section
 from vaflow.config.trainer import TrainerConfig, needs_steps
+from vaflow.errors import did_you_mean
 
 # The ODE solvers of `vaflow.flow.SOLVERS`, named here so that validating params needs no torch
 # (tests/flow/test_solvers.py checks that the two agree).
@@ -57,7 +57,7 @@ class TrainAlignConfig(Section):
     clip_frames: int = Field(8, ge=1)  # K adjacent frames at the clip scale
     temperature: float = Field(0.7, gt=0)  # τ
     val: ValidationConfig = ValidationConfig(every=100)
-    # 200 steps of 32 clips (~30 s on 2 cores): the loss has flattened (7.62 at step 200, 7.51 at 300).
+    # 200 steps of 32 clips: the loss has flattened by then (the README's default run gives the stage's time).
     trainer: TrainerConfig = TrainerConfig(
         steps=200, batch_size=32, lr=1e-3, warmup_steps=20, checkpoint_every=100, log_every=25, ema_decay=0.99
     )
@@ -95,8 +95,7 @@ class FlowConfig(Section):
         from vaflow.config.sizes import DIT_SIZES
 
         if self.size not in DIT_SIZES:
-            near = difflib.get_close_matches(self.size, list(DIT_SIZES), n=1)
-            hint = f" (did you mean '{near[0]}'?)" if near else ""
+            hint = did_you_mean(self.size, DIT_SIZES)
             raise ValueError(f"size: unknown DiT size {self.size!r}{hint}; known: {sorted(DIT_SIZES)}")
         return self
 
@@ -175,8 +174,7 @@ class SampleConfig(Section):
     @model_validator(mode="after")
     def _known_solver(self) -> SampleConfig:
         if self.solver not in SOLVER_NAMES:
-            near = difflib.get_close_matches(self.solver, list(SOLVER_NAMES), n=1)
-            hint = f" (did you mean '{near[0]}'?)" if near else ""
+            hint = did_you_mean(self.solver, SOLVER_NAMES)
             raise ValueError(
                 f"solver: unknown ODE solver {self.solver!r}{hint}; known: {sorted(SOLVER_NAMES)}"
             )

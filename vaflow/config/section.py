@@ -1,4 +1,5 @@
-"""The base of every params section, its error, and one conversion of configs to JSON values.
+"""The base of every params section, its error, one conversion of configs to JSON values, and the dict form of
+the networks' dataclass configs (`DictConfig`).
 
 Torch-free (pydantic only). Checkpoint folders, extraction specs, encoder identities and MLflow params compare or
 hash a config against a recorded copy that went through JSON (tuples became lists, sections dicts), so a fresh one
@@ -7,16 +8,19 @@ goes through `jsonable` before it is compared; `flatten` gives the `a.b.c` keys 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["ConfigError", "Section", "flatten", "jsonable"]
+from vaflow.errors import UserError
+
+__all__ = ["ConfigError", "DictConfig", "Section", "flatten", "jsonable"]
 
 
-class ConfigError(ValueError):
+class ConfigError(ValueError, UserError):
     """A params file that does not validate; the message names every bad key."""
 
 
@@ -43,3 +47,27 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
             out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
         return out
     return {prefix: obj}
+
+
+class DictConfig:
+    """Base of a dataclass config: `to_dict` gives its fields as a plain dict, `from_dict` builds it back."""
+
+    # Whether `to_dict` writes tuple fields as lists (the JSON shape, compared as read back from a file) or keeps
+    # them as tuples; each config keeps the form its saved cards and identities were made with.
+    tuples_as_lists: ClassVar[bool] = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a dict (`dataclasses.asdict`), tuples as lists where `tuples_as_lists`."""
+        d = dataclasses.asdict(self)
+        if not self.tuples_as_lists:
+            return d
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Self:
+        """Inverse of `to_dict` (and of its JSON copy: lists become tuples); an unknown key is an error naming it."""
+        known = sorted(f.name for f in dataclasses.fields(cls))
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown keys {unknown}; known: {known}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})

@@ -8,8 +8,9 @@ parameter counts: docs/design.md, "Network sizes".
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+
+from vaflow.config.section import DictConfig
 
 __all__ = [
     "SIZES",
@@ -32,8 +33,11 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class WaveVAEConfig:
+class WaveVAEConfig(DictConfig):
     """Architecture of an Oobleck WaveVAE; passed whole into every constructor."""
+
+    # `to_dict` is JSON-shaped (stored in safetensors metadata by `save_wavevae`).
+    tuples_as_lists = True
 
     # Audio channels in and out (SAO 1.0 is stereo; the toy pipeline is mono).
     audio_channels: int = 1
@@ -84,18 +88,6 @@ class WaveVAEConfig:
     def frame_rate(self) -> float:
         """Latent frames per second (SAO 1.0: 44100 / 2048 ≈ 21.5)."""
         return self.sample_rate / self.hop
-
-    def to_dict(self) -> dict:
-        """Plain JSON-able dict (stored in safetensors metadata by `save_wavevae`)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> WaveVAEConfig:
-        """Inverse of `to_dict`; unknown keys are an error that names them."""
-        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"WaveVAEConfig: unknown keys {unknown}")
-        return cls(**d)
 
 
 # --------------------------------------------------------------------------------------------

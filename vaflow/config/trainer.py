@@ -13,7 +13,7 @@ from pydantic import Field, model_validator
 from vaflow.config.section import Section
 
 # Keys that may change between a run and its resume without changing what is being trained: the run length,
-# how often it logs/checkpoints, how data is loaded, how it is launched and which (equivalent) kernels compute it.
+# how often it logs/checkpoints, how it is launched and which (equivalent) kernels compute it.
 # Every other key must match.
 RESUMABLE_KEYS = frozenset(
     {
@@ -22,7 +22,6 @@ RESUMABLE_KEYS = frozenset(
         "keep_checkpoints",
         "log_every",
         "resume",
-        "num_workers",
         "launcher",
         "deterministic",
     }
@@ -74,10 +73,6 @@ class TrainerConfig(Section):
     resume: bool = True
     # `auto`: bf16 autocast on CUDA, fp32 on CPU (CPU bf16 autocast is slower and only useful for testing).
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    # Data-loading worker processes handed to the stream factory; 0 loads in the training process (2-core CPU).
-    # Seeded streams seed each worker on its own: the count is part of the data order (a resume with another count
-    # drops the rest of the interrupted pass).
-    num_workers: int = Field(0, ge=0)
     # Deterministic CUDA kernels (torch.use_deterministic_algorithms, no cuDNN autotuning, a fixed cuBLAS workspace):
     # two GPU runs give bit-identical weights, at some cost in speed; an op with no deterministic kernel raises.
     # Off by default because CPU runs, the embedded default, are bit-identical without it.

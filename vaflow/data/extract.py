@@ -1,21 +1,6 @@
 """Batched extraction of per-clip features into shards: the one core of `encode_audio` and `extract_visual`.
 
-A modality supplies two callables, `load(id) -> input` (decode one clip, or raise MediaError / ClipRejected) and
-`encode(inputs) -> samples` (run its model on a batch); everything else is here and shared:
-
-    <out>/spec.json                  the shard set's spec (`vaflow.data.journal.SpecFolder`): a change clears what
-                                     it invalidates, the whole set or single splits
-    <out>/<split>/<name>-%06d.tar    shard i holds ids[i*per_shard:(i+1)*per_shard] minus the rejected clips
-    <out>/<split>/rejected.csv       id, reason: every clip of the split missing from its shards
-    <out>/<split>/.journal.jsonl     rejections as they happen, until `finish_split` folds them into rejected.csv
-
-Both modalities are written from the same ordered id list (the manifest's order within a split) with the same
-`per_shard`, so shard i of the audio latents and shard i of the visual features hold the same clips, minus the
-clips either side rejected (`shards.read_zipped` skips those, `pairs.open_split` checks them against
-rejected.csv).
-
-Ranks: each rank calls `extract_split` for its share (shard i with i % world == rank; finished shards are skipped,
-so a killed run resumes); once every rank is done (a barrier), one process calls `finish_split`.
+In full: docs/library.md, `vaflow.data.extract`.
 """
 
 from __future__ import annotations
@@ -24,6 +9,7 @@ import csv
 import hashlib
 import io
 import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,21 +18,29 @@ from typing import Any
 import pandas as pd
 
 from vaflow import atomic
+from vaflow.config import ClipConfig, ConfigError
 from vaflow.data import shards
 from vaflow.data.journal import SpecFolder
 from vaflow.data.media import FFmpegNotFoundError, MediaError
+from vaflow.data.prepare import DURATION_TOLERANCE
 
 __all__ = [
     "REJECTED_FILE",
     "BatchedEncoder",
     "ClipRejected",
     "SplitSummary",
+    "check_windows",
     "extract_split",
+    "extract_splits",
+    "extraction_spec",
     "finish_split",
+    "finish_splits",
+    "manifest_splits",
     "media_digest",
     "rejection_reason",
     "split_specs",
     "summary_metrics",
+    "sync_spec",
 ]
 
 REJECTED_FILE = "rejected.csv"
@@ -103,6 +97,41 @@ def media_digest(rows: pd.DataFrame) -> str:
 def split_specs(splits: Mapping[str, pd.DataFrame]) -> dict[str, dict[str, Any]]:
     """The `splits` entry of an extraction spec: per split its clip count and `media_digest`."""
     return {name: {"clips": len(rows), "media": media_digest(rows)} for name, rows in splits.items()}
+
+
+def manifest_splits(manifest: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Split name -> its manifest rows, both in manifest order (prepare's: by split, then id); both modalities
+    extract in this one order, so a split's shards are written, and its clips listed, the same way on either side."""
+    return {name: manifest[manifest["split"] == name] for name in manifest["split"].drop_duplicates()}
+
+
+def check_windows(manifest: pd.DataFrame, clip: ClipConfig) -> None:
+    """Every window must be clip.duration long (within prepare's tolerance): all clips give the same T_a and T_v."""
+    off = manifest[(manifest["duration"] - clip.duration).abs() > DURATION_TOLERANCE]
+    if len(off):
+        raise ConfigError(
+            f"{len(off)} manifest windows are not clip.duration={clip.duration}s long (e.g. {off['id'].iloc[0]}: "
+            f"{off['duration'].iloc[0]}s): rerun the prepare stage"
+        )
+
+
+def extraction_spec(
+    identity: Mapping[str, Any],
+    payload: Mapping[str, Any],
+    clip: ClipConfig,
+    per_shard: int,
+    splits: Mapping[str, pd.DataFrame],
+    code: str,
+) -> dict[str, Any]:
+    """Everything a shard set depends on, for `SpecFolder.sync`: the encoder's `identity` keys (what later stages
+    check a model against) and the `payload` keys (what each sample holds and the clip policy), beside the clip
+    geometry, per_shard, `code` (the stage's code identity, `vaflow.code.stage_code`) and per split its clips and
+    media (`splits`: name -> manifest rows in clip order)."""
+    common = {"clip": clip.model_dump(mode="json"), "per_shard": per_shard, "code": code}
+    clash = sorted(set(identity) & set(payload) | (set(identity) | set(payload)) & {*common, "splits"})
+    if clash:
+        raise ValueError(f"extraction spec keys given twice: {clash}")
+    return {**identity, **payload, **common, "splits": split_specs(splits)}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -199,6 +228,34 @@ def extract_split(
     return report
 
 
+def sync_spec(folder: SpecFolder, spec: Mapping[str, Any], what: str) -> None:
+    """Record `spec` in `folder`, deleting what a changed spec invalidates (`SpecFolder.sync`): one line per
+    entry deleted, naming the `what` ("feature", "latent") spec."""
+    cleared = folder.sync(spec)
+    for entry, n in sorted(cleared.items()):  # printed by the one rank that found the spec changed
+        print(f"{entry}: the {what} spec changed, {n} stale file(s) deleted")
+
+
+def extract_splits(
+    splits: Mapping[str, pd.DataFrame],
+    folder: SpecFolder,
+    name: str,
+    load: Callable[[str], Any],
+    encode: Callable[[list[Any]], Sequence[Mapping[str, Any] | ClipRejected]],
+    batch_size: int,
+    per_shard: int,
+    rank: int = 0,
+    world: int = 1,
+) -> None:
+    """`extract_split` of each split in turn (`splits`: name -> manifest rows in clip order), one line per split;
+    a progress bar only on a terminal."""
+    for split, rows in splits.items():
+        report = extract_split(rows["id"].tolist(), folder, split, name, load, encode, batch_size, per_shard,
+                               rank, world, progress=sys.stderr.isatty())  # fmt: skip
+        print(f"{split}: rank {rank}/{world} wrote {len(report.written)} shard(s) ({report.n_samples} clips), "
+              f"skipped {len(report.skipped)} finished")  # fmt: skip
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Summing up a split once every rank is done
 # ----------------------------------------------------------------------------------------------------------------
@@ -278,6 +335,18 @@ def finish_split(
         for leftover in split_dir.glob("*.tmp*"):
             leftover.unlink(missing_ok=True)  # every rank is done: no temporary file is still being written
     return SplitSummary(split, len(ids), len(ids) - len(rejected), planned, rejected)
+
+
+def finish_splits(
+    folder: SpecFolder, splits: Mapping[str, pd.DataFrame], name: str, per_shard: int
+) -> list[SplitSummary]:
+    """`finish_split` of each split (once every rank is done), printing each summary and rejected clip."""
+    summaries = [finish_split(folder, s, name, rows["id"].tolist(), per_shard) for s, rows in splits.items()]
+    for summary in summaries:
+        print(summary.line())
+        for clip_id, reason in summary.rejected:
+            print(f"  rejected {clip_id}: {reason}")
+    return summaries
 
 
 def summary_metrics(summaries: Sequence[SplitSummary]) -> dict[str, int]:

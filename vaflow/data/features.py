@@ -16,7 +16,6 @@ audio latents). `feature_spec` is what the shards depend on; a rerun under anoth
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,13 +27,16 @@ import torch
 
 from vaflow import atomic
 from vaflow.config import ClipConfig
-from vaflow.data import media, shards
-from vaflow.data.extract import ClipRejected, split_specs
 from vaflow.config.section import jsonable
+from vaflow.data import media, shards
+from vaflow.data.extract import ClipRejected, extraction_spec
+from vaflow.hashing import weights_hash
+from vaflow.models.artifacts import Folder, ModelFileError, read_card
 from vaflow.models.encoders import build_encoder
-from vaflow.models.visual import VisualEncoder, WeightsError, weight_hash
+from vaflow.models.visual import VisualEncoder
 
 __all__ = [
+    "ENCODER",
     "ENCODER_FILE",
     "FEATURE_NAME",
     "FeatureEncoder",
@@ -44,11 +46,18 @@ __all__ = [
     "feature_shards",
     "feature_spec",
     "load_encoder",
-    "read_encoder_json",
+    "read_encoder_card",
 ]
 
 ENCODER_FILE = "encoder.json"
 ENCODER_FORMAT = "vaflow-visual-encoder-1"
+# The encoder directory as a model folder: its card names the weights (a copy in the weights' own format).
+ENCODER = Folder(
+    None,
+    ENCODER_FILE,
+    "run the visual_encoder stage (dvc repro visual_encoder)",
+    (("format", ENCODER_FORMAT),),
+)
 FEATURE_NAME = "visual"  # shard set name: <split>/visual-%06d.tar
 # The build_encoder argument that names each kind's weight file.
 _WEIGHTS_OPTION = {"cavp": "checkpoint", "clip": "weights"}
@@ -66,14 +75,14 @@ def export_encoder(
     `encoder.json`; returns the encoder (built from the source weights).
 
     `weights`: the weight file (cavp checkpoint, open_clip state dict or a folder holding one), None for `pixels`.
-    A missing or unfit file raises WeightsError naming it and what it should hold, before anything is written.
+    A missing or unfit file raises ModelFileError naming it and what it should hold, before anything is written.
     """
     out_dir = Path(out_dir)
     options = dict(options)
     name = None
     if kind in _WEIGHTS_OPTION:
         if weights is None:
-            raise WeightsError(f"visual encoder '{kind}' needs a weight file")
+            raise ModelFileError(f"visual encoder '{kind}' needs a weight file")
         encoder = build_encoder(kind, **options, **{_WEIGHTS_OPTION[kind]: weights})
         source = Path(weights)
         if kind == "clip":
@@ -86,8 +95,8 @@ def export_encoder(
         if source.resolve() != target.resolve():
             with atomic.replacing(target) as tmp:
                 shutil.copyfile(source, tmp)
-        if weight_hash(target) != encoder.weights_sha:
-            raise WeightsError(f"{source} changed while it was copied to {target}; run the stage again")
+        if weights_hash(target) != encoder.weights_sha:
+            raise ModelFileError(f"{source} changed while it was copied to {target}; run the stage again")
     else:
         if weights is not None:
             raise ValueError(f"visual encoder '{kind}' takes no weight file, got {weights}")
@@ -96,47 +105,36 @@ def export_encoder(
     for stale in out_dir.glob("*"):
         if stale.is_file() and stale.stem in _WEIGHTS_OPTION and stale.name != name:
             stale.unlink()
-    spec = {
+    card = {
         "format": ENCODER_FORMAT,
         "kind": kind,
         "options": jsonable(options),
         "weights": name,
         "identity": jsonable(encoder.identity()),
     }
-    atomic.write_json(out_dir / ENCODER_FILE, spec)
+    atomic.write_json(out_dir / ENCODER_FILE, card)
     return encoder
 
 
-def read_encoder_json(encoder_dir: str | Path) -> dict[str, Any]:
-    """The `encoder.json` of an encoder directory; FileNotFoundError / WeightsError say what is wrong."""
-    path = Path(encoder_dir) / ENCODER_FILE
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} not found: {encoder_dir} is not a visual encoder directory (run the visual_encoder stage)"
-        )
-    try:
-        spec = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise WeightsError(f"{path} is not valid JSON ({err}); rerun the visual_encoder stage") from None
-    if spec.get("format") != ENCODER_FORMAT:
-        raise WeightsError(f"{path}: format {spec.get('format')!r}, expected {ENCODER_FORMAT!r}")
-    return spec
+def read_encoder_card(encoder_dir: str | Path) -> dict[str, Any]:
+    """The card (`encoder.json`) of an encoder directory; MissingModelFileError / ModelFileError say what is wrong."""
+    return read_card(encoder_dir, ENCODER)
 
 
 def load_encoder(encoder_dir: str | Path, device: str | torch.device = "cpu") -> VisualEncoder:
     """Rebuild the encoder an encoder directory describes, on `device`, checking it has the recorded identity."""
     encoder_dir = Path(encoder_dir)
-    spec = read_encoder_json(encoder_dir)
-    kind, options = spec["kind"], dict(spec["options"])
-    if spec["weights"] is not None:
-        options[_WEIGHTS_OPTION[kind]] = encoder_dir / spec["weights"]
+    card = read_encoder_card(encoder_dir)
+    kind, options = card["kind"], dict(card["options"])
+    if card["weights"] is not None:
+        options[_WEIGHTS_OPTION[kind]] = encoder_dir / card["weights"]
     encoder = build_encoder(kind, **options).to(device)
-    recorded, rebuilt = spec["identity"], jsonable(encoder.identity())
+    recorded, rebuilt = card["identity"], jsonable(encoder.identity())
     if rebuilt != recorded:
         keys = sorted(k for k in set(recorded) | set(rebuilt) if recorded.get(k) != rebuilt.get(k))
-        raise WeightsError(
+        raise ModelFileError(
             f"{encoder_dir}: the encoder rebuilt from its files differs from {ENCODER_FILE} in {keys} "
-            "(a weight file was replaced?); rerun the visual_encoder stage"
+            f"(a weight file was replaced?); {ENCODER.rebuild}"
         )
     return encoder
 
@@ -236,14 +234,7 @@ def feature_spec(
     splits: Mapping[str, pd.DataFrame],
     code: str,
 ) -> dict[str, Any]:
-    """Everything the feature shards depend on, for `SpecFolder.sync`: the encoder's full identity (which
-    `artifacts.feature_identity` reads back), the clip geometry, frames per clip, per_shard, `code` (the stage's
-    code identity, `vaflow.code.code_hash`), and per split its clips and media (`splits`: name -> manifest rows)."""
-    return {
-        "encoder": jsonable(encoder.identity()),
-        "clip": clip.model_dump(mode="json"),
-        "num_frames": num_frames,
-        "per_shard": per_shard,
-        "code": code,
-        "splits": split_specs(splits),
-    }
+    """The feature shards' `extraction_spec`: the encoder's full identity (which `artifacts.feature_identity`
+    reads back) and the frames per clip (`splits`: name -> manifest rows in clip order)."""
+    identity = {"encoder": jsonable(encoder.identity())}
+    return extraction_spec(identity, {"num_frames": num_frames}, clip, per_shard, splits, code)

@@ -1,28 +1,7 @@
 """A folder whose contents belong to one spec: what a changed spec invalidates is cleared, and the work done in it
 is journalled so that a killed run resumes (DESIGN §8, §9).
 
-Every resumable stage output is such a folder: the extraction stages' shard sets (`encode_audio`,
-`extract_visual`) and the generated samples (`sample`). Its layout:
-
-    <root>/spec.json                 everything the contents depend on (params, weight hashes, media, code)
-    <root>/.lock                     the flock every rank takes to sync the spec, append or sum up a journal
-    <root>[/<split>]/.journal.jsonl  append-only: one JSON line per finished item or rejected item
-
-`SpecFolder.sync(spec)` compares `spec` with the recorded spec.json. A spec without a "splits" key owns the whole
-folder: any difference clears everything. A spec with `"splits": {name: {...}}` owns one subfolder per split:
-a difference outside "splits" clears everything, otherwise only the subfolders whose entry differs (or that the
-spec no longer lists) go, so adding a test clip does not redo the training split. spec.json is written only after
-the stale entries are gone, so a sync killed half-way is redone in full by the next one.
-
-Ranks: every rank calls `sync` before it writes anything. The first one through the lock clears and records the
-spec; the others find it matching, so no rank deletes another's fresh work and no barrier is needed before
-writing. The lock file itself is never deleted: a new inode would let two processes hold "the" lock at once.
-
-The journal is the in-flight record of a part (a split, or the whole folder): `done(item, record)` and
-`reject(item, reason)` append one line each under the lock, so lines of several ranks never interleave, and a
-line cut by a kill is skipped on reading. When a part is complete its owner folds the journal into the part's
-summary file (`rejected.csv` of a split, `index.csv` of the samples) and removes it, so a finished folder holds
-the same bytes whatever was killed and resumed on the way.
+In full: docs/library.md, `vaflow.data.journal`.
 """
 
 from __future__ import annotations
@@ -45,7 +24,6 @@ SPEC_FILE = "spec.json"
 LOCK_FILE = ".lock"
 JOURNAL_FILE = ".journal.jsonl"
 SPLITS = "splits"  # the spec key whose entries each own one subfolder
-
 
 
 def _remove(path: Path) -> int:

@@ -1,9 +1,8 @@
 """Audio clips → WaveVAE posterior latents `x_a` (DESIGN §2, §5): the clip policy and the `encode_audio` callables.
 
 Read top to bottom: the clip policy (one function decides what a decoded clip becomes or why it is rejected), the
-exported-model folder that `audio_vae` writes and `encode_audio` reads, the posterior encoder, and the
-`load`/`encode` callables and spec that `vaflow.data.extract` writes shards with (the same core, journal and
-rejected lists as the visual features).
+posterior encoder, and the `load`/`encode` callables and spec that `vaflow.data.extract` writes shards with (the
+same core, journal and rejected lists as the visual features).
 
 Latent layout in the shards: `mean` and `std` are float16 arrays shaped (T_a, D_a), time-major as the paper writes
 x_a ∈ R^{T_a×D_a}; the WaveVAE itself is channel-major (B, D_a, T_a), so `posterior_latents` transposes once here
@@ -13,23 +12,21 @@ spread (std), and halves the shards.
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from vaflow import atomic
-from vaflow.models.wavevae import MissingCheckpointError, WaveVAE, load_wavevae, save_wavevae, weights_hash
 from vaflow.config import ClipConfig
 from vaflow.data import media
-from vaflow.data.extract import ClipRejected, rejection_reason, split_specs
+from vaflow.data.extract import ClipRejected, extraction_spec, rejection_reason
 from vaflow.data.prepare import DURATION_TOLERANCE
+
+# The exported WaveVAE folder that `audio_vae` writes and `encode_audio` reads (its format: vaflow.models.artifacts).
+from vaflow.models.wavevae import FOLDER, WaveVAE, export_model, load_model
 
 # --------------------------------------------------------------------------------------------
 # The clip policy
@@ -85,44 +82,6 @@ def load_clip(path: str, start: float, clip: ClipConfig, n_samples: int) -> np.n
     """
     audio = media.read_audio(path, clip.sample_rate, start, clip.duration)
     return clip_audio(audio, clip.sample_rate, n_samples)
-
-
-# --------------------------------------------------------------------------------------------
-# The exported model folder (written by `audio_vae`, read by `encode_audio` and later stages)
-# --------------------------------------------------------------------------------------------
-
-WEIGHTS_FILE = "wavevae.safetensors"  # bare VAE state dict, its WaveVAEConfig in the safetensors metadata
-INFO_FILE = "vae.json"  # size, mode, sample_rate, hop, latent_dim, weights_hash, …
-
-
-def export_model(vae: WaveVAE, out_dir: str | os.PathLike, info: Mapping[str, Any]) -> dict[str, Any]:
-    """Write `out_dir/wavevae.safetensors` and `out_dir/vae.json` (info plus the VAE's geometry and weight hash)."""
-    out_dir = Path(out_dir)
-    weights = save_wavevae(vae, out_dir / WEIGHTS_FILE)
-    full = {
-        **info,
-        "sample_rate": vae.config.sample_rate,
-        "hop": vae.hop,
-        "latent_dim": vae.latent_dim,
-        "audio_channels": vae.config.audio_channels,
-        "weights": WEIGHTS_FILE,
-        "weights_hash": weights_hash(weights),
-    }
-    atomic.write_text(out_dir / INFO_FILE, json.dumps(full, indent=2, sort_keys=True) + "\n")
-    return full
-
-
-def load_model(model_dir: str | os.PathLike) -> tuple[WaveVAE, str]:
-    """The exported WaveVAE (eval mode, config from its metadata) and its weight hash.
-
-    A missing file is MissingCheckpointError (a FileNotFoundError) that says which stage writes it.
-    """
-    path = Path(model_dir) / WEIGHTS_FILE
-    if not path.is_file():
-        raise MissingCheckpointError(
-            f"{path}: no such file; expected the WaveVAE that the audio_vae stage exports (dvc repro audio_vae)"
-        )
-    return load_wavevae(path), weights_hash(path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -202,34 +161,28 @@ def latent_spec(
     splits: Mapping[str, pd.DataFrame],
     code: str,
 ) -> dict[str, Any]:
-    """Everything the latent shards depend on, for `SpecFolder.sync`: the WaveVAE, the clip geometry and policy,
-    per_shard, `code` (the stage's code identity, `vaflow.code.code_hash`), and per split its clips and media.
+    """The latent shards' `extraction_spec`: the WaveVAE keys (vae_weights_hash, hop, latent_dim, latent_length:
+    what the flow stages check a model against, `artifacts.wavevae_identity`), the sample layout and clip policy.
 
-    `splits`: split name -> its manifest rows in clip order. The WaveVAE keys (vae_weights_hash, hop, latent_dim,
-    latent_length) are what the flow stages check a model against (`artifacts.wavevae_identity`).
+    `splits`: split name -> its manifest rows in clip order.
     """
-    return {
+    identity = {
         "vae_weights_hash": vae_hash,
-        "clip": clip.model_dump(mode="json"),
-        "per_shard": per_shard,
         "latent_length": clip.latent_length(vae.hop),
         "latent_dim": vae.latent_dim,
         "hop": vae.hop,
-        "layout": {"mean": "(T_a, D_a) float16", "std": "(T_a, D_a) float16"},
-        "policy": {
-            "pad_tolerance_s": PAD_TOLERANCE_S,
-            "silence_rms": SILENCE_RMS,
-        },
-        "code": code,
-        "splits": split_specs(splits),
     }
+    payload = {
+        "layout": {"mean": "(T_a, D_a) float16", "std": "(T_a, D_a) float16"},
+        "policy": {"pad_tolerance_s": PAD_TOLERANCE_S, "silence_rms": SILENCE_RMS},
+    }
+    return extraction_spec(identity, payload, clip, per_shard, splits, code)
 
 
 __all__ = [
-    "INFO_FILE",
+    "FOLDER",
     "PAD_TOLERANCE_S",
     "SILENCE_RMS",
-    "WEIGHTS_FILE",
     "AudioLoader",
     "LatentEncoder",
     "clip_audio",

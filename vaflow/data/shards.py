@@ -9,7 +9,7 @@ and can be read together (`read_zipped`). Payloads are never pickled and readers
 Scale-out (DESIGN §8): `write_shards(rank=r, world=w)` writes shard i only when `i % w == r`; each finished
 shard appears atomically (temp file + `os.replace`), so a rerun skips finished shards and redoes the rest.
 
-Training streams over these shards (seeded, resumable, for DDP) are in `vaflow.data.streams`.
+The flow's training stream over these shards (seeded, resumable, for DDP) is `vaflow.data.pairs.ClipStream`.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ import numpy as np
 import webdataset as wds
 from tqdm import tqdm
 
+from vaflow.errors import UserError
+
 __all__ = [
     "ShardError",
     "ShardReport",
@@ -43,7 +45,7 @@ __all__ = [
 ]
 
 
-class ShardError(RuntimeError):
+class ShardError(RuntimeError, UserError):
     """A shard set that cannot be read as asked: missing, empty, misaligned or holding refused payloads."""
 
 

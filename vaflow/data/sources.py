@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vaflow.config import SPLITS, AudioSetV2ASource, FolderSource, Params, SynthConfig, VGGSoundSource
+from vaflow.errors import UserError
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
 # Audio-only files in a video folder are listed too, so that they are reported as rejected rather than ignored.
@@ -26,7 +27,7 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 MAX_ID_LENGTH = 120
 
 
-class SourceError(ValueError):
+class SourceError(ValueError, UserError):
     """A source that cannot be listed at all (missing CSV, bad columns); single bad clips are rejected instead."""
 
 

@@ -14,7 +14,6 @@ Sections: cards (save and load), applying the evaluators.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vaflow import atomic
-from vaflow.hashing import weights_hash
+from vaflow.models import artifacts
 from vaflow.models.evaluators import NETWORKS, AudioClassifier, AVEmbedder, EvaluatorConfig, SyncClassifier
 
 __all__ = [
@@ -33,9 +31,9 @@ __all__ = [
     "NAMES",
     "STANDS_IN_FOR",
     "Evaluator",
-    "EvaluatorError",
     "audio_embed_and_logits",
     "av_embeddings",
+    "folder",
     "load_evaluator",
     "load_evaluators",
     "log_mel_of",
@@ -52,13 +50,6 @@ STANDS_IN_FOR = {
     "sync_classifier": "proxy for Diff-Foley's sync classifier: aligned vs shifted/swapped pairs (Acc)",
 }
 _RUN_STAGE = "run the evaluators stage: dvc repro evaluators"
-
-
-class EvaluatorError(FileNotFoundError):
-    """An evaluator file that is missing or unusable (wrong format, hash, shapes); names the stage to run.
-
-    A FileNotFoundError so that stages show it as one clear `error:` line (vaflow.cli.USER_ERRORS).
-    """
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -80,6 +71,13 @@ class Evaluator:
         return {k: c[k] for k in ("name", "stands_in_for", "weight_hash", "sample_rate")}
 
 
+def folder(name: str) -> artifacts.Folder:
+    """The model folder entry of evaluator `name`: `<name>.safetensors` and its card `<name>.json`."""
+    return artifacts.Folder(
+        f"{name}.safetensors", f"{name}.json", _RUN_STAGE, (("format", CARD_FORMAT), ("name", name))
+    )
+
+
 def save_evaluator(
     out_dir: str | Path, name: str, model: nn.Module, labels: list[str], extra: Mapping[str, Any]
 ) -> dict[str, Any]:
@@ -87,13 +85,6 @@ def save_evaluator(
 
     `extra` (training settings, calibration figures, ...) is merged into the card.
     """
-    from safetensors.torch import save_file
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    weights = out / f"{name}.safetensors"
-    with atomic.replacing(weights) as tmp:
-        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, tmp)
     c: EvaluatorConfig = model.config
     card = {
         "format": CARD_FORMAT,
@@ -104,58 +95,37 @@ def save_evaluator(
         "sample_rate": c.sample_rate,
         "mel": {"n_mels": c.n_mels, "hop": c.hop, "n_fft": c.n_fft, "log_floor": 1e-5},
         "video": {"fps": c.fps, "side": c.side},
-        "weights": weights.name,
-        "weight_hash": weights_hash(weights),
+        "weights": folder(name).weights,
         **extra,
     }
-    atomic.write_json(out / f"{name}.json", card)
-    return card
+    return artifacts.save(out_dir, folder(name), model, card, hash_key="weight_hash")
 
 
-def load_evaluator(folder: str | Path, name: str) -> Evaluator:
-    """The evaluator `name` saved in `folder`, checked against its card (format, hash, exact weight shapes)."""
-    from safetensors.torch import load_file
-
-    card_path = Path(folder) / f"{name}.json"
+def load_evaluator(model_dir: str | Path, name: str) -> Evaluator:
+    """The evaluator `name` saved in `model_dir`, checked against its card (format, hash, exact weight shapes)."""
     if name not in NETWORKS:
         raise ValueError(f"unknown evaluator {name!r}; known: {', '.join(NAMES)}")
-    if not card_path.is_file():
-        raise EvaluatorError(f"evaluator card not found: {card_path} ({_RUN_STAGE})")
-    try:
-        card = json.loads(card_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise EvaluatorError(f"{card_path}: not a JSON evaluator card ({err}); {_RUN_STAGE}") from None
-    if not isinstance(card, dict) or card.get("format") != CARD_FORMAT or card.get("name") != name:
-        got = (card.get("format"), card.get("name")) if isinstance(card, dict) else type(card).__name__
-        raise EvaluatorError(f"{card_path}: not a {CARD_FORMAT} card of {name!r} (got {got}); {_RUN_STAGE}")
-    weights = card_path.parent / str(card.get("weights", ""))
-    if not weights.is_file():
-        raise EvaluatorError(f"evaluator weights not found: {weights} (named by {card_path}); {_RUN_STAGE}")
-    if weights_hash(weights) != card.get("weight_hash"):
-        raise EvaluatorError(
-            f"{weights}: weight hash differs from its card's {card.get('weight_hash')}; {_RUN_STAGE}"
-        )
-    try:
-        model = NETWORKS[name](EvaluatorConfig.from_dict(card["config"]))
-        state = load_file(weights)
-    except Exception as err:  # a config the networks refuse, an unreadable safetensors file
-        raise EvaluatorError(f"{weights}: cannot build {name} from it ({err}); {_RUN_STAGE}") from None
-    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in state.items()}
-    if want != got:
-        bad = sorted(k for k in want.keys() | got.keys() if want.get(k) != got.get(k))[:5]
-        detail = ", ".join(f"{k}: want {want.get(k)}, file {got.get(k)}" for k in bad)
-        raise EvaluatorError(f"{weights}: weights do not fit {name} ({detail}); {_RUN_STAGE}")
-    model.load_state_dict(state, strict=True)
-    return Evaluator(name, model.eval(), card)
+
+    def build(card: dict[str, Any]) -> nn.Module:
+        try:
+            return NETWORKS[name](EvaluatorConfig.from_dict(card["config"]))
+        except Exception as err:  # a config the networks refuse
+            raise artifacts.ModelFileError(
+                f"{Path(model_dir) / folder(name).card}: cannot build {name} from it ({err}); {_RUN_STAGE}"
+            ) from None
+
+    model, card = artifacts.load(model_dir, folder(name), build, hash_key="weight_hash")
+    return Evaluator(name, model, card)
 
 
-def load_evaluators(folder: str | Path) -> dict[str, Evaluator]:
-    """All three evaluators of `folder` by name; they must share one sample rate."""
-    loaded = {name: load_evaluator(folder, name) for name in NAMES}
+def load_evaluators(model_dir: str | Path) -> dict[str, Evaluator]:
+    """All three evaluators of `model_dir` by name; they must share one sample rate."""
+    loaded = {name: load_evaluator(model_dir, name) for name in NAMES}
     rates = {e.card["sample_rate"] for e in loaded.values()}
     if len(rates) != 1:
-        raise EvaluatorError(f"{folder}: evaluators at different sample rates {sorted(rates)}; {_RUN_STAGE}")
+        raise artifacts.ModelFileError(
+            f"{model_dir}: evaluators at different sample rates {sorted(rates)}; {_RUN_STAGE}"
+        )
     return loaded
 
 

@@ -39,13 +39,13 @@ dt { color: #555; }
 def log_mel(audio: np.ndarray, sample_rate: int, n_mels: int = 64) -> np.ndarray:
     """Log-mel spectrogram (n_mels, F) in dB of mono audio (N,): 32 ms windows, 8 ms hop, floor at −100 dB."""
     import torch
-    import torchaudio
+
+    from vaflow.models import mel
 
     n_fft = 1 << max(6, round(np.log2(0.032 * sample_rate)))
-    mel = torchaudio.transforms.MelSpectrogram(
-        sample_rate, n_fft=n_fft, hop_length=n_fft // 4, n_mels=n_mels, power=2.0
-    )(torch.as_tensor(np.asarray(audio, dtype=np.float32)))  # (n_mels, F)
-    return (10 * torch.log10(mel.clamp_min(1e-10))).numpy()
+    x = torch.as_tensor(np.asarray(audio, dtype=np.float32))  # (N,)
+    db = mel.log_mel(x, sample_rate, n_fft, n_fft // 4, n_mels, power=2.0, floor=1e-10, decibels=True)
+    return db.numpy()  # (n_mels, F)
 
 
 def write_mel_png(path: str | Path, mel_db: np.ndarray, vmin: float, vmax: float) -> None:

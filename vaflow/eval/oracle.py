@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from vaflow.data.synth import CLASSES
+from vaflow.errors import UserError
 from vaflow.eval.metrics import OnsetScore, detect_onsets, onset_f1
 
 __all__ = [
@@ -42,7 +43,7 @@ TRUTH_FOLDER = Path("synth") / "truth"
 EVENT_CLASSES = frozenset(name for name, c in CLASSES.items() if c.kind == "event")
 
 
-class TruthError(ValueError):
+class TruthError(ValueError, UserError):
     """A ground-truth sidecar that is missing or malformed; names the file."""
 
 

@@ -21,10 +21,10 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from vaflow.eval.losses import MelL1Loss, MultiResolutionSTFTLoss, si_sdr, stft_sizes
 from vaflow.eval.oracle import Truth, clip_onset_score, pooled_onset_f1
 from vaflow.eval.pitch import cents_error, pitch_correlation, yin
 from vaflow.models.wavevae import WaveVAE
-from vaflow.train.losses import MelL1Loss, MultiResolutionSTFTLoss, si_sdr, stft_sizes
 
 # Per-class mel L1 is reported for at most this many labels (the synthetic world has 8; VGGSound's 309 would
 # swamp the metrics file).

@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from vaflow.data.clips import ClipSet
 from vaflow.eval import metrics, oracle
 from vaflow.eval.evaluators import Evaluator, audio_embed_and_logits, av_embeddings, sync_probability
-from vaflow.train.evaluators import ClipSet
 
 __all__ = ["Reference", "RowScore", "finite_or_none", "fit_length", "make_reference", "rms_db", "score_row"]
 

@@ -13,7 +13,7 @@ import hashlib
 import os
 import wave
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,12 +21,12 @@ import numpy as np
 import torch
 
 from vaflow import atomic
-from vaflow.data.latents import load_model
+from vaflow.config.section import DictConfig
 from vaflow.flow.solvers import ADAPTIVE
 from vaflow.hashing import weights_hash
 from vaflow.models import artifacts
 from vaflow.models.vaflow import VAFlow
-from vaflow.models.wavevae import WaveVAE
+from vaflow.models.wavevae import WaveVAE, load_model
 
 __all__ = [
     "Models",
@@ -43,7 +43,7 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class Sampler:
+class Sampler(DictConfig):
     """How x̂_a is drawn: the ODE solver and its steps, Eq. 10's γ, and whether the estimator sees x_v."""
 
     solver: str  # a name in vaflow.flow.SOLVERS
@@ -51,9 +51,6 @@ class Sampler:
     cfg: float  # γ of Eq. 10; 0 = plain conditional
     # "zero": null features for the estimator (Table 4's zero-input row); the prior still sees x_v
     cond: Literal["video", "zero"]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     def applied_cfg(self, model: VAFlow) -> float:
         """The γ that actually acts. With the condition hidden (cond "zero", or an estimator without
@@ -114,10 +111,11 @@ def load_models(
     """Load the VAFlow model folder and the WaveVAE folder, refusing either when it is not the model the other
     was trained with: `features` is the visual-encoder identity of the features that will be fed (kind, model
     name, weight hash, fps, dim), checked against the card; the WaveVAE's weight hash, hop and latent width must
-    be the card's. Raises FileNotFoundError naming the stage to run, or ModelMismatchError."""
+    be the card's. Raises MissingModelFileError (a FileNotFoundError) naming the stage to run, ModelFileError or
+    ModelMismatchError."""
     vaflow_dir = Path(vaflow_dir)
     vae, vae_hash = load_model(audio_vae_dir)
-    card = artifacts.read_card(vaflow_dir, artifacts.FLOW_CARD)
+    card = artifacts.read_card(vaflow_dir, artifacts.FLOW)
     wavevae = {
         "vae_weights_hash": vae_hash,
         "hop": vae.hop,
@@ -125,7 +123,7 @@ def load_models(
         "latent_length": card["wavevae"].get("latent_length"),  # a property of the clips, not of the VAE
     }
     model, card = artifacts.load_vaflow(vaflow_dir, features, wavevae)
-    flow_hash = weights_hash(vaflow_dir / artifacts.FLOW_WEIGHTS)
+    flow_hash = weights_hash(vaflow_dir / artifacts.FLOW.weights)
     return Models(model.to(device), card, vae.to(device).eval(), vae_hash, flow_hash)
 
 

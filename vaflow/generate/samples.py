@@ -1,23 +1,6 @@
 """The `sample` stage's work: a split's visual features → generated wavs, an index and muxed previews.
 
-The samples folder (`data/samples/` in the pipeline):
-
-    spec.json        what the wavs depend on: model weights and card, WaveVAE, features, sampler, seed, draws,
-                     the stage's code
-    <id>.wav         16-bit mono at the WaveVAE's rate, T_a·hop samples (the generated span of the clip window);
-                     with samples_per_clip K > 1: <id>-<k>.wav for k = 0 … K−1
-    <id>.mp4         for the first `mux` clips (clip order of the feature shards): the clip's original video
-                     window (the manifest's path, start, duration) with draw 0's audio
-    index.csv        id, k, wav (file name, relative to the folder), nfe, seconds, finite: one row per wav
-    .journal.jsonl   while a run is under way: the index rows as each batch is written (folded into index.csv
-                     at the end), so that a killed run resumes
-    .lock            the folder's lock
-
-The folder is a `vaflow.data.journal.SpecFolder`: a spec that differs from spec.json clears it first, so a rerun
-never mixes samples of two models or sampler settings. A wav is done when the file exists and its row is in the
-journal or index.csv (the wav is renamed into place before its row is appended); everything else is generated
-again. Clips are read streaming, `batch_size` draws at a time; each draw has its own prior noise
-(`core.clip_seed`), so batching changes no sample.
+In full: docs/library.md, `vaflow.generate.samples`.
 """
 
 from __future__ import annotations

@@ -1,18 +1,6 @@
 """`vaflow generate`: a new audio track for any video, from the pipeline's exported models.
 
-The models generate one training window at a time: W = T_a·hop / sample rate seconds, read from the model card and
-the WaveVAE (not from params). A video is covered by windows that overlap by OVERLAP of a window:
-
-    video shorter than W   one window from 0; the frames past the video's end repeat its last frame (the encoder
-                           and the alignment VAE expect a full window of x_v), and the audio is cut to the video
-    video longer than W    windows every (1 − OVERLAP)·W seconds, the last one aligned to the video's end (so it
-                           may overlap its neighbour by more); in each overlap the earlier window fades out and the
-                           later one fades in linearly, the two weights summing to 1 (`add_window`)
-
-Each window's frames are decoded on their own (a seek to the window's start), encoded, sampled and decoded, so
-memory is bounded by one window whatever the video's length; only the output audio (4 bytes per sample: 38 MB
-for ten minutes at 16 kHz) grows with it. Window k draws its prior noise from `clip_seed(seed, "window", k)`.
-The audio goes into an mp4 with the input's video stream copied, not re-encoded (`media.mux_audio`).
+In full: docs/library.md, `vaflow.generate.video`.
 """
 
 from __future__ import annotations

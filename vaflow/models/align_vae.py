@@ -1,7 +1,7 @@
 """The alignment VAE `ε_φ` (paper §3.2-3.3): video features `x_v` (T_v, D_v) to a Gaussian prior over audio-latent
 shapes `x_v^AE` (T_a, D_a), and back.
 
-Read top to bottom: the config, the posterior, the 1-D conv blocks, encoder, decoder, the VAE, the losses of
+Read top to bottom: the config, the 1-D conv blocks, encoder, decoder, the VAE, the losses of
 Eq. 4-7. The encoder first interpolates `x_v` in time from T_v to T_a (linear), so every conv runs at the audio
 latent rate; the decoder mirrors it and interpolates back to T_v. Only the encoder survives training: stage 2
 draws the flow's source `x_0 ~ N(μ, σ)` from it and stage 3 tunes it (Eq. 9); the decoder exists for Eq. 5-6.
@@ -9,13 +9,14 @@ draws the flow's source `x_0 ~ N(μ, σ)` from it and stage 3 tunes it (Eq. 9); 
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from vaflow.config.section import DictConfig
+from vaflow.models.posterior import Posterior
 
 __all__ = [
     "AlignEncoder",
@@ -29,12 +30,12 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Config and posterior
+# Config (the posterior is `vaflow.models.posterior.Posterior`, channels last)
 # ----------------------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class AlignVAEConfig:
+class AlignVAEConfig(DictConfig):
     """Shapes and widths of the alignment VAE; the four lengths/dims come from the data, the rest are sizes."""
 
     feature_dim: int  # D_v: the visual encoder's width (CLIP ViT-L/14 768; the embedded CAVP 64)
@@ -51,31 +52,6 @@ class AlignVAEConfig:
                 raise ValueError(f"AlignVAEConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.kernel % 2 == 0:
             raise ValueError(f"AlignVAEConfig.kernel must be odd (same-length convs), got {self.kernel}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> AlignVAEConfig:
-        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ValueError(f"AlignVAEConfig: unknown keys {unknown}")
-        return cls(**data)
-
-
-@dataclass
-class Posterior:
-    """`N(mean, std²)` over `x_v^AE`, both (B, T_a, D_a), time-major like the audio latents."""
-
-    mean: torch.Tensor
-    std: torch.Tensor
-
-    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        """The reparameterised draw `μ + σ·ε` (B, T_a, D_a); gradients flow to μ and σ."""
-        eps = torch.randn(
-            self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype
-        )
-        return self.mean + self.std * eps
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -135,7 +111,8 @@ class AlignEncoder(nn.Module):
         h = self.proj_out(F.silu(self.norm_out(h)))  # (B, 2·D_a, T_a)
         mean, scale = h.transpose(1, 2).chunk(2, dim=-1)  # (B, T_a, D_a) each
         # softplus + floor, as the SAO WaveVAE's bottleneck: σ stays positive and never collapses to exactly 0.
-        return Posterior(mean, F.softplus(scale) + 1e-4)
+        # Time-major (B, T_a, D_a) like the audio latents: the channels are the last axis.
+        return Posterior(mean, F.softplus(scale) + 1e-4, channel_dim=-1)
 
 
 class AlignDecoder(nn.Module):
@@ -204,8 +181,7 @@ def kl_divergence(posterior: Posterior) -> torch.Tensor:
     The channel sum follows the SAO WaveVAE bottleneck, whose KL weight (1e-4) the paper's 8e-4 is in line with:
     a per-element mean would make λ_KL = 8e-4 negligible and leave the prior free to drift off N(0, I).
     """
-    mean, var = posterior.mean, posterior.std.square()
-    return 0.5 * (mean.square() + var - var.log() - 1).sum(-1).mean()
+    return posterior.kl(0.5)
 
 
 def _pool_scales(

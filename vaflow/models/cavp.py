@@ -1,17 +1,12 @@
-"""CAVP-style contrastive audio-visual pre-training (after Diff-Foley), trained inside the pipeline.
+"""CAVP-style contrastive audio-visual pre-training (after Diff-Foley, paper §4.5), trained inside the pipeline.
 
-Paper §4.5: "temporally-enhanced semantic features (CAVP features via video-audio contrastive learning at 4 fps)".
-Two towers keep time resolution (one feature per video frame); two losses shape them:
-- semantic contrast: clip-level pooled video vs audio, the other clips of the batch as negatives;
-- temporal contrast: windows of the same clip at other times as negatives, so features must encode *when*.
-
-Sections: config, audio features, blocks, towers, the model, checkpoints, the extraction wrapper, metrics.
+Two towers with one feature per video frame, a semantic and a temporal contrast (docs/design.md, "CAVP-style
+encoder"). Sections: config and audio features, blocks, towers, the model, checkpoints, extraction, metrics.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -24,27 +19,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from vaflow import atomic
-from vaflow.models.visual import VisualEncoder, WeightsError, as_frames, describe_state_mismatch, weight_hash
+from vaflow.config.section import DictConfig
+from vaflow.hashing import weights_hash
+from vaflow.models import mel as melspec
+from vaflow.models.artifacts import ModelFileError, mismatch
+from vaflow.models.visual import VisualEncoder, as_frames
 
-__all__ = [
-    "CAVPConfig",
-    "CAVP",
-    "CAVPEncoder",
-    "log_mel",
-    "retrieval_topk",
-    "temporal_discrimination",
-]
+__all__ = ["CAVPConfig", "CAVP", "CAVPEncoder", "log_mel", "retrieval_topk", "temporal_discrimination"]
 
 _CHECKPOINT_FORMAT = "vaflow-cavp-1"
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Config
+# Config and audio features
 # ----------------------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class CAVPConfig:
+class CAVPConfig(DictConfig):
     """Sizes and loss settings of a CAVP model; saved whole into its checkpoint."""
 
     fps: float = 4.0  # paper §4.5: CAVP features at 4 fps
@@ -59,9 +51,8 @@ class CAVPConfig:
     audio_channels: tuple[int, ...] = (8, 16, 32, 64)  # over (mels, time) of the log-mel
     grid: int = 4  # spatial (video) / mel (audio) bins kept before flattening, so position and pitch survive
     width: int = 128  # temporal-model width
-    temporal_layers: int = (
-        2  # residual temporal conv blocks per tower: receptive field 1 + (kernel - 1)·layers
-    )
+    # Residual temporal conv blocks per tower: receptive field 1 + (kernel - 1)·layers.
+    temporal_layers: int = 2
     temporal_kernel: int = 3  # frames each temporal conv sees
     embed_dim: int = 64  # D_v of the extracted features
     window: int = 2  # frames per temporal-contrast window (0.5 s at 4 fps)
@@ -75,13 +66,9 @@ class CAVPConfig:
             if getattr(self, name) <= 0:
                 raise ValueError(f"CAVPConfig.{name} must be positive, got {getattr(self, name)}")
         if self.fps <= 0 or self.temperature <= 0:
-            raise ValueError(
-                f"CAVPConfig.fps and temperature must be positive, got {self.fps}, {self.temperature}"
-            )
+            raise ValueError(f"CAVPConfig.fps, temperature must be > 0, got {self.fps}, {self.temperature}")
         if self.window < 1 or self.num_windows < 2:
-            raise ValueError(
-                "CAVPConfig.window must be >= 1 and num_windows >= 2 (temporal contrast needs negatives)"
-            )
+            raise ValueError("CAVPConfig: window >= 1, num_windows >= 2 (temporal contrast needs negatives)")
         if self.temporal_kernel % 2 != 1:
             raise ValueError(f"CAVPConfig.temporal_kernel must be odd to keep T, got {self.temporal_kernel}")
         if not self.video_channels or not self.audio_channels:
@@ -96,38 +83,16 @@ class CAVPConfig:
         """Video frames T_v covered by `num_mel_frames` centred mel frames (F = N // hop + 1)."""
         return max(1, round((num_mel_frames - 1) / self.mel_frames_per_frame))
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> CAVPConfig:
-        """Build from a plain dict (JSON); an unknown key is an error that names it."""
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - set(fields))
-        if unknown:
-            raise ValueError(f"unknown CAVPConfig key(s) {unknown}; known: {sorted(fields)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Audio features
-# ----------------------------------------------------------------------------------------------------------------
-
 
 def log_mel(
     audio: torch.Tensor | np.ndarray, sample_rate: int, n_mels: int, hop: int, n_fft: int | None = None
 ) -> torch.Tensor:
     """Log-mel power spectrogram: audio (B, N) float -> (B, n_mels, F), F = N // hop + 1 (centred frames)."""
-    import torchaudio
-
     audio = torch.as_tensor(audio).float()
     if audio.ndim != 2:
         raise ValueError(f"audio must be (B, N), got {tuple(audio.shape)}")
-    transform = torchaudio.transforms.MelSpectrogram(
-        sample_rate=sample_rate, n_fft=n_fft or 4 * hop, hop_length=hop, n_mels=n_mels, power=2.0, center=True
-    ).to(audio.device)
     # Floor at 1e-5 (-50 dB): silence between events must not become -inf.
-    return torch.log(transform(audio).clamp_min(1e-5))  # (B, n_mels, F)
+    return melspec.log_mel(audio, sample_rate, n_fft or 4 * hop, hop, n_mels, power=2.0, floor=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -139,9 +104,8 @@ def _conv_stage(c_in: int, c_out: int) -> nn.Sequential:
     """3x3 conv with stride 2, GroupNorm, GELU: halves both spatial axes."""
     return nn.Sequential(
         nn.Conv2d(c_in, c_out, 3, stride=2, padding=1),
-        nn.GroupNorm(
-            min(8, c_out), c_out
-        ),  # per-sample statistics: batch-size independent, same in train and eval
+        # Per-sample statistics: batch-size independent, same in train and eval.
+        nn.GroupNorm(min(8, c_out), c_out),
         nn.GELU(),
     )
 
@@ -166,13 +130,10 @@ class TemporalHead(nn.Module):
 
     def __init__(self, config: CAVPConfig) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList(
-            [TemporalBlock(config.width, config.temporal_kernel) for _ in range(config.temporal_layers)]
-        )
-        self.norm = nn.LayerNorm(config.width)
-        self.proj = nn.Sequential(
-            nn.Linear(config.width, config.width), nn.GELU(), nn.Linear(config.width, config.embed_dim)
-        )
+        w, k = config.width, config.temporal_kernel
+        self.blocks = nn.ModuleList([TemporalBlock(w, k) for _ in range(config.temporal_layers)])
+        self.norm = nn.LayerNorm(w)
+        self.proj = nn.Sequential(nn.Linear(w, w), nn.GELU(), nn.Linear(w, config.embed_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.transpose(1, 2)  # (B, width, T)
@@ -194,9 +155,8 @@ class VideoTower(nn.Module):
         super().__init__()
         chans = (3, *config.video_channels)
         self.stem = nn.Sequential(*[_conv_stage(a, b) for a, b in zip(chans[:-1], chans[1:], strict=True)])
-        self.pool = nn.AdaptiveAvgPool2d(
-            config.grid
-        )  # a coarse grid, not a global mean: keep where things are
+        # A coarse grid, not a global mean: keep where things are.
+        self.pool = nn.AdaptiveAvgPool2d(config.grid)
         self.embed = nn.Linear(chans[-1] * config.grid**2, config.width)
         self.head = TemporalHead(config)
 
@@ -215,9 +175,8 @@ class AudioTower(nn.Module):
         super().__init__()
         chans = (1, *config.audio_channels)
         self.stem = nn.Sequential(*[_conv_stage(a, b) for a, b in zip(chans[:-1], chans[1:], strict=True)])
-        self.pool = nn.AdaptiveAvgPool2d(
-            (config.grid, None)
-        )  # a few mel bands survive: pitch tells classes apart
+        # A few mel bands survive: pitch tells classes apart.
+        self.pool = nn.AdaptiveAvgPool2d((config.grid, None))
         self.embed = nn.Linear(chans[-1] * config.grid, config.width)
         self.head = TemporalHead(config)
 
@@ -350,9 +309,8 @@ class CAVP(nn.Module):
         clips = frames[rows, frame_idx].flatten(0, 1)  # (B·K, W, H, W, 3)
         per = self.config.mel_frames_per_frame  # video frame o starts at mel frame o·per (centred frames)
         length = max(1, round(w * per))
-        starts = (
-            (offsets.to(mel.device).double() * per).round().long().clamp(max=mel.shape[-1] - length)
-        )  # (B, K)
+        starts = offsets.to(mel.device).double() * per
+        starts = starts.round().long().clamp(max=mel.shape[-1] - length)  # (B, K)
         mel_idx = starts[:, :, None] + torch.arange(length, device=mel.device)  # (B, K, L)
         mel_rows = torch.arange(b, device=mel.device)[:, None, None]
         crops = mel.transpose(1, 2)[mel_rows, mel_idx]  # (B, K, L, n_mels)
@@ -371,9 +329,8 @@ class CAVP(nn.Module):
         frames = torch.as_tensor(frames)
         # Semantic contrast: whole clips, the other clips in the batch are the negatives.
         v, a = self.embed_clips(frames, mel)  # (B, D), (B, D)
-        scale_s = self.logit_scale_semantic.exp().clamp(
-            max=100.0
-        )  # CLIP's cap keeps the softmax from saturating
+        # CLIP's cap keeps the softmax from saturating.
+        scale_s = self.logit_scale_semantic.exp().clamp(max=100.0)
         semantic = _info_nce(scale_s * v @ a.T)  # logits (B, B)
         # Temporal contrast: windows of the same clip at other offsets are the negatives.
         offsets = self.sample_offsets(frames.shape[0], frames.shape[1], generator)  # (B, K)
@@ -407,30 +364,30 @@ class CAVP(nn.Module):
         path = Path(path)
         expected = "a CAVP checkpoint written by CAVP.save (safetensors with the config as JSON metadata)"
         if not path.is_file():
-            raise WeightsError(f"CAVP checkpoint not found: {path} does not exist; expected {expected}")
+            raise ModelFileError(f"CAVP checkpoint not found: {path} does not exist; expected {expected}")
         try:
             with safe_open(str(path), framework="pt") as f:
                 metadata = f.metadata() or {}
             state = load_file(str(path))
         except Exception as e:
-            raise WeightsError(f"{path} could not be read as safetensors ({e}); expected {expected}") from e
+            raise ModelFileError(f"{path} could not be read as safetensors ({e}); expected {expected}") from e
         # {format: config} as written by `save`; {"format": ..., "config": ...} as written before it.
         config_json = metadata.get(_CHECKPOINT_FORMAT)
         if config_json is None and metadata.get("format") == _CHECKPOINT_FORMAT:
             config_json = metadata.get("config")
         if config_json is None:
-            raise WeightsError(
+            raise ModelFileError(
                 f"{path} has no CAVP metadata (format {metadata.get('format')!r}, want {_CHECKPOINT_FORMAT!r}); "
                 f"expected {expected}"
             )
         try:
             config = CAVPConfig.from_dict(json.loads(config_json))
         except (ValueError, TypeError) as e:
-            raise WeightsError(f"{path}: bad CAVP config in metadata: {e}") from e
+            raise ModelFileError(f"{path}: bad CAVP config in metadata: {e}") from e
         model = cls(config)
-        problems = describe_state_mismatch(model.state_dict(), state)
+        problems = mismatch(model.state_dict(), state)
         if problems:
-            raise WeightsError(f"{path} does not fit a CAVP model with its own config: {problems}")
+            raise ModelFileError(f"{path} does not fit a CAVP model with its own config: {problems}")
         model.load_state_dict(state, strict=True)
         return model.to(device)
 
@@ -453,7 +410,7 @@ class CAVPEncoder(VisualEncoder):
         device: str | torch.device = "cpu",
     ) -> None:
         super().__init__()
-        self._setup(CAVP.load(checkpoint), weight_hash(checkpoint), batch_size)
+        self._setup(CAVP.load(checkpoint), weights_hash(checkpoint), batch_size)
         self.to(device)
 
     @classmethod

@@ -7,7 +7,6 @@ nothing is left at random initialisation. open_clip is imported lazily: importin
 from __future__ import annotations
 
 import contextlib
-import difflib
 import logging
 import os
 from pathlib import Path
@@ -18,7 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vaflow.models.visual import VisualEncoder, WeightsError, as_frames, describe_state_mismatch, weight_hash
+from vaflow.errors import did_you_mean
+from vaflow.hashing import weights_hash
+from vaflow.models.artifacts import ModelFileError, mismatch
+from vaflow.models.visual import VisualEncoder, as_frames
 
 __all__ = ["CLIPEncoder", "resolve_clip_weights"]
 
@@ -48,18 +50,18 @@ def resolve_clip_weights(
         if path.is_dir():  # a folder holding the file under one of open_clip's names
             inside = [path / name for name in _OPEN_CLIP_WEIGHT_NAMES if (path / name).is_file()]
             if not inside:
-                raise WeightsError(
+                raise ModelFileError(
                     f"CLIP weights not found: folder {path} holds none of {list(_OPEN_CLIP_WEIGHT_NAMES)}; "
                     f"expected {_expected(model_name)}"
                 )
             return inside[0]
         if not path.is_file():
-            raise WeightsError(
+            raise ModelFileError(
                 f"CLIP weights not found: {path} does not exist; expected {_expected(model_name)}"
             )
         return path
     if cache_dir is None or pretrained is None:
-        raise WeightsError(
+        raise ModelFileError(
             f"no CLIP weights given for {model_name}: pass weights=<file> ({_expected(model_name)}), "
             "or cache_dir=<your open_clip cache> with pretrained=<tag>; vaflow never downloads weights"
         )
@@ -68,7 +70,7 @@ def resolve_clip_weights(
     cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
     if not cfg:
         tags = open_clip.list_pretrained_tags_by_model(model_name)
-        raise WeightsError(
+        raise ModelFileError(
             f"open_clip knows no pretrained tag {pretrained!r} for {model_name}; known tags: {tags}"
         )
     cache_dir = Path(cache_dir).expanduser()
@@ -89,7 +91,7 @@ def resolve_clip_weights(
     for path in found:
         if path.is_file():
             return path
-    raise WeightsError(
+    raise ModelFileError(
         f"CLIP weights for {model_name}:{pretrained} not found in cache {cache_dir}; looked for {looked}; "
         f"expected {_expected(model_name)}"
     )
@@ -103,9 +105,7 @@ def _describe_mismatch(model: nn.Module, path: Path) -> str:
         state = open_clip.factory.load_state_dict(str(path), weights_only=True)
     except Exception as e:  # unreadable: the caller's message already says so
         return f"the file could not be read as a state dict ({type(e).__name__}: {e})"
-    return describe_state_mismatch(model.state_dict(), state) or (
-        "keys and shapes agree, but open_clip rejected the file"
-    )
+    return mismatch(model.state_dict(), state) or ("keys and shapes agree, but open_clip rejected the file")
 
 
 class _DropRandomInitWarning(logging.Filter):
@@ -131,7 +131,7 @@ def _load_strict(model: nn.Module, path: Path, model_name: str) -> None:
     try:
         open_clip.load_checkpoint(model, str(path), strict=True, weights_only=True)
     except Exception as e:
-        raise WeightsError(
+        raise ModelFileError(
             f"{path} does not fit open_clip {model_name}: {_describe_mismatch(model, path)}; "
             f"expected {_expected(model_name)}"
         ) from e
@@ -170,8 +170,8 @@ class CLIPEncoder(VisualEncoder):
                 f"model_name {model_name!r}: give an open_clip config name, not a hub or folder schema"
             )
         if open_clip.get_model_config(model_name) is None:
-            near = difflib.get_close_matches(model_name, open_clip.list_models(), n=5)
-            raise ValueError(f"open_clip has no model config {model_name!r}; close names: {near}")
+            hint = did_you_mean(model_name, open_clip.list_models())
+            raise ValueError(f"open_clip has no model config {model_name!r}{hint}")
         path = resolve_clip_weights(model_name, weights, cache_dir, pretrained)
         tag_cfg = open_clip.get_pretrained_cfg(model_name, pretrained) if pretrained else {}
         if quick_gelu is None:
@@ -188,7 +188,7 @@ class CLIPEncoder(VisualEncoder):
                 force_preprocess_cfg=preprocess,
             )
         _load_strict(model, path, model_name)
-        self._setup(model, model_name, weight_hash(path), fps, normalize, batch_size)
+        self._setup(model, model_name, weights_hash(path), fps, normalize, batch_size)
         self.extra = {"pretrained": pretrained, "quick_gelu": quick_gelu}
         self.to(device)
 

@@ -1,33 +1,20 @@
 """The velocity estimator v_θ(x_t, t, x_v): a Stable-Audio-Open-1.0-style DiT (paper §3.2, §4.1).
 
-x_t (B, T_a, D_a) is projected to the model width; the time embedding (Fourier features of t -> MLP) is *prepended*
-as one token, so the transformer sees T_a + 1 tokens; each block is pre-norm self-attention with 1-D RoPE,
-cross-attention to the embedded video features x_v, and a SwiGLU feed-forward, all residual. The velocity is the
-output at the T_a audio positions.
-
-§4.1 adapts SAO 1.0's DiT "by eliminating duration encoding, applying global time encoding solely to time steps,
-and restricting the cross-attention layer's key/value inputs to video features": there is no duration or text
-conditioning here, the prepended token carries t alone, and cross-attention keys/values come only from x_v.
-`cross_attention=False` is Table 4's no-CA estimator v_θ(x_t, t): no cross-attention layers, no cond embedder.
-
-Read top to bottom: the config, rotary position embedding, the embedders, the blocks, the model, the size factories.
-Module names follow SAO's DiT where there is a counterpart (`to_timestep_embed`, `to_cond_embed`, `to_qkv`,
-`pre_norm`, `cross_attend_norm`, `ff_norm`, …). All attention runs through `F.scaled_dot_product_attention`, so
-GPUs use the flash / memory-efficient kernels; forward has no branch on tensor values (torch.compile-friendly).
+In full: docs/library.md, `vaflow.models.dit`.
 """
 
 from __future__ import annotations
 
-import difflib
 import math
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vaflow.config.section import DictConfig
 from vaflow.config.sizes import DIT_SIZES, check_dit_shape
+from vaflow.errors import did_you_mean
 
 # --------------------------------------------------------------------------------------------
 # Configuration
@@ -35,7 +22,7 @@ from vaflow.config.sizes import DIT_SIZES, check_dit_shape
 
 
 @dataclass(frozen=True)
-class DiTConfig:
+class DiTConfig(DictConfig):
     """Architecture of the velocity DiT; passed whole into every constructor (build one with `dit_config`)."""
 
     # D_a: audio-latent channels, the velocity's dim (the WaveVAE's latent_dim; SAO 1.0: 64). From the data.
@@ -76,18 +63,6 @@ class DiTConfig:
     def ff_hidden(self) -> int:
         """SwiGLU hidden width."""
         return self.ff_mult * self.width
-
-    def to_dict(self) -> dict:
-        """Plain JSON-able dict (for checkpoint metadata)."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> DiTConfig:
-        """Inverse of `to_dict`; unknown keys are an error that names them."""
-        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"DiTConfig: unknown keys {unknown}; known: {sorted(cls.__dataclass_fields__)}")
-        return cls(**d)
 
 
 # --------------------------------------------------------------------------------------------
@@ -327,9 +302,9 @@ class VelocityDiT(nn.Module):
 def dit_config(size: str, latent_dim: int, cond_dim: int, cross_attention: bool = True) -> DiTConfig:
     """The DiTConfig of a registry size (`vaflow.config.sizes.DIT_SIZES`) for the data's D_a and D_v."""
     if size not in DIT_SIZES:
-        near = difflib.get_close_matches(size, list(DIT_SIZES), n=1)
-        hint = f" (did you mean {near[0]!r}?)" if near else ""
-        raise ValueError(f"unknown DiT size {size!r}{hint}; known: {sorted(DIT_SIZES)}")
+        raise ValueError(
+            f"unknown DiT size {size!r}{did_you_mean(size, DIT_SIZES)}; known: {sorted(DIT_SIZES)}"
+        )
     s = DIT_SIZES[size]
     return DiTConfig(
         latent_dim=latent_dim,

@@ -7,14 +7,12 @@ from typing import Any
 from vaflow.models.cavp import CAVP, CAVPConfig, CAVPEncoder, log_mel, retrieval_topk, temporal_discrimination
 from vaflow.models.clip import CLIPEncoder
 from vaflow.models.pixels import PixelEncoder
-from vaflow.models.visual import VisualEncoder, WeightsError, weight_hash
+from vaflow.models.visual import VisualEncoder
 
 __all__ = [
     "KINDS",
     "build_encoder",
     "VisualEncoder",
-    "WeightsError",
-    "weight_hash",
     "CLIPEncoder",
     "CAVP",
     "CAVPConfig",

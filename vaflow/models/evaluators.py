@@ -13,15 +13,14 @@ fps (any H, W: area-resized to its side). Networks take the raw log-mel (B, n_me
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vaflow.config.section import DictConfig
 from vaflow.models.cavp import log_mel
 
 __all__ = ["EvaluatorConfig", "AudioClassifier", "AVEmbedder", "SyncClassifier", "NETWORKS", "mel_settings"]
@@ -43,7 +42,7 @@ def mel_settings(sample_rate: int) -> tuple[int, int]:
 
 
 @dataclass(frozen=True)
-class EvaluatorConfig:
+class EvaluatorConfig(DictConfig):
     """Input geometry and sizes shared by the three evaluators; saved whole into each evaluator's card."""
 
     sample_rate: int = 16000  # the pipeline's audio rate: generated audio is scored at the rate it is made
@@ -58,18 +57,6 @@ class EvaluatorConfig:
     )
     av_dim: int = 64  # joint video-audio space of the IB-VA stand-in
     num_classes: int = 8  # the synthetic world's classes (set from the label list at training time)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> EvaluatorConfig:
-        """Build from a plain dict (a card's JSON); an unknown key is an error that names it."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown EvaluatorConfig key(s) {unknown}; known: {sorted(known)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
     def num_frames(self, num_samples: int) -> int:
         """Video frames T covering `num_samples` audio samples at `fps`."""

@@ -9,13 +9,13 @@ sha256 is not the card's and a card for another size, sample rate or hop.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any
 
-from vaflow.models.wavevae import CheckpointError
+from vaflow import atomic
+from vaflow.hashing import file_sha256
+from vaflow.models import artifacts
 
 CARD = "card.json"
 WEIGHTS = "wavevae.safetensors"
@@ -27,17 +27,11 @@ REBUILD = (
 )
 
 
-class PretrainedError(CheckpointError):
+FOLDER = artifacts.Folder(WEIGHTS, CARD, f"rebuild the pretrained WaveVAE with: {REBUILD}")
+
+
+class PretrainedError(artifacts.ModelFileError):
     """A pretrained WaveVAE folder that is missing, corrupted or made for another clip format."""
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Full sha256 hex digest of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def card_checked(checkpoint: str | os.PathLike, default: str | os.PathLike) -> bool:
@@ -52,9 +46,8 @@ def write_card(folder: str | os.PathLike, card: dict[str, Any]) -> Path:
     """Write `card` (with the weights' sha256 added) as `<folder>/card.json`; returns its path."""
     folder = Path(folder)
     card = {**card, "weights": WEIGHTS, "weights_sha256": file_sha256(folder / WEIGHTS)}
-    path = folder / CARD
-    path.write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
-    return path
+    atomic.write_json(folder / CARD, card)
+    return folder / CARD
 
 
 def read_card(
@@ -64,14 +57,16 @@ def read_card(
     sample rate and hop (when given) equal to what the pipeline expects. Else PretrainedError naming the file."""
     folder = Path(folder)
     card_path, weights = folder / CARD, folder / WEIGHTS
-    for path in (weights, card_path):
-        if not path.is_file():
-            raise PretrainedError(f"{path}: no such file; rebuild the pretrained WaveVAE with: {REBUILD}")
+    if not weights.is_file():
+        raise PretrainedError(f"{weights}: no such file; {FOLDER.rebuild}")
     try:
-        card = json.loads(card_path.read_text())
+        card = artifacts.read_card(folder, FOLDER)
+    except artifacts.ModelFileError as e:
+        raise PretrainedError(str(e)) from None
+    try:
         expected_hash = card["weights_sha256"]
         made = card["wavevae"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+    except (KeyError, TypeError) as e:
         raise PretrainedError(f"{card_path}: not a WaveVAE card ({type(e).__name__}: {e})") from None
     actual = file_sha256(weights)
     if actual != expected_hash:

@@ -11,21 +11,23 @@ Priors (`prior`): `video` draws `x_0 ~ N(μ, σ)` from the alignment-VAE encoder
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
 from vaflow import flow
-from vaflow.models.align_vae import AlignEncoder, Posterior, kl_divergence
+from vaflow.config.section import DictConfig
+from vaflow.models.align_vae import AlignEncoder, kl_divergence
 from vaflow.models.dit import VelocityDiT
+from vaflow.models.posterior import Posterior
 
 __all__ = ["FlowSettings", "VAFlow", "latent_statistics"]
 
 
 @dataclass(frozen=True)
-class FlowSettings:
+class FlowSettings(DictConfig):
     """How the flow is trained (stages 2 and 3); sampling settings are arguments of `generate`."""
 
     prior: Literal["video", "gaussian"] = "video"
@@ -35,9 +37,6 @@ class FlowSettings:
     time_scale: float = 1.0  # logit-normal only
     kl_weight: float = 0.0  # Eq. 9's λ_KL when the encoder is tuned (stage 3); 0 in stage 2
     tune_encoder: bool = False  # stage 3: the encoder learns with the estimator; stage 2: frozen
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def latent_statistics(

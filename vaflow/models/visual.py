@@ -9,37 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vaflow.hashing import weights_hash as weight_hash
-
-__all__ = ["VisualEncoder", "WeightsError", "weight_hash", "as_frames"]
-
-
-class WeightsError(RuntimeError):
-    """A weight file is missing, unreadable, or does not fit the architecture it is loaded into."""
-
-
-SHOW_KEYS = 5  # how many mismatching keys an error names
-
-
-def describe_state_mismatch(own: dict[str, torch.Tensor], other: dict) -> str:
-    """Name the first wrongly shaped, missing and unexpected keys of `other` against `own`; empty when they agree."""
-    missing = [k for k in own if k not in other]
-    unexpected = [k for k in other if k not in own]
-    shapes = [
-        f"{k}: file {tuple(other[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own
-        if k in other and hasattr(other[k], "shape") and tuple(other[k].shape) != tuple(own[k].shape)
-    ]
-    parts = []
-    for label, keys in (
-        ("shape mismatch", shapes),
-        ("missing from file", missing),
-        ("unexpected in file", unexpected),
-    ):
-        if keys:
-            more = f" (+{len(keys) - SHOW_KEYS} more)" if len(keys) > SHOW_KEYS else ""
-            parts.append(f"{label}: {keys[:SHOW_KEYS]}{more}")
-    return "; ".join(parts)
+__all__ = ["VisualEncoder", "as_frames"]
 
 
 def as_frames(frames: torch.Tensor | np.ndarray, input_size: tuple[int, int]) -> torch.Tensor:

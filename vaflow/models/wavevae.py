@@ -5,8 +5,9 @@ DESIGN §2: VAFlow's flow target `x_a` is the WaveVAE posterior of the audio (SA
 the paper setup imports the SAO 1.0 VAE from the user's checkpoint (DESIGN §3).
 
 Read top to bottom: weight-normed convolutions and SnakeBeta, the residual unit and the encoder/decoder blocks,
-the encoder, the decoder and the bottleneck, the WaveVAE, and checkpoint import/export. The configuration and the
-size registry live in the torch-free `vaflow.config.sizes`, so that params validation needs no torch.
+the encoder, the decoder and the bottleneck, the WaveVAE, checkpoint import/export and the exported model folder.
+The configuration and the size registry live in the torch-free `vaflow.config.sizes`, so that params validation
+needs no torch.
 
 Module attribute names follow stable-audio-tools exactly (`encoder.layers.1.layers.0.layers.1.weight_g`, …),
 so `WaveVAE(sizes "sao").state_dict()` has the names of the SAO checkpoint's keys under `pretransform.model.`,
@@ -20,20 +21,30 @@ import json
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vaflow import atomic
 from vaflow.config.sizes import (
     SIZES,
     WaveVAEConfig,
     get_config,
 )
-from vaflow.hashing import weights_hash  # noqa: F401  (re-exported: encode.py and tests import it from here)
+from vaflow.hashing import weights_hash
+from vaflow.models.artifacts import (
+    Folder,
+    MissingModelFileError,
+    ModelFileError,
+    check_fit,
+    read_tensors,
+    save,
+    save_weights,
+)
+from vaflow.models.posterior import Posterior
 
 # --------------------------------------------------------------------------------------------
 # Layers: weight-normed convolutions and SnakeBeta
@@ -231,31 +242,8 @@ class OobleckDecoder(nn.Module):
         return self.layers(z)  # (B, D, T) -> (B, C, T · hop)
 
 
-@dataclass
-class Posterior:
-    """Diagonal Gaussian posterior q(z | audio) over latents."""
-
-    mean: Tensor  # (B, D, T)
-    std: Tensor  # (B, D, T)
-
-    @property
-    def var(self) -> Tensor:
-        return self.std * self.std  # (B, D, T)
-
-    @property
-    def logvar(self) -> Tensor:
-        return torch.log(self.var)  # (B, D, T)
-
-    def sample(self, generator: torch.Generator | None = None) -> Tensor:
-        """z = mean + std · ε, ε ~ N(0, I); shape (B, D, T)."""
-        eps = torch.randn(
-            self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype
-        )
-        return self.mean + self.std * eps
-
-    def kl(self) -> Tensor:
-        """Σ_D (μ² + σ² − log σ² − 1), averaged over batch and time: SAO's KL term (2× the Gaussian KL)."""
-        return (self.mean * self.mean + self.var - self.logvar - 1).sum(1).mean()
+# SAO's KL term is Σ_D (μ² + σ² − log σ² − 1) averaged over batch and time: twice the Gaussian KL.
+SAO_KL_SCALE = 1.0
 
 
 class VAEBottleneck(nn.Module):
@@ -265,7 +253,7 @@ class VAEBottleneck(nn.Module):
         mean, scale = h.chunk(2, dim=1)  # (B, D, T) each
         # softplus keeps σ > 0; the 1e-4 floor is SAO's, needed to reproduce its latents.
         std = F.softplus(scale) + 1e-4  # (B, D, T)
-        return Posterior(mean=mean, std=std)
+        return Posterior(mean=mean, std=std, channel_dim=1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -280,7 +268,7 @@ class WaveVAEOutput:
     reconstruction: Tensor  # (B, C, N)
     posterior: Posterior  # mean, std (B, D, T)
     z: Tensor  # (B, D, T), the latents that were decoded
-    kl: Tensor  # (), Posterior.kl()
+    kl: Tensor  # (), Posterior.kl(SAO_KL_SCALE, square_once=False)
 
 
 class WaveVAE(nn.Module):
@@ -363,7 +351,8 @@ class WaveVAE(nn.Module):
         posterior = self.encode(audio)  # mean, std (B, D, T)
         z = posterior.sample() if sample else posterior.mean  # (B, D, T)
         reconstruction = self.decode(z)  # (B, C, N)
-        return WaveVAEOutput(reconstruction=reconstruction, posterior=posterior, z=z, kl=posterior.kl())
+        kl = posterior.kl(SAO_KL_SCALE, square_once=False)
+        return WaveVAEOutput(reconstruction=reconstruction, posterior=posterior, z=z, kl=kl)
 
 
 def build(name_or_config: str | WaveVAEConfig, device: torch.device | str | None = None) -> WaveVAE:
@@ -374,7 +363,7 @@ def build(name_or_config: str | WaveVAEConfig, device: torch.device | str | None
 
 
 # --------------------------------------------------------------------------------------------
-# Checkpoints: import (strict key copy), export, hash
+# Checkpoints: import (strict key copy, vaflow.models.artifacts), export, the model folder
 # --------------------------------------------------------------------------------------------
 
 # Where the VAE lives inside a full Stable Audio Open checkpoint (the DiT is under `model.`).
@@ -383,61 +372,6 @@ SAO_CHECKPOINT = (
     "the Stable Audio Open 1.0 VAE checkpoint (model.ckpt or model.safetensors from "
     "huggingface.co/stabilityai/stable-audio-open-1.0, or the VAE's own state dict)"
 )
-
-
-class CheckpointError(RuntimeError):
-    """A weight file that is missing, unreadable, or does not match the model; the message names the file."""
-
-
-class MissingCheckpointError(CheckpointError, FileNotFoundError):
-    """The weight file does not exist; the message says what should be there."""
-
-
-@dataclass
-class _KeyReport:
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    wrong_shape: list[str] = field(default_factory=list)
-
-    def __bool__(self) -> bool:
-        return bool(self.missing or self.unexpected or self.wrong_shape)
-
-    def describe(self, first: int = 5) -> str:
-        parts = []
-        for what, keys in (
-            ("missing", self.missing),
-            ("unexpected", self.unexpected),
-            ("wrong shape", self.wrong_shape),
-        ):
-            if keys:
-                more = f" (+{len(keys) - first} more)" if len(keys) > first else ""
-                parts.append(f"{len(keys)} {what}: {', '.join(keys[:first])}{more}")
-        return "; ".join(parts)
-
-
-def _read_tensors(path: Path) -> Mapping[str, Tensor]:
-    """All tensors of a .safetensors file, or the (unwrapped) state dict of a torch .ckpt/.pt file."""
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e):
-                raise
-            obj = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
-    except Exception as e:  # any reader failure means the same thing: not a usable checkpoint
-        raise CheckpointError(
-            f"{path}: not a readable checkpoint; expected a torch .ckpt/.pt or a .safetensors file "
-            f"({type(e).__name__}: {e})"
-        ) from e
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        obj = obj["state_dict"]  # Lightning / stable-audio-tools training checkpoints
-    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path}: not a state dict (expected a mapping of names to tensors)")
-    return obj
 
 
 def _vae_tensors(tensors: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
@@ -453,18 +387,6 @@ def _describe(config: WaveVAEConfig) -> str:
     return f"size {names[0]!r}" if names else repr(config)
 
 
-def _compare_keys(model: nn.Module, tensors: Mapping[str, Tensor]) -> _KeyReport:
-    expected = model.state_dict()
-    report = _KeyReport(
-        missing=[k for k in expected if k not in tensors],
-        unexpected=sorted(k for k in tensors if k not in expected),
-    )
-    for k, v in expected.items():
-        if k in tensors and tuple(tensors[k].shape) != tuple(v.shape):
-            report.wrong_shape.append(f"{k} {tuple(tensors[k].shape)} != {tuple(v.shape)}")
-    return report
-
-
 def load_wavevae(
     path: str | os.PathLike,
     config: str | WaveVAEConfig | None = None,
@@ -477,24 +399,18 @@ def load_wavevae(
     The file holds either a full Stable Audio Open model (VAE under `prefix`, other keys such as the DiT's
     `model.` ignored), possibly wrapped in {"state_dict": ...}, or a bare VAE state dict (as `save_wavevae`
     writes). `config` is a size name or config; None reads it from the metadata `save_wavevae` stores.
-    Every parameter must be present with the right shape and no VAE key may be left over, else CheckpointError.
+    Every parameter must be present with the right shape and no VAE key may be left over, else ModelFileError.
     `expected` describes the file for the missing-file message (default: SAO's checkpoint for the sao size).
     """
     path = Path(path)
     if config is None:
         config = _config_from_metadata(path)
     config = get_config(config)
-    if not path.is_file():
-        what = expected or (
-            SAO_CHECKPOINT if config == SIZES["sao"] else "a WaveVAE weight file (.safetensors)"
-        )
-        raise MissingCheckpointError(f"{path}: no such file; expected {what}")
-    tensors = _vae_tensors(_read_tensors(path), prefix)
+    what = expected or (SAO_CHECKPOINT if config == SIZES["sao"] else "a WaveVAE weight file (.safetensors)")
+    tensors = _vae_tensors(read_tensors(path, f"expected {what}"), prefix)
     with torch.device("meta"):  # shapes only: every value comes from the file, so skip the random init
         model = WaveVAE(config)
-    report = _compare_keys(model, tensors)
-    if report:
-        raise CheckpointError(f"{path}: does not match the WaveVAE {_describe(config)}: {report.describe()}")
+    check_fit(model.state_dict(), tensors, f"{path}: does not match the WaveVAE {_describe(config)}")
     state = {k: v.to(torch.float32).contiguous() for k, v in tensors.items()}
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval()
@@ -503,7 +419,7 @@ def load_wavevae(
 def _config_from_metadata(path: Path) -> WaveVAEConfig:
     """The config `save_wavevae` stored in a safetensors header."""
     if path.suffix != ".safetensors" or not path.is_file():
-        raise CheckpointError(
+        raise ModelFileError(
             f"{path}: no config given and none stored in the file (pass a size name or config)"
         )
     from safetensors import safe_open
@@ -512,23 +428,55 @@ def _config_from_metadata(path: Path) -> WaveVAEConfig:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
     except Exception as e:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
+        raise ModelFileError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
     if "wavevae_config" not in meta:
-        raise CheckpointError(
+        raise ModelFileError(
             f"{path}: no config given and none stored in the file (pass a size name or config)"
         )
     return WaveVAEConfig.from_dict(json.loads(meta["wavevae_config"]))
 
 
-def save_wavevae(model: WaveVAE, path: str | os.PathLike) -> Path:
-    """Write the bare VAE state dict to `path` (.safetensors) atomically, with its config in the metadata."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+def _metadata(model: WaveVAE) -> dict[str, str]:
     # One metadata key: safetensors writes its metadata map in a per-process random order, and two keys would
     # make the same weights save to different bytes (and weight hashes) from run to run.
-    metadata = {"wavevae_config": json.dumps(model.config.to_dict(), sort_keys=True)}
-    with atomic.replacing(path) as tmp:
-        save_file(state, str(tmp), metadata=metadata)
-    return path
+    return {"wavevae_config": json.dumps(model.config.to_dict(), sort_keys=True)}
+
+
+def save_wavevae(model: WaveVAE, path: str | os.PathLike) -> Path:
+    """Write the bare VAE state dict to `path` (.safetensors) atomically, with its config in the metadata."""
+    return save_weights(model, path, _metadata(model))
+
+
+# The exported model folder: written by `audio_vae`, read by `encode_audio` and the later stages. The weights hold
+# the bare VAE state dict (its WaveVAEConfig in the safetensors metadata); vae.json holds size, mode, sample_rate,
+# hop, latent_dim, audio_channels, weights and weights_hash.
+FOLDER = Folder(
+    "wavevae.safetensors",
+    "vae.json",
+    "expected the WaveVAE that the audio_vae stage exports (dvc repro audio_vae)",
+)
+
+
+def export_model(vae: WaveVAE, out_dir: str | os.PathLike, card: Mapping[str, Any]) -> dict[str, Any]:
+    """Write the model folder `out_dir`: the weights and `vae.json` (`card` plus the VAE's geometry and weights
+    hash); returns the card written."""
+    card = {
+        **card,
+        "sample_rate": vae.config.sample_rate,
+        "hop": vae.hop,
+        "latent_dim": vae.latent_dim,
+        "audio_channels": vae.config.audio_channels,
+        "weights": FOLDER.weights,
+    }
+    return save(out_dir, FOLDER, vae, card, hash_key="weights_hash", metadata=_metadata(vae))
+
+
+def load_model(model_dir: str | os.PathLike) -> tuple[WaveVAE, str]:
+    """The exported WaveVAE of a model folder (eval mode, config from its metadata) and its weights hash.
+
+    A missing file is MissingModelFileError (a FileNotFoundError) that says which stage writes it.
+    """
+    path = Path(model_dir) / FOLDER.weights
+    if not path.is_file():
+        raise MissingModelFileError(f"{path}: no such file; {FOLDER.rebuild}")
+    return load_wavevae(path), weights_hash(path)

@@ -14,16 +14,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from vaflow.data import media
+from vaflow.config.section import ConfigError
+from vaflow.data.clips import decode_clips, read_window
+from vaflow.data.features import export_encoder
+from vaflow.data.prepare import load_manifest
 from vaflow.models.cavp import CAVP, CAVPConfig, log_mel, retrieval_topk, temporal_discrimination
+from vaflow.train.checkpoint import run_dir
+from vaflow.train.numerics import seed_everything
+from vaflow.train.trainer import Trainer
 
 __all__ = [
     "ClipArrays",
@@ -69,20 +75,6 @@ class ClipArrays:
         return len(self.ids)
 
 
-def _decode_clip(row: Mapping[str, Any], config: CAVPConfig, num_frames: int, num_samples: int):
-    """One clip's window -> (frames (T, H, W, 3) uint8, audio (N,) float32); MediaError names a short one."""
-    size = (config.image_size, config.image_size)
-    frames = media.read_frames(
-        row["path"], config.fps, size=size, start=row["start"], duration=row["duration"]
-    )
-    if len(frames) < num_frames:
-        raise media.MediaError(row["path"], f"too short: {len(frames)} of {num_frames} frames decoded")
-    audio = media.read_audio(row["path"], config.sample_rate, start=row["start"], duration=row["duration"])
-    if len(audio) < num_samples:
-        raise media.MediaError(row["path"], f"too short: {len(audio)} of {num_samples} audio samples decoded")
-    return frames[:num_frames], audio[:num_samples]
-
-
 def load_clips(
     rows: Iterable[Mapping[str, Any]],
     config: CAVPConfig,
@@ -96,40 +88,23 @@ def load_clips(
     audio samples (its log-mel: (n_mels, N // hop + 1)). A clip that fails to decode or falls short is left out and
     listed in `rejected`; nothing is padded. `workers` ffmpeg decodes run at once.
     """
-    from tqdm import tqdm
-
-    rows = list(rows)
     num_frames = max(1, round(duration * config.fps))
     num_samples = round(duration * config.sample_rate)
+    c, size = config, config.image_size
 
-    def decode(row):
-        try:
-            return _decode_clip(row, config, num_frames, num_samples)
-        except media.MediaError as err:
-            return err
+    def decode(row: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        # The row's own window is read, then cut to the T frames and N samples of `duration`.
+        return read_window(row, c.fps, size, c.sample_rate, row["duration"], num_frames, num_samples)
 
-    ids, frames, audio, rejected = [], [], [], []
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = tqdm(
-            pool.map(decode, rows), total=len(rows), desc="decode", unit="clip", disable=not progress
-        )
-        for row, result in zip(rows, results, strict=True):
-            if isinstance(result, media.MediaError):
-                rejected.append((str(row["id"]), result.reason))
-                continue
-            ids.append(str(row["id"]))
-            frames.append(result[0])
-            audio.append(result[1])
-    size = config.image_size
-    if not ids:
-        empty_mel = torch.empty(0, config.n_mels, num_samples // config.hop + 1)
-        return ClipArrays(
-            [], torch.empty(0, num_frames, size, size, 3, dtype=torch.uint8), empty_mel, rejected
-        )
-    waves = torch.from_numpy(np.stack(audio))  # (N, samples)
-    c = config  # the model's own front end (CAVP.log_mel), computed once here rather than every step
+    clips = decode_clips(rows, decode, workers, progress)
+    frames = clips.stack(0, (num_frames, size, size, 3), torch.uint8)
+    if not clips.parts:
+        empty_mel = torch.empty(0, c.n_mels, num_samples // c.hop + 1)
+        return ClipArrays([], frames, empty_mel, clips.rejected)
+    waves = clips.stack(1, (num_samples,), torch.float32)  # (N, samples)
+    # The model's own front end (CAVP.log_mel), computed once here rather than every step.
     mel = torch.cat([log_mel(chunk, c.sample_rate, c.n_mels, c.hop, c.n_fft) for chunk in waves.split(64)])
-    return ClipArrays(ids, torch.from_numpy(np.stack(frames)), mel, rejected)
+    return ClipArrays(clips.ids, frames, mel, clips.rejected)
 
 
 class ClipBatches:
@@ -280,3 +255,80 @@ def evaluate_cavp(
         temporal=temporal,
         temporal_trials=n * trials,
     )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The visual_encoder stage's measurements and imports
+# ----------------------------------------------------------------------------------------------------------------
+
+# The pixels stand-in reads frames at the synthetic world's size; area pooling then brings them to `pixels.side`.
+PIXELS_INPUT_SIZE = (64, 64)
+
+
+def evaluate_encoder(model: CAVP, manifest: Path, duration: float) -> dict[str, float]:
+    """Held-out retrieval and temporal discrimination on the test split, printed and returned as metrics."""
+    rows = load_manifest(manifest, "test").to_dict("records")
+    test = load_clips(rows, model.config, duration)
+    if len(test) < 2:
+        print(f"test: {len(test)} usable clips, too few to evaluate the encoder")
+        return {}
+    scores = evaluate_cavp(model, test)
+    print(
+        f"test ({scores.n_clips} clips): retrieval top-1 {scores.top1:.3f} (chance {scores.top1_chance:.3f}),"
+        f" top-5 {scores.top5:.3f} (chance {scores.top5_chance:.3f}); temporal discrimination"
+        f" {scores.temporal:.3f} (chance {scores.temporal_chance:.1f}, {scores.temporal_trials} trials)"
+    )
+    return scores.metrics()
+
+
+def import_encoder(cfg: Any, out: Path, manifest: Path, duration: float) -> tuple[Any, dict[str, float]]:
+    """Write the encoder directory of an imported encoder (cavp, clip) or of the pixels stand-in for a
+    `visual_encoder` section `cfg`; returns (encoder, figures: the held-out scores of an imported CAVP)."""
+    if cfg.kind == "cavp":
+        encoder = export_encoder(out, "cavp", {}, cfg.cavp.checkpoint)
+        return encoder, evaluate_encoder(encoder.model, manifest, duration)
+    if cfg.kind == "clip":
+        options = {"model_name": cfg.clip.model_name, "normalize": cfg.clip.normalize, "fps": cfg.frame_rate}
+        return export_encoder(out, "clip", options, cfg.clip.weights), {}
+    side = (cfg.pixels.side, cfg.pixels.side)
+    options = {"fps": cfg.frame_rate, "input_size": PIXELS_INPUT_SIZE, "size": side}
+    return export_encoder(out, "pixels", options), {}
+
+
+def train_encoder(cfg: Any, clip: Any, manifest: Path, checkpoints: str | Path, code: str, tracker: Any
+                  ) -> tuple[CAVP, dict[str, float]] | None:  # fmt: skip
+    """Train the CAVP-style encoder of a `visual_encoder` section `cfg` on the train clips of `manifest`;
+    returns (EMA model, final losses) on rank 0, None elsewhere. `code` is the stage's code identity."""
+    model_cfg = cavp_config(cfg.frame_rate, clip.sample_rate, cfg.cavp.embed_dim)
+    data = load_clips(load_manifest(manifest, "train").to_dict("records"), model_cfg, clip.duration)
+    print(f"train: {len(data)} clips decoded, {len(data.rejected)} rejected")
+    for clip_id, reason in data.rejected:
+        print(f"  rejected {clip_id}: {reason}")
+    if len(data) < cfg.trainer.batch_size:
+        raise ConfigError(
+            f"{len(data)} usable training clips, fewer than visual_encoder.trainer.batch_size={cfg.trainer.batch_size}"
+        )
+
+    def stream(spec):
+        return ClipBatches(data, spec.batch_size, spec.rank, spec.world_size, spec.seed)
+
+    sections = {
+        "visual_encoder": cfg.model_dump(mode="json"),
+        "clip": clip.model_dump(mode="json"),
+        "code": code,  # changed code never resumes a checkpoint of the old one
+    }
+    seed_everything(cfg.trainer.seed)  # before building the model: the same initial weights every run
+    objective = CAVPObjective(CAVP(model_cfg))
+    trainer = Trainer(
+        objective,
+        cavp_loss,
+        stream,
+        cfg.trainer,
+        run_dir(checkpoints, "visual_encoder", sections),
+        tracker,
+        stage_config={**sections, "cavp": model_cfg.to_dict()},
+    )
+    result = trainer.fit()
+    if not trainer.dist.is_main:
+        return None
+    return result.ema.model, result.losses  # the EMA weights are the ones evaluated and shipped

@@ -28,6 +28,7 @@ import torch
 from vaflow import atomic
 from vaflow.config.section import flatten, jsonable
 from vaflow.config.trainer import RESUMABLE_KEYS
+from vaflow.errors import UserError
 
 log = logging.getLogger("vaflow.train")
 
@@ -37,11 +38,11 @@ FORMAT = 1  # bump when the layout of the checkpoint dict changes incompatibly
 REQUIRED_KEYS = ("format", "step", "model", "ema", "optimizer", "config")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(RuntimeError, UserError):
     """A checkpoint that cannot be used; the message names the file."""
 
 
-class ConfigMismatchError(ValueError):
+class ConfigMismatchError(ValueError, UserError):
     """Resuming with a config that differs from the checkpoint's; the message names each key, old and new."""
 
 

@@ -10,10 +10,10 @@ Sections: the stage's settings, data, training, calibration.
 from __future__ import annotations
 
 import math
+import shutil
 import warnings
-from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,9 +21,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vaflow.data import media
+from vaflow import atomic
+from vaflow.config.section import ConfigError
+from vaflow.data.clips import ClipSet, load_split
+from vaflow.data.prepare import load_manifest
 from vaflow.eval import metrics
-from vaflow.eval.evaluators import audio_embed_and_logits, av_embeddings, log_mel_of, sync_probability
+from vaflow.eval.evaluators import (
+    NAMES,
+    Evaluator,
+    audio_embed_and_logits,
+    av_embeddings,
+    load_evaluators,
+    log_mel_of,
+    save_evaluator,
+    sync_probability,
+)
 from vaflow.models.evaluators import (
     AudioClassifier,
     AVEmbedder,
@@ -33,10 +45,8 @@ from vaflow.models.evaluators import (
 )
 
 __all__ = [
-    "ClipSet",
     "calibrate",
     "evaluator_config",
-    "load_split",
     "train_audio_classifier",
     "train_av_embedder",
     "train_sync_classifier",
@@ -56,69 +66,6 @@ def evaluator_config(settings: Any, sample_rate: int, num_classes: int) -> Evalu
         embed_dim=settings.embed_dim,
         av_dim=settings.av_dim,
         num_classes=num_classes,
-    )
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Data: a split decoded into memory
-# ----------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ClipSet:
-    """Decoded clips: frames (N, T, side, side, 3) uint8 and audio (N, samples) float32, in `ids` order."""
-
-    ids: list[str]
-    labels: list[str]
-    frames: torch.Tensor
-    audio: torch.Tensor
-    rejected: list[tuple[str, str]] = field(default_factory=list)  # (id, reason) of clips left out
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-
-def load_split(
-    rows: Iterable[Mapping[str, Any]], config: EvaluatorConfig, duration: float, workers: int = 2
-) -> ClipSet:
-    """Decode every clip window of `rows` (manifest rows: id, path, start, duration, label) for `config`.
-
-    Each window gives T = round(duration · fps) frames at side × side and round(duration · sample_rate) samples.
-    A clip that fails to decode or falls short is left out and listed in `rejected`; nothing is padded.
-    """
-    rows = list(rows)
-    n_frames = max(1, round(duration * config.fps))
-    n_samples = round(duration * config.sample_rate)
-
-    def decode(row):
-        try:
-            size = (config.side, config.side)
-            frames = media.read_frames(
-                row["path"], config.fps, size=size, start=row["start"], duration=duration
-            )
-            audio = media.read_audio(row["path"], config.sample_rate, start=row["start"], duration=duration)
-        except media.MediaError as err:
-            return err.reason
-        if len(frames) < n_frames or len(audio) < n_samples:
-            return f"too short: {len(frames)}/{n_frames} frames, {len(audio)}/{n_samples} samples"
-        return frames[:n_frames], audio[:n_samples]
-
-    ids, labels, frames, audio, rejected = [], [], [], [], []
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for row, result in zip(rows, pool.map(decode, rows), strict=True):
-            if isinstance(result, str):
-                rejected.append((str(row["id"]), result))
-                continue
-            ids.append(str(row["id"]))
-            labels.append(str(row["label"]))
-            frames.append(result[0])
-            audio.append(result[1])
-    if not ids:
-        s = config.side
-        empty = torch.empty(0, n_frames, s, s, 3, dtype=torch.uint8)
-        return ClipSet([], [], empty, torch.empty(0, n_samples), rejected)
-    return ClipSet(
-        ids, labels, torch.from_numpy(np.stack(frames)), torch.from_numpy(np.stack(audio)), rejected
     )
 
 
@@ -299,3 +246,67 @@ def calibrate(
             "clips": n,
         }
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The evaluators stage's work: train all three, or import them; calibrate on the test split
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def decoded_split(prepared: Path, split: str, cfg: EvaluatorConfig, duration: float) -> ClipSet:
+    """One split of prepare's manifest decoded for the evaluators, its rejected clips printed."""
+    data = load_split(load_manifest(prepared / "manifest.csv", split).to_dict("records"), cfg, duration)
+    print(f"{split}: {len(data)} clips decoded, {len(data.rejected)} rejected")
+    for clip_id, reason in data.rejected:
+        print(f"  rejected {clip_id}: {reason}")
+    return data
+
+
+def train_all(settings: Any, clip: Any, prepared: Path, out: Path) -> dict[str, Evaluator]:
+    """Train the three evaluators on the train split, calibrate them on the test split, save them to `out`."""
+    labels = sorted(set(load_manifest(prepared / "manifest.csv", "train")["label"]))
+    cfg = evaluator_config(settings, clip.sample_rate, len(labels))
+    data = decoded_split(prepared, "train", cfg, clip.duration)
+    if len(data) < 2:
+        raise ConfigError(f"{len(data)} usable training clips: the evaluators need at least 2")
+    models, losses = {}, {}
+    models["audio_classifier"], losses["audio_classifier"] = train_audio_classifier(
+        data, labels, cfg, settings
+    )
+    models["av_embedder"], losses["av_embedder"] = train_av_embedder(data, cfg, settings)
+    models["sync_classifier"], losses["sync_classifier"] = train_sync_classifier(data, cfg, settings)
+    test = decoded_split(prepared, "test", cfg, clip.duration)
+    figures = calibrate(models, test, labels, settings.min_shift, settings.seed)
+    trained_on = {"split": "train", "clips": len(data), "epochs": settings.epochs, "seed": settings.seed}
+    loaded = {}
+    for name, model in models.items():
+        extra = {
+            "training": {**trained_on, "final_loss": losses[name][-1]},
+            "calibration": {"split": "test", **figures.get(name, {})},
+        }
+        loaded[name] = Evaluator(name, model, save_evaluator(out, name, model, labels, extra))
+    return loaded
+
+
+def import_all(settings: Any, clip: Any, prepared: Path, out: Path) -> dict[str, Evaluator]:
+    """Copy the evaluators of `settings.source` to `out`, check their cards, recalibrate on this test split."""
+    source = Path(settings.source)
+    rate = load_evaluators(source)["audio_classifier"].card["sample_rate"]  # refuse a bad folder first
+    if rate != clip.sample_rate:
+        raise ConfigError(
+            f"{source}: evaluators run at {rate} Hz, the pipeline at clip.sample_rate={clip.sample_rate}"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    for name in NAMES:
+        for suffix in (".safetensors", ".json"):
+            shutil.copyfile(source / f"{name}{suffix}", out / f"{name}{suffix}")
+    loaded = load_evaluators(out)
+    labels = loaded["audio_classifier"].card["labels"]
+    test = decoded_split(prepared, "test", loaded["audio_classifier"].model.config, clip.duration)
+    figures = calibrate(
+        {n: e.model for n, e in loaded.items()}, test, labels, settings.min_shift, settings.seed
+    )
+    for name, evaluator in loaded.items():  # this pipeline's calibration, beside the one the card came with
+        evaluator.card["calibration_here"] = {"split": "test", **figures.get(name, {})}
+        atomic.write_json(out / f"{name}.json", evaluator.card)
+    return loaded

@@ -12,6 +12,8 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from vaflow.errors import UserError
+
 __all__ = [
     "EmptyStreamError",
     "LossOutput",
@@ -20,16 +22,18 @@ __all__ = [
     "StreamSpec",
     "TrainResult",
     "TrainingInterrupted",
+    "split_loss",
+    "stream_name",
 ]
 
 LossOutput = torch.Tensor | tuple[torch.Tensor, Mapping[str, Any]]
 
 
-class NonFiniteError(FloatingPointError):
+class NonFiniteError(FloatingPointError, UserError):
     """The loss or the gradient norm became NaN/Inf; nothing of that step was applied or checkpointed."""
 
 
-class EmptyStreamError(RuntimeError):
+class EmptyStreamError(RuntimeError, UserError):
     """The data stream yielded no batch at all."""
 
 
@@ -62,7 +66,6 @@ class StreamSpec:
     world_size: int
     # Per-rank micro-batch: TrainerConfig.batch_size / (world_size × grad_accum).
     batch_size: int
-    num_workers: int
     seed: int
 
 
@@ -77,3 +80,20 @@ class TrainResult:
     checkpoint: Path | None  # last.pt (rank 0), None on other ranks
     resumed_from: int = 0  # step the run resumed from (0 = fresh start)
     history: list[dict[str, float]] = field(default_factory=list)  # the logged step metrics of this run
+
+
+def split_loss(out: LossOutput) -> tuple[torch.Tensor, Mapping[str, Any]]:
+    """(loss, extra metrics) of a loss function's output, with or without its extras."""
+    if isinstance(out, tuple):
+        loss, extra = out
+        return loss, extra
+    return out, {}
+
+
+def stream_name(stream: Any) -> str:
+    """A stream as named in an error: its shard pattern, or its repr cut to 200 characters."""
+    pattern = getattr(stream, "pattern", None)
+    if pattern:
+        return f"{type(stream).__name__}(pattern={pattern!r})"
+    text = repr(stream)
+    return text if len(text) <= 200 else text[:200] + "…"

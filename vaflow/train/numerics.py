@@ -7,7 +7,8 @@ import contextlib
 import copy
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,7 +16,7 @@ from torch import nn
 
 from vaflow.config.trainer import TrainerConfig
 
-__all__ = ["EMA", "deterministic_algorithms", "lr_factor", "seed_everything"]
+__all__ = ["EMA", "decays", "deterministic_algorithms", "lr_factor", "seed_everything", "to_device"]
 
 
 def seed_everything(seed: int) -> None:
@@ -76,3 +77,21 @@ class EMA:
         torch._foreach_lerp_(self._params, src, 1.0 - self.decay)
         for dst, buf in zip(self._buffers, model.buffers(), strict=True):
             dst.copy_(buf)
+
+
+def decays(name: str, param: torch.Tensor) -> bool:
+    """Whether weight decay applies to a parameter: matrices and kernels only. Decaying biases, norm gains and the
+    weight-norm gains `weight_g` (one scale per output channel, shaped (C, 1, 1) like a kernel) only pulls them off
+    their neutral values."""
+    return param.ndim >= 2 and not name.endswith("weight_g")
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """`batch` (a tensor, or mappings and sequences of them) moved to `device`."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, list | tuple):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch

@@ -27,16 +27,9 @@ import yaml
 from vaflow import atomic, config
 from vaflow.code import code_hash, import_closure
 from vaflow.config.section import jsonable
-from vaflow.hashing import weights_hash
-from vaflow.models.pretrained import (
-    CARD,
-    REBUILD,
-    WEIGHTS,
-    PretrainedError,
-    file_sha256,
-    read_card,
-    write_card,
-)
+from vaflow.hashing import file_sha256, weights_hash
+from vaflow.models import wavevae
+from vaflow.models.pretrained import CARD, REBUILD, WEIGHTS, PretrainedError, read_card, write_card
 from vaflow.train.checkpoint import run_dir
 from vaflow.train.wavevae import run_identity
 
@@ -127,14 +120,14 @@ def build_card(root: Path) -> tuple[dict[str, Any], Path]:
         )
     paths = pipeline_paths(root)
     model, metrics = root / paths["audio_vae"], root / paths["metrics"]
-    weights = _need(model / WEIGHTS)
-    info = _read_json(model / "vae.json")
+    weights = _need(model / wavevae.FOLDER.weights)
+    vae_card = _read_json(model / wavevae.FOLDER.card)
     figures = _read_json(metrics / "audio_vae.json")
     manifest = _need(root / paths["prepared"] / "manifest.csv")
-    if info.get("mode") != "train" or info.get("size") != cfg.size:
-        raise PretrainedError(f"{model / 'vae.json'}: exported by a {info.get('mode')!r} run of size "
-                              f"{info.get('size')!r}, params.yaml trains {cfg.size!r}; rerun dvc repro audio_vae")  # fmt: skip
-    if weights_hash(weights) != info.get("weights_hash"):
+    if vae_card.get("mode") != "train" or vae_card.get("size") != cfg.size:
+        raise PretrainedError(f"{model / wavevae.FOLDER.card}: exported by a {vae_card.get('mode')!r} run of size "
+                              f"{vae_card.get('size')!r}, params.yaml trains {cfg.size!r}; rerun dvc repro audio_vae")  # fmt: skip
+    if weights_hash(weights) != vae_card.get("weights_hash"):
         raise PretrainedError(f"{weights}: not the weights vae.json describes; rerun dvc repro audio_vae")
     files = import_closure(root / STAGE_SCRIPT, root)
     code = code_hash(files, root)
@@ -165,7 +158,7 @@ def build_card(root: Path) -> tuple[dict[str, Any], Path]:
                 training_seconds(_need(metrics / "audio_vae_steps.tsv"), cfg.trainer.batch_size)
             )
         },  # fmt: skip
-        "wavevae": {k: info[k] for k in ("size", "sample_rate", "hop", "latent_dim", "audio_channels")},
+        "wavevae": {k: vae_card[k] for k in ("size", "sample_rate", "hop", "latent_dim", "audio_channels")},
         "test_figures": {k: v for k, v in sorted(figures.items()) if k.startswith(FIGURE_PREFIXES)},
     }
     if cfg.init:  # the second phase of a recipe: the card of the weights it started from goes on this one's
@@ -175,7 +168,7 @@ def build_card(root: Path) -> tuple[dict[str, Any], Path]:
                 f"{init}: audio_vae.init has no card beside it; publish the first phase first"
             )
         card["init"] = read_card(
-            init.parent, size=cfg.size, sample_rate=params.clip.sample_rate, hop=info["hop"]
+            init.parent, size=cfg.size, sample_rate=params.clip.sample_rate, hop=vae_card["hop"]
         )
     return card, weights
 

@@ -1,65 +1,7 @@
 """The one training loop every stage uses: DDP, autocast, AdamW + schedule, clipping, accumulation, EMA,
 atomic checkpoints with exact resume, a NaN/Inf guard, progress and step metrics (DESIGN §7-§9).
 
-A stage builds its model and a loss, then:
-
-    seed_everything(cfg.trainer.seed)                  # before building the model: same init every run
-    model = build_model(cfg)
-    with Tracker("train_flow", params={"flow": cfg}) as tracker:      # MLflow run + metrics/train_flow*.{json,tsv}
-        trainer = Trainer(model, loss_fn, stream_factory, cfg.trainer, "checkpoints/flow", tracker,
-                          stage_config=cfg.model_dump(mode="json"))
-        result = trainer.fit()                          # TrainResult(step, losses, ema, model, …)
-        tracker.log_final(result.losses)
-    if trainer.dist.is_main:
-        export(result.ema)                              # the EMA weights are the ones evaluated and shipped
-
-The same script runs as `python stages/x.py` or `torchrun --nproc-per-node=N stages/x.py` (the stage's
-`trainer.launcher`); only rank 0 writes checkpoints, metrics and MLflow runs.
-
-Data. `data` is either an iterable of batches or a factory `data(spec: StreamSpec) -> iterable`; the factory is
-called once per process with its rank, the world size, the PER-RANK batch size, `num_workers` and the seed, and
-must return this rank's share of the data (shards: `vaflow.data.streams.training_stream(..., rank=spec.rank,
-world=spec.world_size, num_workers=spec.num_workers)`; seed any shuffling from `spec.seed` and `spec.rank`, not from
-the global RNG). An exhausted iterable is iterated again: pass after pass, `set_epoch(epoch)` called before each one
-when the stream has it. One that yields no batch at all is an EmptyStreamError naming it (its `pattern` if it has one).
-Batches may be tensors or nested dicts/lists/tuples of tensors; tensors are moved to the rank's device.
-
-The stream protocol (`pairs.ClipStream`, `streams.ShardStream`, the CAVP and WaveVAE streams): `set_epoch(e)` makes
-the next pass a pure function of (seed, rank, e); `state_dict()`/`load_state_dict()` save and restore the position
-inside a pass. Either, both or neither may be present; resuming uses what is there (below).
-
-Loss. `loss_fn(model, batch)` returns a scalar tensor, or `(tensor, {"name": float, …})` for extra metrics; it
-receives the DDP-wrapped model in multi-process runs, so it must go through `model(...)` (forward) — put a
-multi-part loss inside the module's forward rather than calling sub-modules directly. Extra metric names must be
-the same on every rank (they are averaged over ranks when logged).
-
-Resume (`cfg.resume`, on by default) restores model, EMA, optimiser, step (the lr schedule is a pure function of
-the step), RNG states of every rank, and the data position, stored per rank as (pass, batches of it consumed):
-- a stream with `state_dict()`/`load_state_dict()` gets its state back and its first pass continues WITHOUT a
-  `set_epoch` call (that would restart the pass); `set_epoch` resumes with the next pass;
-- a stream with `set_epoch` only gets `set_epoch(pass)` and the consumed batches of that pass are drawn again and
-  dropped (at most one pass of data loading);
-- any other stream is replayed from its first pass, dropping every batch consumed so far.
-Replays are exact for deterministic streams; `replay_stream=False` skips them and starts the next pass instead (for a
-stream whose exact position does not matter). The stored config (`cfg` + `stage_config`) must match,
-except the keys that may change (`trainer.steps`, `checkpoint_every`, `keep_checkpoints`, `log_every`, `resume`,
-`num_workers`, `launcher`, `deterministic`). Multi-node resume needs the checkpoint directory on a filesystem every
-node sees.
-
-Determinism. On CPU a run is a pure function of its config, seed and data: two runs with the same thread count give
-bit-identical weights (tests/train). On CUDA some kernels (atomic-add reductions in scatter/index_add and in some
-backward passes, cuBLAS split-K workspaces, cuDNN autotuning) differ from run to run; `trainer.deterministic: true`
-turns on `torch.use_deterministic_algorithms` for the run (an op without a deterministic kernel raises and names
-itself), disables cuDNN autotuning and sets `CUBLAS_WORKSPACE_CONFIG=:4096:8` when unset. It costs speed and changes
-nothing on CPU; bit-identity then holds for the same hardware, world size and software versions.
-
-Stops. A NaN/Inf loss or gradient norm raises NonFiniteError naming the step, before anything of that step is
-applied or saved. SIGTERM/SIGINT finish the current step on every rank, write a checkpoint and raise
-TrainingInterrupted (a SystemExit with status 128 + signal: DVC sees a failed stage; rerunning resumes).
-
-Around the Trainer: `vaflow.train.interface` holds what a stage exchanges with it (StreamSpec, StepTracker,
-TrainResult, the errors above); `vaflow.train.numerics` holds seed_everything, the deterministic-kernels switch,
-the lr schedule (`lr_factor`) and the EMA.
+In full: docs/library.md, `vaflow.train.trainer`.
 """
 
 from __future__ import annotations
@@ -98,42 +40,12 @@ from vaflow.train.interface import (
     StreamSpec,
     TrainingInterrupted,
     TrainResult,
+    split_loss,
+    stream_name,
 )
-from vaflow.train.numerics import EMA, deterministic_algorithms, lr_factor, seed_everything
+from vaflow.train.numerics import EMA, decays, deterministic_algorithms, lr_factor, seed_everything, to_device
 
 log = logging.getLogger("vaflow.train")
-
-
-def decays(name: str, param: torch.Tensor) -> bool:
-    """Whether weight decay applies to a parameter: matrices and kernels only. Decaying biases, norm gains and the
-    weight-norm gains `weight_g` (one scale per output channel, shaped (C, 1, 1) like a kernel) only pulls them off
-    their neutral values."""
-    return param.ndim >= 2 and not name.endswith("weight_g")
-
-
-def _to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, Mapping):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, list | tuple):
-        return type(batch)(_to_device(v, device) for v in batch)
-    return batch
-
-
-def _split_loss(out: LossOutput) -> tuple[torch.Tensor, Mapping[str, Any]]:
-    if isinstance(out, tuple):
-        loss, extra = out
-        return loss, extra
-    return out, {}
-
-
-def _stream_name(stream: Any) -> str:
-    pattern = getattr(stream, "pattern", None)
-    if pattern:
-        return f"{type(stream).__name__}(pattern={pattern!r})"
-    text = repr(stream)
-    return text if len(text) <= 200 else text[:200] + "…"
 
 
 def _fmt_eta(seconds: float) -> str:
@@ -218,7 +130,6 @@ class Trainer:
             rank=self.dist.rank,
             world_size=self.dist.world_size,
             batch_size=self.micro_batch,
-            num_workers=cfg.num_workers,
             seed=cfg.seed,
         )
         is_factory = callable(data) and not hasattr(data, "__iter__")
@@ -256,7 +167,7 @@ class Trainer:
             # A stream restored at the very end of a pass legitimately yields nothing in that pass.
             if n == 0 and not restored:
                 raise EmptyStreamError(
-                    f"data stream {_stream_name(self.stream)} yielded no batch"
+                    f"data stream {stream_name(self.stream)} yielded no batch"
                     + (f" in epoch {epoch}" if epoch else "")
                     + f" on rank {self.dist.rank}: check the shard pattern/paths and that each of the "
                     f"{self.dist.world_size} rank(s) gets at least one batch of {self.micro_batch} samples"
@@ -266,7 +177,7 @@ class Trainer:
     def _next_batch(self, it: Iterator[Any]) -> Any:
         batch = next(it)
         self.consumed += 1
-        return _to_device(batch, self.dist.device)
+        return to_device(batch, self.dist.device)
 
     # ----------------------------------------------------------------------------------------
     # Checkpoints
@@ -416,7 +327,7 @@ class Trainer:
             sync = contextlib.nullcontext() if last or not self.dist.distributed else self.ddp.no_sync()  # type: ignore[operator]
             with sync:
                 with self._autocast():
-                    loss, extra = _split_loss(self.loss_fn(self.ddp, batch))
+                    loss, extra = split_loss(self.loss_fn(self.ddp, batch))
                 (loss / accum).backward()
             loss_sum += loss.detach().float()
             for k, v in extra.items():
@@ -591,4 +502,4 @@ def _ensure_log_handler() -> None:
         log.setLevel(logging.INFO)
 
 
-__all__ = ["Trainer", "decays"]
+__all__ = ["Trainer"]

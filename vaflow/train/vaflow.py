@@ -38,6 +38,7 @@ __all__ = [
     "load_validation",
     "open_flow_data",
     "split_statistics",
+    "validator",
 ]
 
 _CHUNK = 64  # validation clips per forward pass
@@ -142,6 +143,20 @@ def flow_validation(
     return validate
 
 
+def validator(
+    data: Mapping[str, torch.Tensor] | None, val: Any, objective: str
+) -> Callable[[nn.Module], dict[str, float]] | None:
+    """A stage's `validate(ema)` from its `val` section (`seed`, and `times` for the flow objective): Eq. 7 for
+    `objective` "align" (stage 1), Eq. 8/9 for "flow" (stages 2-3); None when there are no val clips."""
+    if data is None:
+        return None
+    if objective == "align":
+        return align_validation(data, val.seed)
+    if objective == "flow":
+        return flow_validation(data, val.times, val.seed)
+    raise ValueError(f"unknown validation objective {objective!r}: 'align' or 'flow'")
+
+
 def build_vaflow(
     flow_cfg: Any,
     align: AlignVAE | None,
@@ -232,7 +247,7 @@ def fit(
         checkpoints,
         tracker,
         stage_config=sections,
-        validate=flow_validation(data.val, cfg.val.times, cfg.val.seed) if data.val is not None else None,
+        validate=validator(data.val, cfg.val, "flow"),
         validate_every=cfg.val.every,
     )
     if compile_dit:
@@ -261,10 +276,8 @@ def export(
     out = Path(out)
     model = result.ema
     artifacts.save_vaflow(model, out, data.latent_length, data.features, data.wavevae, trained)
-    final = final_metrics(
-        result, flow_validation(data.val, val.times, val.seed) if data.val is not None else None
-    )
+    final = final_metrics(result, validator(data.val, val, "flow"))
     final["params_dit"] = sum(p.numel() for p in model.dit.parameters())
     tracker.log_final(final)
-    tracker.log_artifact(out / artifacts.FLOW_CARD)
+    tracker.log_artifact(out / artifacts.FLOW.card)
     print(f"{out}: " + ", ".join(f"{k} {v:.4g}" for k, v in final.items()))

@@ -10,24 +10,32 @@ pipeline imports Stable Audio Open's VAE (`audio_vae.mode: import`) instead of t
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
+from vaflow import config
 from vaflow.config import AudioVAEConfig, ClipConfig
-from vaflow.data.extract import ClipRejected
-from vaflow.data.latents import load_clip, rejection_reason
-from vaflow.data.media import FFmpegNotFoundError, MediaError
-from vaflow.models.wavevae import WaveVAE, weights_hash
-from vaflow.train.losses import MelL1Loss, MultiResolutionSTFTLoss, loudness_l1, stft_sizes, waveform_l1
+from vaflow.data.clips import decode_clips
+from vaflow.data.latents import load_clip
+from vaflow.eval import reconstruction
+from vaflow.eval.losses import MelL1Loss, MultiResolutionSTFTLoss, loudness_l1, stft_sizes, waveform_l1
+from vaflow.eval.oracle import read_truth, truth_dir
+from vaflow.hashing import weights_hash
+from vaflow.models import pretrained
+from vaflow.models.artifacts import ModelFileError
+from vaflow.models.wavevae import SIZES, WaveVAE, build, load_wavevae
+from vaflow.train.interface import StepTracker
+from vaflow.train.numerics import seed_everything
+from vaflow.train.trainer import Trainer
 
 # --------------------------------------------------------------------------------------------
 # The clip bank
@@ -46,34 +54,18 @@ class ClipBank:
 def load_bank(
     rows: pd.DataFrame, clip: ClipConfig, hop: int, workers: int = 2, progress: bool = True
 ) -> ClipBank:
-    """Decode every clip of `rows` (manifest rows) through the clip policy (`encode.clip_audio`) into memory.
+    """Decode every clip of `rows` (manifest rows) through the clip policy (`latents.clip_audio`) into memory.
 
     Each clip becomes clip.padded_samples(hop) samples, exactly what `encode_audio` encodes; clips the policy or the
     decoder rejects are listed, not loaded. `workers` ffmpeg decoders run at once (they are subprocesses).
     """
     n_samples = clip.padded_samples(hop)
-    records = list(rows[["id", "path", "start"]].itertuples(index=False))
 
-    def one(r: Any) -> np.ndarray | Exception:
-        try:
-            return load_clip(r.path, float(r.start), clip, n_samples)
-        except FFmpegNotFoundError:
-            raise
-        except (MediaError, ClipRejected) as err:
-            return err
+    def decode(row: Mapping[str, Any]) -> tuple[np.ndarray]:
+        return (load_clip(row["path"], float(row["start"]), clip, n_samples),)
 
-    audio, ids, rejected = [], [], []
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = pool.map(one, records)
-        for r, out in tqdm(zip(records, results, strict=True), total=len(records), desc="decode",
-                           unit="clip", disable=not progress):  # fmt: skip
-            if isinstance(out, Exception):
-                rejected.append((r.id, rejection_reason(out)))
-            else:
-                audio.append(out)
-                ids.append(r.id)
-    stacked = torch.from_numpy(np.stack(audio)) if audio else torch.zeros(0, n_samples)
-    return ClipBank(audio=stacked, ids=ids, rejected=rejected)
+    clips = decode_clips(rows.to_dict("records"), decode, workers, progress)
+    return ClipBank(audio=clips.stack(0, (n_samples,), torch.float32), ids=clips.ids, rejected=clips.rejected)
 
 
 def even_subset(rows: pd.DataFrame, limit: int) -> pd.DataFrame:
@@ -239,3 +231,96 @@ __all__ = [
     "run_identity",
     "segment_samples",
 ]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The audio_vae stage's work: train (or take an imported VAE), then measure the test split
+# ----------------------------------------------------------------------------------------------------------------
+
+# Test clips scored (evenly spaced over the split) and train clips averaged into the mean-spectrum baseline:
+# all of them in the synthetic world; a bound on the work at VGGSound scale.
+EVAL_CLIPS = 512
+MEAN_SPECTRUM_CLIPS = 256
+EVAL_BATCH = 8
+# Test clips of distinct classes (one of each class of the synthetic world) drawn in the mel comparison figure,
+# written beside the metrics file.
+FIGURE_CLIPS = 8
+FIGURE_NAME = "audio_vae_mels.png"
+
+
+def train(
+    params: config.Params, manifest, ckpt_dir: Path, tracker: StepTracker, init: WaveVAE | None
+) -> tuple[WaveVAE, torch.Tensor, dict]:
+    """Train on random crops of the train clips, from `init` or from random weights; returns (EMA VAE, train mean
+    log-mel, final train losses)."""
+    cfg, clip = params.audio_vae, params.clip
+    # A trained VAE runs at the pipeline's rate, whatever its size's nominal one.
+    vae_config = dataclasses.replace(SIZES[cfg.size], sample_rate=clip.sample_rate)
+    bank = load_bank(manifest[manifest["split"] == "train"], clip, vae_config.hop)
+    print(f"train clips: {len(bank.ids)} decoded, {len(bank.rejected)} rejected")
+    segment = segment_samples(cfg.segment, clip.sample_rate, vae_config.hop, bank.audio.shape[1])
+    seed_everything(cfg.trainer.seed)  # the same initial weights on every rank and every rerun
+    vae = init if init is not None else narrow_posterior(build(vae_config))
+    model = WaveVAELoss(vae, cfg, segment)
+
+    def stream(spec):
+        return CropStream(bank.audio, spec.batch_size, segment, spec.rank, spec.world_size, spec.seed)
+
+    sections = {"audio_vae": cfg.model_dump(mode="json"), "clip": clip.model_dump(mode="json")}
+    trainer = Trainer(model, loss_fn, stream, cfg.trainer, ckpt_dir, tracker, stage_config=sections)
+    result = trainer.fit()
+    mean_spectrum = reconstruction.mean_log_mel(bank.audio, clip.sample_rate)
+    return result.ema.vae, mean_spectrum, {f"train_{k}": v for k, v in result.losses.items()}
+
+
+def load_checked(path: str, params: config.Params) -> WaveVAE:
+    """Load a checkpoint strictly: a missing file or a key/shape mismatch is a ModelFileError naming the file.
+    A pretrained folder's weights (the embedded default's) are first checked against their card: hash, size,
+    sample rate and hop."""
+    cfg = params.audio_vae
+    default = config.AudioVAEConfig.model_fields["checkpoint"].default
+    if pretrained.card_checked(path, default):
+        pretrained.read_card(
+            Path(path).parent, size=cfg.size, sample_rate=params.clip.sample_rate, hop=SIZES[cfg.size].hop
+        )
+    return load_wavevae(path, cfg.size)
+
+
+def initial_vae(params: config.Params) -> WaveVAE | None:
+    """`audio_vae.init`'s weights (None for a random start); they must run at the clip's rate."""
+    if not params.audio_vae.init:
+        return None
+    vae = load_checked(params.audio_vae.init, params)
+    if vae.config.sample_rate != params.clip.sample_rate:
+        raise ModelFileError(
+            f"{params.audio_vae.init}: audio_vae.init runs at {vae.config.sample_rate} Hz, clip.sample_rate is "
+            f"{params.clip.sample_rate}"
+        )
+    return vae
+
+
+def train_mean_spectrum(params: config.Params, manifest, hop: int) -> torch.Tensor:
+    """The mean-spectrum baseline of an imported VAE, from a subset of the train clips."""
+    rows = even_subset(manifest[manifest["split"] == "train"], MEAN_SPECTRUM_CLIPS)
+    bank = load_bank(rows, params.clip, hop)
+    if not bank.ids:
+        raise config.ConfigError("no usable train clip for the mean-spectrum baseline")
+    return reconstruction.mean_log_mel(bank.audio, params.clip.sample_rate)
+
+
+def evaluate(
+    vae: WaveVAE, params: config.Params, manifest, mean_spectrum: torch.Tensor, prepared: Path, figure: Path
+) -> dict:
+    """Test-split reconstruction figures, baselines and (synthetic world) oracle figures; writes the figure."""
+    rows = even_subset(manifest[manifest["split"] == "test"], EVAL_CLIPS)
+    bank = load_bank(rows, params.clip, vae.hop)
+    if not bank.ids:
+        raise config.ConfigError("no usable test clip to measure the reconstruction on")
+    labels = dict(zip(rows["id"], rows["label"].astype(str), strict=True))
+    folder = truth_dir(prepared)
+    truths = [read_truth(folder, cid) for cid in bank.ids] if folder is not None else None
+    figures = reconstruction.evaluate_reconstruction(
+        vae.eval(), bank.audio, mean_spectrum, [labels[cid] for cid in bank.ids], truths, figure, FIGURE_CLIPS,
+        EVAL_BATCH, progress=True,
+    )  # fmt: skip
+    return figures | {"test_rejected": float(len(bank.rejected))}

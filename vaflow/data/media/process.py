@@ -11,6 +11,8 @@ import subprocess
 import threading
 import time
 
+from vaflow.errors import UserError
+
 __all__ = ["FFMPEG_ENV", "FFmpegNotFoundError", "MediaError", "ffmpeg_exe"]
 
 FFMPEG_ENV = "VAFLOW_FFMPEG"
@@ -29,7 +31,7 @@ _READ_CHUNK_FRAMES = 64
 # --------------------------------------------------------------------------------------------------------
 
 
-class MediaError(RuntimeError):
+class MediaError(RuntimeError, UserError):
     """A media file could not be probed, decoded or written.
 
     ``path`` names the file, ``reason`` is a short one-line phrase (for a "rejected" CSV), ``stderr_tail``

@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torchaudio
 from torch import Tensor, nn
+
+from vaflow.models.mel import LogMel
 
 
 def _fold_channels(x: Tensor) -> Tensor:
@@ -94,18 +95,16 @@ class MultiResolutionSTFTLoss(nn.Module):
 
 
 class MelL1Loss(nn.Module):
-    """L1 between log-mel spectrograms (torchaudio MelSpectrogram, magnitude, log floored at 1e-5)."""
+    """L1 between log-mel spectrograms (`vaflow.models.mel.LogMel`: magnitude, log floored at 1e-5)."""
 
     def __init__(self, sample_rate: int, n_fft: int = 1024, hop_length: int = 256, n_mels: int = 64) -> None:
         super().__init__()
         # power=1 (magnitude mel), as in the HiFi-GAN and DAC mel losses.
-        self.mel = torchaudio.transforms.MelSpectrogram(
-            sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels, power=1.0
-        )
+        self.mel = LogMel(sample_rate, n_fft, hop_length, n_mels, power=1.0, floor=1e-5)
 
     def log_mel(self, x: Tensor) -> Tensor:
         """x (B, N) or (B, C, N) -> log-mel (B·C, n_mels, frames)."""
-        return self.mel(_fold_channels(x)).clamp_min(1e-5).log()
+        return self.mel(_fold_channels(x))
 
     def forward(self, estimate: Tensor, target: Tensor) -> Tensor:
         """estimate, target (B, N) or (B, C, N) -> ()."""

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from vaflow.train.losses import MelL1Loss, MultiResolutionSTFTLoss, loudness_l1, si_sdr, waveform_l1
+from vaflow.eval.losses import MelL1Loss, MultiResolutionSTFTLoss, loudness_l1, si_sdr, waveform_l1
 
 
 @pytest.fixture

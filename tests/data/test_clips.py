@@ -1,0 +1,123 @@
+"""The in-memory clip loader: each recipe's arrays equal a plain decode of every window (same order, rate, size, cut
+and padding), short and missing clips are listed with their reason, and a missing ffmpeg stops the load."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from vaflow import config
+from vaflow.data import media, prepare, sources
+from vaflow.data.clips import decode_clips, load_split
+from vaflow.data.latents import load_clip
+from vaflow.data.media import FFmpegNotFoundError
+from vaflow.data.prepare import load_manifest
+from vaflow.models.cavp import log_mel
+from vaflow.train import cavp, evaluators, wavevae
+
+# 1 s clips at 8 kHz, 32 px, 10 fps: a few seconds of ffmpeg in all.
+WORLD = {
+    "clip": {"duration": 1.0, "sample_rate": 8000},
+    "synth": {
+        "clips_per_split": {"train": 4},
+        "size": 32,
+        "fps": 10,
+        "duration": 1.0,
+        "sample_rate": 8000,
+        "workers": 1,
+    },
+    "prepare": {"verify": "probe", "workers": 1},
+    "audio_vae": {"mode": "train", "checkpoint": ""},
+}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> tuple[list[dict], config.Params]:
+    """The micro world's manifest rows plus a missing file and a window past a clip's end, and its params."""
+    root = tmp_path_factory.mktemp("clips_world")
+    params = config.validate(WORLD)
+    items = sources.synth_items(params.synth, root / "prepared" / "synth", progress=False)
+    prepare.prepare(items, params.clip, params.prepare, root / "prepared", progress=False)
+    rows = load_manifest(root / "prepared" / "manifest.csv").to_dict("records")
+    rows.insert(1, {**rows[0], "id": "missing", "path": str(root / "missing.mp4")})
+    rows.insert(3, {**rows[2], "id": "late", "start": 0.5})  # half the window lies past the file's end
+    return rows, params
+
+
+BAD = ("missing", "late")
+
+
+def _frames_audio(row, fps, size, rate, duration, n_frames, n_samples):
+    frames = media.read_frames(row["path"], fps, size=(size, size), start=row["start"], duration=duration)
+    audio = media.read_audio(row["path"], rate, start=row["start"], duration=duration)
+    if len(frames) < n_frames or len(audio) < n_samples:
+        return None
+    return frames[:n_frames], audio[:n_samples]
+
+
+def test_wavevae_bank_is_the_padded_policy_audio(world):
+    rows, params = world
+    hop = 64
+    n = params.clip.padded_samples(hop)
+    bank = wavevae.load_bank(pd.DataFrame(rows), params.clip, hop, progress=False)
+    want = [
+        (r["id"], load_clip(r["path"], float(r["start"]), params.clip, n)) for r in rows if r["id"] not in BAD
+    ]
+    assert bank.ids == [i for i, _ in want]
+    assert bank.audio.dtype == torch.float32 and bank.audio.shape == (len(want), n)
+    assert torch.equal(bank.audio, torch.from_numpy(np.stack([a for _, a in want])))
+    assert [i for i, _ in bank.rejected] == list(BAD)
+    assert bank.rejected[0][1].startswith("decode failed:") and bank.rejected[1][1].startswith("too short")
+
+
+def test_cavp_clips_are_the_plain_decode_and_its_mel(world):
+    rows, _ = world
+    cfg = cavp.cavp_config(4.0, 8000, 16)
+    data = cavp.load_clips(rows, cfg, duration=1.0)
+    want = {
+        r["id"]: _frames_audio(r, 4.0, cfg.image_size, 8000, r["duration"], 4, 8000)
+        for r in rows[:1] + rows[2:]
+    }
+    kept = [i for i, v in want.items() if v is not None]
+    assert data.ids == kept and "late" not in kept
+    assert torch.equal(data.frames, torch.from_numpy(np.stack([want[i][0] for i in kept])))
+    waves = torch.from_numpy(np.stack([want[i][1] for i in kept]))
+    assert torch.equal(data.mel, log_mel(waves, 8000, cfg.n_mels, cfg.hop, cfg.n_fft))
+    assert [i for i, _ in data.rejected] == ["missing", "late"]
+    assert data.rejected[0][1].startswith("decode failed:") and data.rejected[1][1].startswith("too short:")
+
+
+def test_evaluator_clips_are_the_plain_decode(world):
+    rows, _ = world
+    cfg = evaluators.evaluator_config(config.EvaluatorsConfig(), 8000, 2)
+    data = load_split(rows, cfg, 1.0)
+    n_frames = max(1, round(cfg.fps))
+    want = {
+        r["id"]: _frames_audio(r, cfg.fps, cfg.side, 8000, 1.0, n_frames, 8000) for r in rows[:1] + rows[2:]
+    }
+    kept = [i for i, v in want.items() if v is not None]
+    assert data.ids == kept
+    assert data.labels == [str(r["label"]) for r in rows if r["id"] in kept]
+    assert torch.equal(data.frames, torch.from_numpy(np.stack([want[i][0] for i in kept])))
+    assert torch.equal(data.audio, torch.from_numpy(np.stack([want[i][1] for i in kept])))
+    assert [i for i, _ in data.rejected] == ["missing", "late"]
+
+
+def test_no_clip_gives_empty_arrays_of_the_right_shape():
+    cfg = evaluators.evaluator_config(config.EvaluatorsConfig(), 8000, 2)
+    data = load_split([], cfg, 1.0)
+    assert (
+        data.frames.shape == (0, max(1, round(cfg.fps)), cfg.side, cfg.side, 3)
+        and data.frames.dtype == torch.uint8
+    )
+    assert data.audio.shape == (0, 8000) and data.audio.dtype == torch.float32
+
+
+def test_missing_ffmpeg_stops_the_load():
+    def decode(row):
+        raise FFmpegNotFoundError("ffmpeg", "not found")
+
+    with pytest.raises(FFmpegNotFoundError):
+        decode_clips([{"id": "a"}], decode)

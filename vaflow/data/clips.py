@@ -1,0 +1,137 @@
+"""Clip windows decoded into memory, for the recipes that hold a whole split in RAM (WaveVAE, CAVP, evaluators).
+
+`decode_clips(rows, decode)` runs `decode(row)` over manifest rows and keeps their order; a clip whose decode raises
+MediaError or ClipRejected is left out and listed with its one-line reason (`extract.rejection_reason`, the same
+text as the extraction stages' rejected lists), while a missing ffmpeg stops the load: it is a setup problem, and
+rejecting every clip for it would hide it. `read_window` is the decode of the recipes that need frames and audio.
+
+Scale: the whole split sits in memory, which suits the synthetic world's few hundred short clips only; at paper
+scale these networks are imported rather than trained here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from vaflow.data import media
+from vaflow.data.extract import ClipRejected, rejection_reason
+from vaflow.data.media import FFmpegNotFoundError, MediaError
+
+__all__ = ["ClipSet", "DecodedClips", "decode_clips", "load_split", "read_window"]
+
+
+@dataclass
+class DecodedClips:
+    """The clips that decoded (their rows and `decode` outputs, in row order) and the rejected ones."""
+
+    rows: list[Mapping[str, Any]]
+    parts: list[tuple[np.ndarray, ...]]  # decode(row) of each kept row
+    rejected: list[tuple[str, str]] = field(default_factory=list)  # (id, reason), in row order
+
+    @property
+    def ids(self) -> list[str]:
+        """The kept clips' ids."""
+        return [str(r["id"]) for r in self.rows]
+
+    def stack(self, part: int, shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+        """Part `part` of every kept clip stacked (N, *shape); an empty (0, *shape) tensor of `dtype` when none."""
+        if not self.parts:
+            return torch.empty((0, *shape), dtype=dtype)
+        return torch.from_numpy(np.stack([p[part] for p in self.parts]))
+
+
+def decode_clips(
+    rows: Iterable[Mapping[str, Any]],
+    decode: Callable[[Mapping[str, Any]], tuple[np.ndarray, ...]],
+    workers: int = 2,
+    progress: bool = False,
+) -> DecodedClips:
+    """Decode every row with `decode(row) -> arrays`, `workers` at a time (ffmpeg runs as subprocesses, so threads
+    overlap the decodes); rows whose decode raises MediaError or ClipRejected are listed, not kept."""
+    rows = list(rows)
+
+    def guarded(row: Mapping[str, Any]) -> tuple[np.ndarray, ...] | Exception:
+        try:
+            return decode(row)
+        except FFmpegNotFoundError:
+            raise
+        except (MediaError, ClipRejected) as err:
+            return err
+
+    out = DecodedClips([], [])
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = pool.map(guarded, rows)
+        for row, result in tqdm(zip(rows, results, strict=True), total=len(rows), desc="decode", unit="clip",
+                                disable=not progress):  # fmt: skip
+            if isinstance(result, Exception):
+                out.rejected.append((str(row["id"]), rejection_reason(result)))
+            else:
+                out.rows.append(row)
+                out.parts.append(result)
+    return out
+
+
+def read_window(
+    row: Mapping[str, Any],
+    fps: float,
+    size: int,
+    sample_rate: int,
+    duration: float,
+    n_frames: int,
+    n_samples: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A clip's window `duration` s from `row["start"]` -> (frames (n_frames, size, size, 3) uint8, audio
+    (n_samples,) float32), cut to length; a window that decodes shorter is a ClipRejected (nothing is padded)."""
+    path, start = row["path"], row["start"]
+    frames = media.read_frames(path, fps, size=(size, size), start=start, duration=duration)
+    if len(frames) < n_frames:
+        raise ClipRejected(f"too short: {len(frames)} of {n_frames} frames decoded")
+    audio = media.read_audio(path, sample_rate, start=start, duration=duration)
+    if len(audio) < n_samples:
+        raise ClipRejected(f"too short: {len(audio)} of {n_samples} audio samples decoded")
+    return frames[:n_frames], audio[:n_samples]
+
+
+@dataclass
+class ClipSet:
+    """Decoded clips: frames (N, T, side, side, 3) uint8 and audio (N, samples) float32, in `ids` order."""
+
+    ids: list[str]
+    labels: list[str]
+    frames: torch.Tensor
+    audio: torch.Tensor
+    rejected: list[tuple[str, str]] = field(default_factory=list)  # (id, reason) of clips left out
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def load_split(rows: Iterable[Mapping[str, Any]], config: Any, duration: float, workers: int = 2) -> ClipSet:
+    """Decode every clip window of `rows` (manifest rows: id, path, start, duration, label) for `config` (anything
+    with `fps`, `side` and `sample_rate`: the evaluators' config).
+
+    Each window gives T = round(duration · fps) frames at side × side and round(duration · sample_rate) samples.
+    A clip that fails to decode or falls short is left out and listed in `rejected`; nothing is padded.
+    """
+    n_frames = max(1, round(duration * config.fps))
+    n_samples = round(duration * config.sample_rate)
+    s = config.side
+
+    def decode(row: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        return read_window(row, config.fps, s, config.sample_rate, duration, n_frames, n_samples)
+
+    clips = decode_clips(rows, decode, workers)
+    return ClipSet(
+        clips.ids,
+        [str(r["label"]) for r in clips.rows],
+        clips.stack(0, (n_frames, s, s, 3), torch.uint8),
+        clips.stack(1, (n_samples,), torch.float32),
+        clips.rejected,
+    )

@@ -1,0 +1,82 @@
+"""What every `stages/*.py` script shares: its command line (`--params` and the stage's folders), the params
+load, the MLflow run and DVC metrics files of its tracked sections, and bad inputs shown as one `error:` line.
+
+A stage script describes itself and hands its work over:
+
+    STAGE = Stage("train_align", __doc__, {"--features": "extract_visual's folder", ...}, ("train_align",))
+
+    def train(params, args, tracker): ...
+
+    def main(argv=None):
+        run(STAGE, train, argv)
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from vaflow import config
+from vaflow.errors import exit_on_user_error
+from vaflow.tracking import Tracker
+
+__all__ = ["Stage", "run"]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A stage's name, help text, required path flags (`--flag` -> help) and the params sections it logs."""
+
+    name: str
+    doc: str | None
+    flags: Mapping[str, str]
+    tracked: tuple[str, ...]
+    metrics_name: str | None = None  # stem of the metrics files when it is not the stage name
+
+    def parser(self) -> argparse.ArgumentParser:
+        """`--params` (default params.yaml) and every path flag, each required (dvc.yaml names them all)."""
+        parser = argparse.ArgumentParser(description=self.doc)
+        parser.add_argument("--params", default="params.yaml")
+        for flag, help_text in self.flags.items():
+            parser.add_argument(flag, required=True, help=help_text)
+        return parser
+
+    def tracker(self, params: config.Params, metrics_dir: str) -> Tracker:
+        """The stage's run: its tracked sections as MLflow params, its metrics files in `metrics_dir`."""
+        sections = {name: getattr(params, name) for name in self.tracked}
+        return Tracker(self.name, params=sections, metrics_dir=metrics_dir, metrics_name=self.metrics_name)
+
+
+def run(
+    stage: Stage,
+    work: Callable[..., Any],
+    argv: list[str] | None = None,
+    *,
+    before: Callable[[config.Params, argparse.Namespace], Any] | None = None,
+    after: Callable[[config.Params, argparse.Namespace, Any], None] | None = None,
+) -> None:
+    """Parse the flags, load the params and call `work(params, args, tracker)` inside the stage's run.
+
+    `before(params, args)` runs first, outside any run (checks that must fail before one starts); its result
+    is passed to `work` as a fourth argument. `after(params, args, result)` gets what `work` returned, once
+    the run has ended. A user error anywhere prints `error: <message>` and exits 2 (`vaflow.errors`).
+    """
+    exit_on_user_error(_run)(stage, work, argv, before, after)
+
+
+def _run(
+    stage: Stage,
+    work: Callable[..., Any],
+    argv: list[str] | None,
+    before: Callable[[config.Params, argparse.Namespace], Any] | None,
+    after: Callable[[config.Params, argparse.Namespace, Any], None] | None,
+) -> None:
+    args = stage.parser().parse_args(argv)
+    params = config.load(args.params)
+    ready = () if before is None else (before(params, args),)
+    with stage.tracker(params, args.metrics) as tracker:
+        result = work(params, args, tracker, *ready)
+    if after is not None:
+        after(params, args, result)
