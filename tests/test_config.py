@@ -116,3 +116,16 @@ def test_params_validate_without_torch():
     code = "import sys, vaflow.config as c; c.Params(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_cli_preset_without_a_name_keeps_local_edits(tmp_path, capsys):
+    """`vaflow preset` alone used to write the default over params.yaml: a name is required now."""
+    target = tmp_path / "params.yaml"
+    cli.main(["preset", "micro", "--params", str(target)])
+    edited = target.read_text() + "# a local note\n"
+    target.write_text(edited)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["preset", "--params", str(target)])
+    assert exit_info.value.code == 2 and target.read_text() == edited
+    err = capsys.readouterr().err
+    assert "name a preset" in err and "micro" in err  # the available names are listed

@@ -136,3 +136,50 @@ def test_missing_models_and_bad_settings_are_one_line_errors(models_dir, tmp_pat
     assert code == 2 and len(err.strip().splitlines()) == 1 and "visual_encoder" in err
     code, _, err = _generate(capsys, str(video), "--models", str(models_dir), "--solver", "eulr")
     assert code == 2 and "did you mean 'euler'" in err
+
+
+def test_the_input_video_is_never_the_output(models_dir, tmp_path, capsys):
+    """`-o` naming the input (directly or through a link) is refused before any work: the input stays as it was."""
+    video = make_clip(tmp_path / "v.mp4", duration=0.3, size=(16, 16), fps=10)
+    (tmp_path / "link.mp4").symlink_to(video)
+    before = video.read_bytes()
+    for out in (video, tmp_path / "link.mp4", tmp_path / "." / "v.mp4"):
+        code, stdout, err = _generate(
+            capsys, str(video), "--models", str(models_dir), "-o", str(out), "--overwrite"
+        )
+        assert code == 2 and stdout == "" and len(err.strip().splitlines()) == 1, err
+        assert "is the input video" in err and str(out) in err
+    assert video.read_bytes() == before
+
+
+def test_an_existing_output_is_kept_unless_overwrite_is_given(models_dir, tmp_path, capsys):
+    video = make_clip(tmp_path / "v.mp4", duration=0.3, size=(16, 16), fps=10)
+    out = tmp_path / "out.mp4"
+    out.write_bytes(b"earlier work")
+    code, stdout, err = _generate(
+        capsys, str(video), "--models", str(models_dir), "-o", str(out), "--steps", "2"
+    )
+    assert code == 2 and stdout == "" and "--overwrite" in err and str(out) in err
+    assert out.read_bytes() == b"earlier work"
+    code, _, err = _generate(capsys, str(video), "--models", str(models_dir), "-o", str(out), "--steps", "2",
+                             "--overwrite")  # fmt: skip
+    assert code == 0, err
+    assert media.probe(out).has_audio
+
+
+@pytest.mark.parametrize("case", ["directory", "parent_is_a_file", "device_foo", "device_cuda"])
+def test_bad_output_paths_and_devices_fail_on_one_line_before_any_work(models_dir, tmp_path, capsys, case):
+    video = make_clip(tmp_path / "v.mp4", duration=0.3, size=(16, 16), fps=10)
+    (tmp_path / "a_file").write_text("x")
+    argv = {
+        "directory": ["-o", str(tmp_path)],
+        "parent_is_a_file": ["-o", str(tmp_path / "a_file" / "out.mp4")],
+        "device_foo": ["--device", "foo"],
+        "device_cuda": ["--device", "cuda"],
+    }[case]
+    if case == "device_cuda" and __import__("torch").cuda.is_available():
+        argv = ["--device", "cuda:99"]  # a machine with a GPU still has no 100th one
+    code, stdout, err = _generate(capsys, str(video), "--models", str(models_dir), *argv)
+    assert code == 2 and stdout == "", err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
+    assert not (tmp_path / "v_vaflow.mp4").exists()
