@@ -8,7 +8,7 @@ import pytest
 
 from tests.data.badmedia import make_clip
 from tests.test_sampling import HOP, SR, T_A, build_artefacts, one_thread  # noqa: F401 (an autouse fixture)
-from vaflow import cli
+from vaflow import cli, config
 from vaflow.data import media
 from vaflow.generate.video import OVERLAP, add_window, crossfade_ramp, window_starts
 
@@ -183,3 +183,27 @@ def test_bad_output_paths_and_devices_fail_on_one_line_before_any_work(models_di
     assert code == 2 and stdout == "", err
     assert len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
     assert not (tmp_path / "v_vaflow.mp4").exists()
+
+
+def test_an_output_that_is_not_an_mp4_is_refused(models_dir, tmp_path, capsys):
+    """The result is an mp4 container: `-o out.wav` would hide one under a wav name."""
+    video = make_clip(tmp_path / "v.mp4", duration=0.3, size=(16, 16), fps=10)
+    code, stdout, err = _generate(
+        capsys, str(video), "--models", str(models_dir), "-o", str(tmp_path / "out.wav")
+    )
+    assert code == 2 and stdout == "" and ".mp4" in err and "out.wav" in err
+    assert not (tmp_path / "out.wav").exists()
+
+
+def test_argument_errors_name_the_flag_and_help_shows_defaults(models_dir, tmp_path, capsys):
+    video = make_clip(tmp_path / "v.mp4", duration=0.3, size=(16, 16), fps=10)
+    code, _, err = _generate(capsys, str(video), "--models", str(models_dir), "--steps", "0")
+    assert code == 2 and "--steps" in err and "sample.steps" not in err, err
+    with pytest.raises(SystemExit):
+        cli.main(["generate", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())  # argparse wraps the help lines
+    d = config.SampleConfig()
+    assert f"(default: {d.steps})" in shown and f"(default: {d.solver})" in shown
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.startswith("vaflow ")
