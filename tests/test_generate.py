@@ -204,6 +204,7 @@ def test_argument_errors_name_the_flag_and_help_shows_defaults(models_dir, tmp_p
     shown = " ".join(capsys.readouterr().out.split())  # argparse wraps the help lines
     d = config.SampleConfig()
     assert f"(default: {d.steps})" in shown and f"(default: {d.solver})" in shown
+    assert "synthetic 64x64 world" in shown and "vaflow preset vggsound" in shown  # what the embedded model is for
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["--version"])
     assert exit_info.value.code == 0 and capsys.readouterr().out.startswith("vaflow ")
