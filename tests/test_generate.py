@@ -204,7 +204,30 @@ def test_argument_errors_name_the_flag_and_help_shows_defaults(models_dir, tmp_p
     shown = " ".join(capsys.readouterr().out.split())  # argparse wraps the help lines
     d = config.SampleConfig()
     assert f"(default: {d.steps})" in shown and f"(default: {d.solver})" in shown
-    assert "synthetic 64x64 world" in shown and "vaflow preset vggsound" in shown  # what the embedded model is for
+    assert (
+        "synthetic 64x64 world" in shown and "vaflow preset vggsound" in shown
+    )  # what the embedded model is for
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["--version"])
     assert exit_info.value.code == 0 and capsys.readouterr().out.startswith("vaflow ")
+
+
+@pytest.mark.parametrize("gamma", ["inf", "nan", "1e6", "-1"])
+def test_guidance_must_be_finite_and_in_range_before_any_work(models_dir, tmp_path, capsys, gamma):
+    video = make_clip(tmp_path / "v.mp4", duration=0.3, size=(16, 16), fps=10)
+    code, stdout, err = _generate(capsys, str(video), "--models", str(models_dir), "--cfg", gamma)
+    assert code == 2 and stdout == "" and len(err.strip().splitlines()) == 1 and "--cfg" in err, err
+    assert not (tmp_path / "v_vaflow.mp4").exists()
+
+
+@pytest.mark.parametrize("kind", ["prores", "gif"])
+def test_a_video_stream_an_mp4_cannot_hold_is_named_before_any_work(models_dir, tmp_path, capsys, kind):
+    if kind == "prores":
+        video = make_clip(tmp_path / "p.mov", duration=0.3, size=(16, 16), fps=10, vcodec="prores_ks",
+                          pix_fmt="yuv422p10le", acodec="pcm_s16le")  # fmt: skip
+    else:
+        video = make_clip(tmp_path / "g.gif", duration=0.3, size=(16, 16), fps=10, vcodec="gif", pix_fmt="rgb8",
+                          audio=False)  # fmt: skip
+    code, stdout, err = _generate(capsys, str(video), "--models", str(models_dir))
+    assert code == 2 and stdout == "" and len(err.strip().splitlines()) == 1, err
+    assert kind in err and "re-encode" in err

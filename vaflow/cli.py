@@ -4,10 +4,16 @@ video."""
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from vaflow import atomic, config
 from vaflow.errors import UserError, exit_on_user_error
+
+# Guidance scales `vaflow generate` accepts: γ of Eq. 10 beyond this range only amplifies the estimator's error.
+CFG_RANGE = (0.0, 20.0)
+# Video codecs an mp4 can hold as they are (the input's stream is copied, never re-encoded).
+MP4_VIDEO_CODECS = frozenset({"h264", "hevc", "av1", "vp9", "mpeg4", "mpeg2video", "mpeg1video", "mjpeg"})
 
 
 class ArgumentError(UserError, ValueError):
@@ -79,13 +85,21 @@ def _cmd_generate(args: argparse.Namespace) -> None:
     from vaflow.generate import Sampler, generate_video, load_models
     from vaflow.generate.video import check_video
 
+    low, high = CFG_RANGE
+    if not (math.isfinite(args.cfg) and low <= args.cfg <= high):
+        raise ArgumentError(f"--cfg {args.cfg}: guidance γ must be a finite number in [{low:g}, {high:g}]")
     chosen = {"solver": args.solver, "steps": args.steps, "cfg": args.cfg, "seed": args.seed}
     try:
         cfg = config.validate({"sample": chosen}, "vaflow generate").sample  # the stage's own checks
     except config.ConfigError as err:  # named as the flags the user typed, not as params keys
         raise ArgumentError(str(err).replace("vaflow generate: sample.", "--")) from None
     video, models_dir = Path(args.video), Path(args.models)
-    check_video(video)  # a bad input fails before the models load
+    codec = (check_video(video).video_codec or "").split()[0]  # a bad input fails before the models load
+    if codec not in MP4_VIDEO_CODECS:
+        raise ArgumentError(
+            f"{video}: its {codec} video stream cannot be copied into an mp4; re-encode it first "
+            f"(ffmpeg -i {video.name} -c:v libx264 -pix_fmt yuv420p {video.stem}.mp4)"
+        )
     out = _output_path(video, args.out, args.overwrite)
     device = _device(args.device)
     encoder = load_encoder(models_dir / "visual_encoder", device)
@@ -159,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--steps", type=int, default=d.steps, help="steps of the fixed-step solvers (default: %(default)s)"
     )
     g.add_argument("--cfg", type=float, default=d.cfg,
-                   help="classifier-free guidance γ (Eq. 10; 0 = off) (default: %(default)s)")  # fmt: skip
+                   help="classifier-free guidance γ (Eq. 10; 0 = off, at most 20) (default: %(default)s)")  # fmt: skip
     g.add_argument("--seed", type=int, default=d.seed, help="seed of the prior draws (default: %(default)s)")
     g.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     g.set_defaults(func=_cmd_generate)
