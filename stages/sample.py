@@ -64,14 +64,13 @@ def sample(params: config.Params, args: argparse.Namespace, tracker: Tracker) ->
     report = sample_split(models, split, folder, sampler, cfg.seed, cfg.samples_per_clip, cfg.batch_size,
                           cfg.mux, windows)  # fmt: skip
     metrics = {**report.metrics(), "steps": cfg.steps, "cfg": cfg.cfg, "cfg_applied": spec["cfg_applied"]}
-    tracker.set_tags(
-        {
-            "sample.solver": cfg.solver,
-            "sample.cond": cfg.cond,
-            "model.weights": models.flow_hash,
-            "code": code,
-        }
-    )
+    tags = {
+        "sample.solver": cfg.solver,
+        "sample.cond": cfg.cond,
+        "model.weights": models.flow_hash,
+        "code": code,
+    }
+    tracker.set_tags(tags)
     tracker.log_final(metrics)
     tracker.log_final(report.run_figures(), in_file=False)  # wall-clock and resume counts vary run to run
     tracker.log_artifact(out / INDEX_FILE)

@@ -10,7 +10,7 @@ from vaflow import config
 from vaflow.code import stage_code
 from vaflow.data import pairs
 from vaflow.models import artifacts
-from vaflow.models.align_vae import AlignLossWeights, AlignVAE, AlignVAEConfig
+from vaflow.models.align_vae import AlignVAE
 from vaflow.stage import Stage, run
 from vaflow.tracking import Tracker
 from vaflow.train import vaflow as training
@@ -37,18 +37,8 @@ def train(params: config.Params, args: argparse.Namespace, tracker: Tracker) -> 
     identity = artifacts.feature_identity(pairs.read_spec(args.features, pairs.FEATURES))
     train_split = pairs.open_split(args.features, "train")
     t_v, d_v = train_split.shapes["feat"]
-    model_cfg = AlignVAEConfig(
-        feature_dim=d_v,
-        feature_length=t_v,
-        latent_dim=params.audio_vae.latent_dim,
-        latent_length=params.clip.latent_length(params.audio_vae.hop),
-        channels=cfg.channels,
-        blocks=cfg.blocks,
-        kernel=cfg.kernel,
-    )
-    weights = AlignLossWeights(
-        cfg.kl_weight, cfg.rec_weight, cfg.con_weight, cfg.clip_frames, cfg.temperature
-    )
+    model_cfg = training.align_config(cfg, (t_v, d_v), params.audio_vae.latent_dim,
+                                      params.clip.latent_length(params.audio_vae.hop))  # fmt: skip
     print(f"train: {train_split.n_clips} clips; x_v ({t_v}, {d_v}) -> x_v^AE ({model_cfg.latent_length}, "
           f"{model_cfg.latent_dim})")  # fmt: skip
     val = training.load_validation(pairs.optional_split(args.features, "val"), cfg.val.clips)
@@ -61,7 +51,7 @@ def train(params: config.Params, args: argparse.Namespace, tracker: Tracker) -> 
     }
     seed_everything(cfg.trainer.seed)  # before building the model: the same initial weights every run
     trainer = Trainer(
-        AlignVAE(model_cfg, weights),
+        AlignVAE(model_cfg, training.align_weights(cfg)),
         training.align_loss,
         lambda spec: pairs.ClipStream(train_split, spec.batch_size, spec.rank, spec.world_size, spec.seed),
         cfg.trainer,

@@ -129,3 +129,12 @@ def test_cli_preset_without_a_name_keeps_local_edits(tmp_path, capsys):
     assert exit_info.value.code == 2 and target.read_text() == edited
     err = capsys.readouterr().err
     assert "name a preset" in err and "micro" in err  # the available names are listed
+
+
+@pytest.mark.parametrize("gamma", [".inf", ".nan", "1.0e6", "-1"])
+def test_guidance_is_finite_and_in_its_range(tmp_path, gamma):
+    """`sample.cfg: .inf` used to pass `vaflow check`, then sampled 64 silent wavs with rc 0."""
+    bad = tmp_path / "params.yaml"
+    bad.write_text(f"sample:\n  cfg: {gamma}\n")
+    with pytest.raises(config.ConfigError, match=r"sample\.cfg"):
+        config.load(bad)

@@ -231,3 +231,20 @@ def test_a_video_stream_an_mp4_cannot_hold_is_named_before_any_work(models_dir, 
     code, stdout, err = _generate(capsys, str(video), "--models", str(models_dir))
     assert code == 2 and stdout == "" and len(err.strip().splitlines()) == 1, err
     assert kind in err and "re-encode" in err
+
+
+def test_damaged_model_weights_are_named_as_corrupted_before_any_work(models_dir, tmp_path, capsys):
+    """Zeroing part of vaflow.safetensors used to give rc 0 and other audio."""
+    import shutil
+
+    damaged = tmp_path / "models"
+    shutil.copytree(models_dir, damaged)
+    weights = damaged / "vaflow" / "vaflow.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-2000:] = bytes(2000)
+    weights.write_bytes(bytes(data))
+    video = make_clip(tmp_path / "v.mp4", duration=0.3, size=(16, 16), fps=10)
+    code, stdout, err = _generate(capsys, str(video), "--models", str(damaged))
+    assert code == 2 and stdout == "" and len(err.strip().splitlines()) == 1, err
+    assert "corrupted" in err and str(weights) in err
+    assert not (tmp_path / "v_vaflow.mp4").exists()

@@ -157,7 +157,8 @@ class SampleConfig(Section):
     steps: int = Field(25, ge=1)
     # γ of Eq. 10; 0 = plain conditional. The paper samples with CFG (Table 4: conditioning + CFG is best) but does
     # not give γ; 1 (= guidance scale 2 in the w·v_c − (w−1)·v_∅ form) is a moderate default for a small model.
-    cfg: float = Field(1.0, ge=0)
+    # Finite and at most 20: beyond that guidance only amplifies the estimator's error into clipped noise.
+    cfg: float = Field(1.0, ge=0, le=20, allow_inf_nan=False)
     # `video`: the estimator sees x_v; `zero`: null features (Table 4's zero-input row), the prior still sees x_v.
     # With the condition hidden, Eq. 10's two branches coincide and γ has no effect (recorded as cfg_applied 0).
     cond: Literal["video", "zero"] = "video"

@@ -212,9 +212,10 @@ def load(
         raise MissingModelFileError(
             f"{weights}: no such file (named by {model_dir / folder.card}); {folder.rebuild}"
         )
-    if hash_key is not None and weights_hash(weights) != card.get(hash_key):
+    if hash_key is not None and (found := weights_hash(weights)) != card.get(hash_key):
         raise ModelFileError(
-            f"{weights}: weight hash differs from its card's {card.get(hash_key)}; {folder.rebuild}"
+            f"{weights}: corrupted or not the weights its card describes (hash {found}, the card's "
+            f"{card.get(hash_key)}); {folder.rebuild}"
         )
     model = build(card)
     tensors = read_tensors(weights, folder.rebuild)
@@ -232,6 +233,8 @@ def load(
 # ----------------------------------------------------------------------------------------------------------------
 
 FORMAT = 1
+# The card key of the weights' hash: every load checks the file against it, so a damaged file is named as such.
+WEIGHTS_HASH = "weights_hash"
 ALIGN = Folder(
     "align_vae.safetensors",
     "align_vae.json",
@@ -285,7 +288,7 @@ def save_align_vae(
         "features": dict(features),
         "trained": dict(trained),
     }
-    save(out_dir, ALIGN, model, card)
+    save(out_dir, ALIGN, model, card, hash_key=WEIGHTS_HASH)
     return Path(out_dir) / ALIGN.weights
 
 
@@ -298,7 +301,7 @@ def load_align_vae(model_dir: str | Path, features: Mapping[str, Any] | None = N
             check_identity("visual features", card["features"], features, model_dir)
         return AlignVAE(AlignVAEConfig.from_dict(card["config"]), AlignLossWeights(**card["loss"]))
 
-    return load(model_dir, ALIGN, build)
+    return load(model_dir, ALIGN, build, hash_key=WEIGHTS_HASH)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -331,7 +334,7 @@ def save_vaflow(
         "wavevae": dict(wavevae),
         "trained": list(trained),
     }
-    save(out_dir, FLOW, model, card)
+    save(out_dir, FLOW, model, card, hash_key=WEIGHTS_HASH)
     return Path(out_dir) / FLOW.weights
 
 
@@ -362,4 +365,4 @@ def load_vaflow(
         dit = VelocityDiT(DiTConfig.from_dict(card["dit"]))
         return VAFlow(encoder, dit, torch.zeros(dim), torch.ones(dim), chosen)
 
-    return load(model_dir, FLOW, build)
+    return load(model_dir, FLOW, build, hash_key=WEIGHTS_HASH)

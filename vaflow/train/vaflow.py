@@ -18,7 +18,7 @@ from torch import nn
 from vaflow.data import pairs
 from vaflow.data.pairs import SplitShards
 from vaflow.models import artifacts
-from vaflow.models.align_vae import AlignEncoder, AlignVAE
+from vaflow.models.align_vae import AlignEncoder, AlignLossWeights, AlignVAE, AlignVAEConfig
 from vaflow.models.dit import VelocityDiT, dit_config
 from vaflow.models.vaflow import FlowSettings, VAFlow, latent_statistics
 from vaflow.train.interface import TrainResult
@@ -281,3 +281,17 @@ def export(
     tracker.log_final(final)
     tracker.log_artifact(out / artifacts.FLOW.card)
     print(f"{out}: " + ", ".join(f"{k} {v:.4g}" for k, v in final.items()))
+
+
+def align_config(
+    cfg: Any, feature_shape: tuple[int, int], latent_dim: int, latent_length: int
+) -> AlignVAEConfig:
+    """The alignment VAE of a `train_align` section `cfg` for features (T_v, D_v) and latents (T_a, D_a)."""
+    t_v, d_v = feature_shape
+    return AlignVAEConfig(feature_dim=d_v, feature_length=t_v, latent_dim=latent_dim, latent_length=latent_length,
+                          channels=cfg.channels, blocks=cfg.blocks, kernel=cfg.kernel)  # fmt: skip
+
+
+def align_weights(cfg: Any) -> AlignLossWeights:
+    """Eq. 4-7's loss weights, clip length and temperature of a `train_align` section `cfg`."""
+    return AlignLossWeights(cfg.kl_weight, cfg.rec_weight, cfg.con_weight, cfg.clip_frames, cfg.temperature)
