@@ -159,7 +159,7 @@ def test_loader_refuses_missing_and_wrong_files(tmp_path, data, trained):
     refused("format 'something-else', expected 'vaflow-evaluator-1'")
     card_path.write_text(json.dumps(card))
     weights.write_bytes(weights.read_bytes()[:-4] + b"abcd")
-    refused("weight hash differs")
+    refused("corrupted or not the weights its card describes")
     # Weights of another shape, with a matching hash: the file is an evaluator, but not this one.
     ev.save_evaluator(tmp_path, "av_embedder", trained["av_embedder"], labels, {})
     shutil.copyfile(tmp_path / "av_embedder.safetensors", weights)
