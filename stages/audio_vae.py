@@ -37,6 +37,7 @@ STAGE = Stage(
         "--metrics": "folder of the DVC metrics files",
     },
     tracked=("audio_vae", "clip"),
+    fresh=("--out",),
 )
 
 

@@ -22,6 +22,7 @@ STAGE = stage.Stage(
         "--metrics": "folder of metrics/evaluators.json",
     },
     tracked=("evaluators", "clip"),
+    fresh=("--out",),
 )
 
 

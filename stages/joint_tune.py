@@ -30,6 +30,7 @@ STAGE = Stage(
         "--metrics": "folder of metrics/joint_tune.json and its step log",
     },
     tracked=("flow", "joint_tune"),
+    fresh=("--out",),
 )
 
 

@@ -18,6 +18,7 @@ STAGE = Stage(
         "--metrics": "metrics folder (prepare.json: the clip counts)",
     },
     tracked=("clip", "synth", "prepare"),
+    fresh=("--out",),
 )
 
 
@@ -35,10 +36,13 @@ def list_and_check(
 
 
 def refuse_empty(params: config.Params, args: argparse.Namespace, report: prepare.PrepareReport) -> None:
-    """No usable clip is a bad source, raised once the run has recorded the counts and the rejected list."""
+    """No usable clip is a bad source, raised once the run has logged the counts and the rejected list (the
+    folder before it comes back, so the reasons are in the message and the run's artifacts)."""
     if report.manifest.empty:
+        reasons = "; ".join(line.strip() for line in report.summary().splitlines()[1:])
         raise config.ConfigError(
-            f"no usable clip in the source '{params.prepare.source}'; see {report.rejected_path}"
+            f"no usable clip in the source '{params.prepare.source}' ({reasons or 'it lists none'}); "
+            "the rejected list is an artifact of this prepare run in MLflow"
         )
 
 

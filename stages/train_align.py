@@ -28,6 +28,7 @@ STAGE = Stage(
         "--metrics": "folder of metrics/train_align.json and its step log",
     },
     tracked=("train_align", "clip"),
+    fresh=("--out",),
 )
 
 

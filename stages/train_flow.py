@@ -28,6 +28,7 @@ STAGE = Stage(
         "--metrics": "folder of metrics/train_flow.json and its step log",
     },
     tracked=("flow", "train_flow"),
+    fresh=("--out",),
 )
 
 

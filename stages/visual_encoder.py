@@ -24,6 +24,7 @@ STAGE = Stage(
         "--metrics": "folder of metrics/visual_encoder.json and its step log",
     },
     tracked=("visual_encoder", "clip"),
+    fresh=("--out",),
 )
 
 

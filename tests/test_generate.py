@@ -89,9 +89,7 @@ def test_generate_gives_the_video_an_audio_track_of_its_length(models_dir, tmp_p
     code, out, err = _generate(capsys, str(video), "--models", str(models_dir), "--steps", "3")
     assert code == 0, err
     result = tmp_path / "odd clip_vaflow.mp4"
-    windows = len(
-        window_starts(round(media.probe(video).duration * SR), WINDOW)
-    )  # container length (≥ video)
+    windows = len(window_starts(round(media.video_duration(video) * SR), WINDOW))
     assert f"in {windows} window(s)" in out and (windows > 1) == (duration > 0.2)
     info = media.probe(result)
     assert info.has_audio and info.audio[0].sample_rate == SR and (info.width, info.height) == (33, 17)
@@ -221,16 +219,35 @@ def test_guidance_must_be_finite_and_in_range_before_any_work(models_dir, tmp_pa
 
 
 @pytest.mark.parametrize("kind", ["prores", "gif"])
-def test_a_video_stream_an_mp4_cannot_hold_is_named_before_any_work(models_dir, tmp_path, capsys, kind):
+def test_a_video_stream_an_mp4_cannot_hold_is_re_encoded_said_in_one_line(models_dir, tmp_path, capsys, kind):
     if kind == "prores":
         video = make_clip(tmp_path / "p.mov", duration=0.3, size=(16, 16), fps=10, vcodec="prores_ks",
                           pix_fmt="yuv422p10le", acodec="pcm_s16le")  # fmt: skip
     else:
-        video = make_clip(tmp_path / "g.gif", duration=0.3, size=(16, 16), fps=10, vcodec="gif", pix_fmt="rgb8",
+        video = make_clip(tmp_path / "g.gif", duration=0.3, size=(15, 17), fps=10, vcodec="gif", pix_fmt="rgb8",
                           audio=False)  # fmt: skip
-    code, stdout, err = _generate(capsys, str(video), "--models", str(models_dir))
-    assert code == 2 and stdout == "" and len(err.strip().splitlines()) == 1, err
-    assert kind in err and "re-encode" in err
+    code, stdout, err = _generate(capsys, str(video), "--models", str(models_dir), "--steps", "2")
+    assert code == 0, err
+    assert err.strip().splitlines() == [
+        f"note: {video}: an mp4 cannot hold its {kind} video stream as it is; the result's video is re-encoded "
+        "as H.264"
+    ]
+    result = media.probe(video.with_name(f"{video.stem}_vaflow.mp4"))
+    assert result.video_codec.split()[0] == "h264" and result.has_audio
+    assert (
+        abs(result.duration - media.video_duration(video)) < 0.1
+    )  # the mp4's container rounds to its frames
+
+
+def test_the_length_is_the_video_streams_not_a_longer_audio_tracks(models_dir, tmp_path, capsys):
+    """A 0.3 s video with a 1 s soundtrack: the container says 1 s; 0.3 s are generated and written."""
+    video = make_clip(tmp_path / "edge.mp4", duration=0.3, size=(16, 16), fps=10, audio_duration=1.0)
+    assert media.probe(video).duration > 0.9
+    code, out, err = _generate(capsys, str(video), "--models", str(models_dir), "--steps", "2")
+    assert code == 0, err
+    seconds = media.video_duration(video)
+    assert f": {seconds:.2f} s of audio in {len(window_starts(round(seconds * SR), WINDOW))} window(s)" in out
+    assert abs(len(media.read_audio(tmp_path / "edge_vaflow.mp4", SR)) / SR - seconds) <= 1 / 10
 
 
 def test_damaged_model_weights_are_named_as_corrupted_before_any_work(models_dir, tmp_path, capsys):

@@ -258,3 +258,35 @@ def test_changed_code_reruns_exactly_its_importers_and_the_rerun_is_bit_identica
     after = _outputs(work)
     assert after.keys() == before.keys()
     assert [k for k in before if before[k] != after[k]] == []  # deterministic on the CPU, to the byte
+
+
+def _kept(work):
+    """Every output a failed stage must keep: metrics, the table, the samples and the model folders."""
+    files = [*(work / "metrics").iterdir(), work / "reports" / "table.md", *(work / "data").glob("*/*/*")]
+    return {p.relative_to(work).as_posix(): p.read_bytes() for p in files if p.is_file()}
+
+
+def _fails(cmd, cwd, env):
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0, f"{' '.join(cmd)} should fail:\n{proc.stdout}\n{proc.stderr}"
+    return [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error:")]
+
+
+def test_a_stage_that_fails_its_checks_keeps_every_output_and_the_pipeline_stays_up_to_date(clone):
+    """DVC deletes no output before a stage (all are `persist`); a stage stopped by its params, its tracking
+    server or its inputs leaves what the last good run wrote, and once the cause is gone nothing is stale."""
+    work, env = clone
+    kept = _kept(work)
+    unreachable = {**env, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}
+    (line,) = _fails(["dvc", "repro", "-f", "-s", "evaluate"], work, unreachable)
+    assert "MLflow tracking server http://127.0.0.1:9 is unreachable" in line
+    params = (work / "params.yaml").read_text()
+    _set_param(work, "sample", "steps", "many")
+    (line,) = _fails(["dvc", "repro", "-s", "sample"], work, env)
+    assert "sample.steps" in line
+    (work / "params.yaml").write_text(params)
+    (work / "data" / "features" / "spec.json").rename(work / "spec.json")
+    _fails(["dvc", "repro", "-f", "-s", "train_align"], work, env)
+    (work / "spec.json").rename(work / "data" / "features" / "spec.json")
+    assert _kept(work) == kept
+    assert "up to date" in _run(["dvc", "status"], work, env)

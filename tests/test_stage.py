@@ -125,3 +125,95 @@ def test_before_fails_ahead_of_any_run_and_hands_its_result_to_the_work(work, ca
     run(DEMO, lambda params, args, tracker, ready: got.append(ready), ["--out", "o", "--metrics", "metrics"],
         before=lambda params, args: ("checked", args.out))  # fmt: skip
     assert got == [("checked", "o")]
+
+
+FRESH = Stage(
+    "demo", None, {"--out": "a folder", "--metrics": "metrics"}, tracked=("clip",), fresh=("--out",)
+)
+
+
+def _good_outputs(work: Path) -> dict[str, str]:
+    run(FRESH, _write_outputs("good"), ["--out", "out", "--metrics", "metrics"])
+    return _contents(work)
+
+
+def _write_outputs(text: str, fail: BaseException | None = None):
+    def body(params, args, tracker):
+        assert list(Path(args.out).iterdir()) == []  # a fresh folder is written from empty
+        (Path(args.out) / f"{text}.txt").write_text(text)
+        tracker.log_final({"value": float(len(text))})
+        if fail is not None:
+            raise fail
+
+    return body
+
+
+def _contents(work: Path) -> dict[str, str]:
+    files = [*(work / "out").rglob("*"), work / "metrics" / "demo.json"]
+    return {str(p.relative_to(work)): p.read_text() for p in files if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    "failure",
+    ["params", "tracking server", "before", "the work"],
+)
+def test_a_failed_stage_keeps_its_last_good_outputs(work, monkeypatch, failure):
+    good = _good_outputs(work)
+    assert good == {"out/good.txt": "good", "metrics/demo.json": '{\n  "value": 4.0\n}\n'}
+    before = None
+    if failure == "params":
+        (work / "params.yaml").write_text("clip:\n  duration: fast\n")
+    elif failure == "tracking server":
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    elif failure == "before":
+
+        def before(params, args):
+            raise config.ConfigError("an input file is missing")
+
+    fail = config.ConfigError("a bad shard") if failure == "the work" else None
+    with pytest.raises(SystemExit) as exit_info:
+        run(FRESH, _write_outputs("bad", fail), ["--out", "out", "--metrics", "metrics"], before=before)
+    assert exit_info.value.code == 2
+    assert _contents(work) == good
+    assert sorted(p.name for p in work.iterdir()) == ["metrics", "mlflow.db", "out", "params.yaml"]
+
+
+def test_a_killed_stage_gets_its_last_good_folder_back_at_the_next_run(work):
+    good = _good_outputs(work)
+    with pytest.raises(KeyboardInterrupt):
+        run(FRESH, _write_outputs("bad", KeyboardInterrupt()), ["--out", "out", "--metrics", "metrics"])
+    assert _contents(work) == good
+    # kill -9 gives no chance to clean up: the partial folder and the one set aside both stay
+    (work / "out").rename(work / ".out.previous")
+    (work / "out").mkdir()
+    (work / "out" / "partial.txt").write_text("partial")
+    (work / "params.yaml").write_text("clip:\n  duration: fast\n")  # even a run that fails at once repairs it
+    with pytest.raises(SystemExit):
+        run(FRESH, _write_outputs("bad"), ["--out", "out", "--metrics", "metrics"])
+    assert _contents(work) == good and not (work / ".out.previous").exists()
+
+
+def test_a_succeeding_stage_replaces_the_whole_folder(work):
+    _good_outputs(work)
+    run(FRESH, _write_outputs("better"), ["--out", "out", "--metrics", "metrics"])
+    assert _contents(work) == {"out/better.txt": "better", "metrics/demo.json": '{\n  "value": 6.0\n}\n'}
+    assert not (work / ".out.previous").exists()
+
+
+def test_prepare_without_a_usable_clip_names_the_reasons_and_keeps_the_last_prepared_folder(work, capsys):
+    from stages import prepare
+
+    videos = work / "videos"
+    videos.mkdir()
+    (videos / "a.mp4").write_bytes(b"not a video")
+    settings = {"prepare": {"source": "folder", "folder": {"root": str(videos)}, "workers": 1}}
+    (work / "params.yaml").write_text(config.dump(config.validate(settings)))
+    (work / "prepared").mkdir()
+    (work / "prepared" / "manifest.csv").write_text("the last good manifest")
+    with pytest.raises(SystemExit) as exit_info:
+        prepare.main(["--out", "prepared", "--metrics", "metrics"])
+    assert exit_info.value.code == 2
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error:")]
+    assert "no usable clip in the source 'folder' (rejected (" in line and "MLflow" in line
+    assert [p.name for p in (work / "prepared").iterdir()] == ["manifest.csv"]
+    assert (work / "prepared" / "manifest.csv").read_text() == "the last good manifest"

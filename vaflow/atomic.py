@@ -1,9 +1,10 @@
-"""Atomic file writes: a reader (or a crash) sees the old file or the new one, never a partial one (DESIGN §9)."""
+"""Atomic writes: a reader (or a crash) sees the old file or folder or the new one, never a partial one (DESIGN §9)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -57,3 +58,43 @@ def replacing(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _aside(folder: Path) -> Path:
+    return folder.with_name(f".{folder.name}.previous")
+
+
+def recover(folder: str | os.PathLike) -> bool:
+    """Put back the content a killed `replacing_folders` block set aside (the folder beside it is partial).
+
+    True when there was something to put back.
+    """
+    folder = Path(folder)
+    aside = _aside(folder)
+    if not aside.is_dir():
+        return False
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(aside, folder)
+    return True
+
+
+@contextmanager
+def replacing_folders(folders: list[Path]) -> Iterator[None]:
+    """The block writes `folders` from empty; their previous content is set aside as `.<name>.previous` and
+    comes back when the block fails (or, after a kill, at the next `recover`), and goes when it succeeds."""
+    moved: list[Path] = []
+    try:
+        for folder in folders:
+            recover(folder)
+            if folder.exists():
+                os.replace(folder, _aside(folder))
+            moved.append(folder)
+            folder.mkdir(parents=True)
+        yield
+    except BaseException:
+        for folder in moved:
+            shutil.rmtree(folder, ignore_errors=True)
+            recover(folder)
+        raise
+    for folder in folders:
+        shutil.rmtree(_aside(folder), ignore_errors=True)

@@ -4,13 +4,11 @@ video."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from vaflow import atomic, config
 from vaflow.errors import UserError, exit_on_user_error
-
-# Video codecs an mp4 can hold as they are (the input's stream is copied, never re-encoded).
-MP4_VIDEO_CODECS = frozenset({"h264", "hevc", "av1", "vp9", "mpeg4", "mpeg2video", "mpeg1video", "mjpeg"})
 
 
 class ArgumentError(UserError, ValueError):
@@ -78,9 +76,7 @@ def _cmd_check(args: argparse.Namespace) -> None:
 
 
 def _cmd_generate(args: argparse.Namespace) -> None:
-    from vaflow.data.features import compact_identity, load_encoder
-    from vaflow.generate import Sampler, generate_video, load_models
-    from vaflow.generate.video import check_video
+    from vaflow.data import media
 
     chosen = {"solver": args.solver, "steps": args.steps, "cfg": args.cfg, "seed": args.seed}
     try:
@@ -88,14 +84,15 @@ def _cmd_generate(args: argparse.Namespace) -> None:
     except config.ConfigError as err:  # named as the flags the user typed, not as params keys
         raise ArgumentError(str(err).replace("vaflow generate: sample.", "--")) from None
     video, models_dir = Path(args.video), Path(args.models)
-    codec = (check_video(video).video_codec or "").split()[0]  # a bad input fails before the models load
-    if codec not in MP4_VIDEO_CODECS:
-        raise ArgumentError(
-            f"{video}: its {codec} video stream cannot be copied into an mp4; re-encode it first "
-            f"(ffmpeg -i {video.name} -c:v libx264 -pix_fmt yuv420p {video.stem}.mp4)"
-        )
+    info = media.check_video(video)  # the arguments and the input are checked before torch loads
     out = _output_path(video, args.out, args.overwrite)
+    if not media.mp4_holds(info.video_codec):
+        print(f"note: {video}: an mp4 cannot hold its {info.video_codec.split()[0]} video stream as it is; the "
+              "result's video is re-encoded as H.264", file=sys.stderr)  # fmt: skip
     device = _device(args.device)
+    from vaflow.data.features import compact_identity, load_encoder
+    from vaflow.generate import Sampler, generate_video, load_models
+
     encoder = load_encoder(models_dir / "visual_encoder", device)
     identity = compact_identity(encoder.identity())
     models = load_models(models_dir / "vaflow", models_dir / "audio_vae", identity, device)

@@ -16,9 +16,10 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from vaflow import config
+from vaflow import atomic, config
 from vaflow.errors import exit_on_user_error
 from vaflow.tracking import Tracker
 
@@ -34,6 +35,7 @@ class Stage:
     flags: Mapping[str, str]
     tracked: tuple[str, ...]
     metrics_name: str | None = None  # stem of the metrics files when it is not the stage name
+    fresh: tuple[str, ...] = ()  # path flags of the folders the stage writes whole (see `run`)
 
     def parser(self) -> argparse.ArgumentParser:
         """`--params` (default params.yaml) and every path flag, each required (dvc.yaml names them all)."""
@@ -62,6 +64,11 @@ def run(
     `before(params, args)` runs first, outside any run (checks that must fail before one starts); its result
     is passed to `work` as a fourth argument. `after(params, args, result)` gets what `work` returned, once
     the run has ended. A user error anywhere prints `error: <message>` and exits 2 (`vaflow.errors`).
+
+    Nothing the stage wrote before is touched until the params, `before` and the tracking server have passed
+    (DVC leaves every output in place: all are `persist` in dvc.yaml). The `fresh` folders are then written from
+    empty, and their previous content comes back if the stage fails or is killed; the metrics file is written
+    only when the run succeeds.
     """
     exit_on_user_error(_run)(stage, work, argv, before, after)
 
@@ -74,9 +81,14 @@ def _run(
     after: Callable[[config.Params, argparse.Namespace, Any], None] | None,
 ) -> None:
     args = stage.parser().parse_args(argv)
+    fresh = [Path(getattr(args, flag.lstrip("-").replace("-", "_"))) for flag in stage.fresh]
+    for folder in fresh:
+        atomic.recover(folder)  # a killed run's folder is partial: the one before it comes back
     params = config.load(args.params)
     ready = () if before is None else (before(params, args),)
-    with stage.tracker(params, args.metrics) as tracker:
-        result = work(params, args, tracker, *ready)
-    if after is not None:
-        after(params, args, result)
+    tracker = stage.tracker(params, args.metrics)  # an unusable tracking server fails here
+    with atomic.replacing_folders(fresh):
+        with tracker:
+            result = work(params, args, tracker, *ready)
+        if after is not None:
+            after(params, args, result)

@@ -149,6 +149,7 @@ class Tracker:
         self._last_step = 0
         self._sent: dict[str, tuple[int, float]] = {}  # key -> (step, value) last sent to MLflow
         self._started = False
+        self._closed = False
         if not self.enabled:
             return
         self.root = Path(root).resolve() if root else repo_root()
@@ -301,7 +302,8 @@ class Tracker:
             )
 
     def log_final(self, metrics: Mapping[str, float], in_file: bool = True) -> None:
-        """Final metrics: merged into `<metrics_dir>/<stage>.json` (written atomically) and logged to MLflow.
+        """Final metrics: merged into `<metrics_dir>/<stage>.json` (written atomically when the run ends
+        FINISHED, so a failed run keeps the last good file) and logged to MLflow.
 
         `in_file=False` logs to MLflow only: for figures that differ from run to run (wall-clock times, how much of
         the work a resumed run found done), so that the metrics files of two runs compare byte for byte.
@@ -310,7 +312,6 @@ class Tracker:
             return
         if in_file:
             self.final.update({k: _json_number(v) for k, v in metrics.items()})
-            atomic.write_text(self.final_path, json.dumps(self.final, indent=2, sort_keys=True) + "\n")
         if self.client is not None:
             from mlflow.entities import Metric
 
@@ -329,7 +330,6 @@ class Tracker:
         if not self.enabled:
             return
         self.final["provenance"] = jsonable(provenance)  # JSON types, a copy
-        atomic.write_text(self.final_path, json.dumps(self.final, indent=2, sort_keys=True) + "\n")
         self.set_tags(flatten({"provenance": provenance}))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
@@ -345,7 +345,11 @@ class Tracker:
     # -- end --------------------------------------------------------------------------------
 
     def close(self, status: str = "FINISHED") -> None:
-        """End the MLflow run with `status` (FINISHED, FAILED, KILLED); idempotent."""
+        """Write the metrics file when `status` is FINISHED; end the MLflow run with `status` (FINISHED, FAILED,
+        KILLED). Idempotent."""
+        if status == "FINISHED" and self.enabled and self.final and not self._closed:
+            atomic.write_text(self.final_path, json.dumps(self.final, indent=2, sort_keys=True) + "\n")
+        self._closed = True
         if self.client is None or self.run_id is None:
             return
         try:

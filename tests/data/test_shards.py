@@ -232,3 +232,30 @@ def test_url_patterns_pass_through(shards):
     urls = expand(pattern)
     assert urls == [f"pipe:cat {shards}/x-{i:06d}.tar" for i in range(4)]
     assert [s["id"] for s in read_shards(pattern)] == IDS
+
+
+@pytest.mark.parametrize("damage", ["truncated mid-member", "garbage header", "garbage payload"])
+def test_a_damaged_shard_is_a_shard_error_naming_it(tmp_path, damage):
+    write_shards(tmp_path / "a", "x", IDS, make_sample, per_shard=5, progress=False)
+    write_shards(tmp_path / "b", "x", IDS, make_sample, per_shard=5, progress=False)
+    shard = tmp_path / "a" / "x-000001.tar"
+    data = shard.read_bytes()
+    with tarfile.open(shard) as tar:
+        second = tar.getmembers()[1]
+    if damage == "truncated mid-member":
+        shard.write_bytes(data[: second.offset_data + second.size // 2])
+    elif damage == "garbage header":
+        shard.write_bytes(data[: second.offset] + b"\x17" * 512 + data[second.offset + 512 :])
+    else:
+        start = second.offset_data
+        shard.write_bytes(data[:start] + b"\x17" * 64 + data[start + 64 :])
+    # a header the tar reader cannot place may read as a member of another name: a shard error naming it too
+    pattern = {
+        "truncated mid-member": rf"^{shard}: damaged shard \(.+\); delete it and run `dvc repro`",
+        "garbage header": rf"{shard}",
+        "garbage payload": rf"of {shard}: damaged payload .+; delete the shard and run `dvc repro`",
+    }[damage]
+    with pytest.raises(ShardError, match=pattern):
+        list(read_shards(tmp_path / "a"))
+    with pytest.raises(ShardError, match=pattern):
+        list(read_zipped(tmp_path / "a", tmp_path / "b"))

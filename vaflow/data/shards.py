@@ -20,7 +20,9 @@ import json
 import os
 import re
 import tarfile
+import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,12 +142,18 @@ def _decode_value(suffix: str, data: bytes, where: str) -> tuple[str, Any]:
         raise ShardError(f"{where}: refusing pickle payload {suffix!r} (shards hold .npy/.json only)")
     if ext not in _READ_EXTS or not name:
         raise ShardError(f"{where}: unsupported payload {suffix!r} (expected <field>.npy/.json/.txt/.bin)")
-    if ext == "npy":
-        return name, np.load(io.BytesIO(data), allow_pickle=False)
-    if ext == "json":
-        return name, json.loads(data)
-    if ext == "txt":
-        return name, data.decode("utf-8")
+    try:
+        if ext == "npy":
+            return name, np.load(io.BytesIO(data), allow_pickle=False)
+        if ext == "json":
+            return name, json.loads(data)
+        if ext == "txt":
+            return name, data.decode("utf-8")
+    except ValueError as err:  # incl. JSON and UTF-8 errors, and pickled arrays
+        raise ShardError(
+            f"{where}: damaged payload {suffix!r} ({err}); delete the shard and run `dvc repro`: the stage that "
+            "wrote it rewrites missing shards only"
+        ) from None
     return name, data
 
 
@@ -344,13 +352,25 @@ def expand(pattern: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str
 # ---------------------------------------------------------------------------------------------------------
 
 
+@contextmanager
+def _naming_damage(url: str) -> Iterator[None]:
+    """A truncated or corrupted tar read as a ShardError that names the shard and how to rewrite it."""
+    try:
+        yield
+    except (tarfile.TarError, EOFError, zlib.error) as err:
+        raise ShardError(
+            f"{url}: damaged shard ({err}); delete it and run `dvc repro`: the stage that wrote it rewrites "
+            "missing shards only"
+        ) from None
+
+
 def _iter_raw(url: str, fields: frozenset[str] | None = None) -> Iterator[dict[str, Any]]:
     """Stream one tar as raw samples {"__key__", "__url__", suffix: bytes}, in member order.
 
     fields: read only the members of these fields (the others' payloads are skipped unread); None reads all.
     """
     current: dict[str, Any] | None = None
-    with wds.gopen(url, "rb") as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
+    with _naming_damage(url), wds.gopen(url, "rb") as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
         for info in tar:
             if not info.isreg():
                 continue
@@ -393,7 +413,7 @@ def member_keys(url: str) -> list[str]:
     if _is_remote(url):
         source = (raw["__key__"] for raw in _iter_raw(url))
     else:
-        with tarfile.open(url, "r:") as tar:
+        with _naming_damage(url), tarfile.open(url, "r:") as tar:
             source = [m.name.rpartition("/")[2].partition(".")[0] for m in tar.getmembers() if m.isreg()]
     for key in source:
         if not keys or keys[-1] != key:

@@ -20,7 +20,6 @@ __all__ = [
     "OVERLAP",
     "VideoResult",
     "add_window",
-    "check_video",
     "crossfade_ramp",
     "generate_video",
     "window_starts",
@@ -90,20 +89,6 @@ def _window_frames(
     return np.concatenate([frames, np.repeat(frames[-1:], pad, axis=0)]) if pad else frames
 
 
-def check_video(video: str | Path) -> media.MediaInfo:
-    """Probe `video` and return its facts; a one-line MediaError when it is missing, unreadable, has no video
-    stream or no known positive duration."""
-    try:
-        info = media.probe(video)
-    except media.MediaError as err:
-        raise _input_error(err) from None
-    if not info.has_video:
-        raise media.MediaError(video, "cannot use this video: it has no video stream")
-    if not info.duration or info.duration <= 0:
-        raise media.MediaError(video, "cannot use this video: its duration is unknown or zero")
-    return info
-
-
 def generate_video(
     video: str | Path,
     out: str | Path,
@@ -115,9 +100,10 @@ def generate_video(
 ) -> VideoResult:
     """Generate audio for the whole of `video` window by window (see the module docstring) and write `out`, an
     mp4 with the input's video stream and the generated audio. A missing, unreadable or video-less input raises
-    a one-line MediaError."""
+    a one-line MediaError. The video stream is copied, or re-encoded as H.264 where an mp4 cannot hold it.
+    """
     video, out = Path(video), Path(out)
-    info = check_video(video)
+    info = media.check_video(video)
     rate, window = models.sample_rate, models.window_samples
     total = max(1, round(info.duration * rate))
     starts = window_starts(total, window)
@@ -139,5 +125,5 @@ def generate_video(
             "the model generated non-finite audio (NaN/Inf): a diverged model; retrain it"
         )
     out.parent.mkdir(parents=True, exist_ok=True)
-    media.mux_audio(video, audio, rate, out)
+    media.mux_audio(video, audio, rate, out, reencode=not media.mp4_holds(info.video_codec))
     return VideoResult(out, total / rate, len(starts), nfe)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import tempfile
@@ -12,13 +13,14 @@ from vaflow.data.media.process import (
     MediaError,
     _base_cmd,
     _check_readable,
+    _decode_failure_reason,
     _ff_path,
     _first_error,
     _run,
     ffmpeg_exe,
 )
 
-__all__ = ["AudioStream", "Decoded", "MediaInfo", "probe", "verify_decode"]
+__all__ = ["AudioStream", "Decoded", "MediaInfo", "check_video", "probe", "verify_decode", "video_duration"]
 
 # Channel counts of ffmpeg's named layouts (`ffmpeg -layouts`) that do not spell out a decomposition.
 _LAYOUT_CHANNELS = {
@@ -272,3 +274,44 @@ def verify_decode(path: str | os.PathLike, timeout: float = 120.0) -> Decoded:
         audio_end=None if audio is None else audio[0],
         video_frames=0 if video is None else video[1],
     )
+
+
+def video_duration(path: str | os.PathLike, timeout: float = 300.0) -> float:
+    """Duration of the first video stream alone (the container's may include a longer audio track).
+
+    Lists the stream's packets without decoding (`-c copy -f framecrc`): duration = end of the last
+    presented frame minus the first presentation time. ffmpeg's `-progress` time is not used: it reports
+    the last *decode* time stamp, one or two frames short for streams with B-frames.
+    """
+    cmd = _base_cmd("error") + ["-i", _ff_path(path), "-map", "0:V:0", "-c", "copy", "-f", "framecrc", "-"]
+    out, err, rc = _run(cmd, path, timeout)
+    if rc != 0:
+        raise MediaError(path, _decode_failure_reason(err), err)
+    text = out.decode(errors="replace")
+    tb = re.search(r"^#tb 0: (\d+)/(\d+)", text, re.MULTILINE)
+    first, end = None, None
+    for line in text.splitlines():
+        fields = [f.strip() for f in line.split(",")]
+        if line.startswith("#") or len(fields) < 4 or not fields[2].lstrip("-").isdigit():
+            continue
+        pts, dur = int(fields[2]), int(fields[3])  # framecrc columns: stream, dts, pts, duration, size, crc
+        first = pts if first is None else min(first, pts)
+        end = pts + dur if end is None else max(end, pts + dur)
+    if tb is None or first is None or end <= first:
+        raise MediaError(path, "cannot measure the video duration", err)
+    return (end - first) * int(tb.group(1)) / int(tb.group(2))
+
+
+def check_video(path: str | os.PathLike) -> MediaInfo:
+    """`probe(path)` with `duration` that of the video stream (a longer audio track does not count); a one-line
+    MediaError "cannot use this video: ..." when it is missing, unreadable, has no video stream or lasts 0 s."""
+    try:
+        info = probe(path)
+        if not info.has_video:
+            raise MediaError(path, "it has no video stream")
+        info = dataclasses.replace(info, duration=video_duration(path))
+    except MediaError as err:
+        raise MediaError(err.path, f"cannot use this video: {err.reason}") from None
+    if info.duration <= 0:
+        raise MediaError(path, "cannot use this video: its duration is zero")
+    return info

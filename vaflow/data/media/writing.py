@@ -11,6 +11,7 @@ import uuid
 import ffmpeg
 import numpy as np
 
+from vaflow.data.media.probing import video_duration
 from vaflow.data.media.process import (
     _READ_CHUNK_FRAMES,
     MediaError,
@@ -23,7 +24,7 @@ from vaflow.data.media.process import (
     _run,
 )
 
-__all__ = ["mux_audio", "write_video"]
+__all__ = ["MP4_VIDEO_CODECS", "mp4_holds", "mux_audio", "write_video"]
 
 # write_video: libx264 preset. Clips here are small and many (the synthetic world writes thousands on two
 # cores), so speed matters more than the last few percent of bit rate.
@@ -134,30 +135,13 @@ def write_video(
                 os.remove(tmp_out)
 
 
-def _video_stream_duration(path: str | os.PathLike, timeout: float) -> float:
-    """Duration of the first video stream alone (the container's may include a longer audio track).
+# Video codecs an mp4 holds as they are: `mux_audio` copies these streams and re-encodes any other.
+MP4_VIDEO_CODECS = frozenset({"h264", "hevc", "av1", "vp9", "mpeg4", "mpeg2video", "mpeg1video", "mjpeg"})
 
-    Lists the stream's packets without decoding (`-c copy -f framecrc`): duration = end of the last
-    presented frame minus the first presentation time. ffmpeg's `-progress` time is not used: it reports
-    the last *decode* time stamp, one or two frames short for streams with B-frames.
-    """
-    cmd = _base_cmd("error") + ["-i", _ff_path(path), "-map", "0:V:0", "-c", "copy", "-f", "framecrc", "-"]
-    out, err, rc = _run(cmd, path, timeout)
-    if rc != 0:
-        raise MediaError(path, _decode_failure_reason(err), err)
-    text = out.decode(errors="replace")
-    tb = re.search(r"^#tb 0: (\d+)/(\d+)", text, re.MULTILINE)
-    first, end = None, None
-    for line in text.splitlines():
-        fields = [f.strip() for f in line.split(",")]
-        if line.startswith("#") or len(fields) < 4 or not fields[2].lstrip("-").isdigit():
-            continue
-        pts, dur = int(fields[2]), int(fields[3])  # framecrc columns: stream, dts, pts, duration, size, crc
-        first = pts if first is None else min(first, pts)
-        end = pts + dur if end is None else max(end, pts + dur)
-    if tb is None or first is None or end <= first:
-        raise MediaError(path, "cannot measure the video duration", err)
-    return (end - first) * int(tb.group(1)) / int(tb.group(2))
+
+def mp4_holds(codec: str | None) -> bool:
+    """Whether `mux_audio` can copy a video stream of `codec` (as `MediaInfo.video_codec` names it)."""
+    return (codec or "").split(" ")[0] in MP4_VIDEO_CODECS
 
 
 def mux_audio(
@@ -166,19 +150,22 @@ def mux_audio(
     sample_rate: int,
     out_path: str | os.PathLike,
     timeout: float = 300.0,
+    reencode: bool = False,
 ) -> None:
     """Put `audio` on the video of `video_path` and write `out_path` (mp4): video copied, audio AAC.
 
     Args:
         audio: (N,) or (C, N) float in [-1, 1] at `sample_rate`; cut or zero-padded at the end to the video
             stream's duration. Any audio track of the input is dropped.
+        reencode: encode the video as H.264 instead of copying it, for a codec an mp4 cannot hold (not in
+            `MP4_VIDEO_CODECS`: ProRes, GIF, ...); odd sizes lose their last row or column (yuv420p).
 
     Atomic (temporary sibling, then rename); `out_path` may equal `video_path`.
     """
     _check_readable(video_path)
     if sample_rate <= 0:
         raise ValueError(f"{out_path}: sample_rate must be positive, got {sample_rate}")
-    video_seconds = _video_stream_duration(video_path, timeout)
+    video_seconds = video_duration(video_path, timeout)
     samples, channels = _audio_to_interleaved(audio, round(video_seconds * sample_rate))
     tmp_out = _temp_sibling(out_path)
     with tempfile.TemporaryDirectory(prefix="vaflow-media-") as tmpdir:
@@ -186,6 +173,9 @@ def mux_audio(
         video = ffmpeg.input(_ff_path(video_path))["V:0"]
         sound = ffmpeg.input(_ff_path(raw), format="f32le", ar=int(sample_rate), ac=channels).audio
         out_args = {"format": "mp4", "vcodec": "copy", "acodec": "aac", "movflags": "+faststart"}
+        if reencode:
+            video = video.filter("scale", "trunc(iw/2)*2", "trunc(ih/2)*2")
+            out_args |= {"vcodec": "libx264", "pix_fmt": "yuv420p", "crf": 18, "preset": _X264_PRESET}
         cmd = ffmpeg.output(video, sound, _ff_path(tmp_out), **out_args).compile(
             cmd=_base_cmd("error") + ["-y"]
         )
