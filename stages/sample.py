@@ -77,7 +77,7 @@ def sample(params: config.Params, args: argparse.Namespace, tracker: Tracker) ->
     tracker.log_artifact(out / SPEC_FILE)
     print(f"{out}: {metrics['samples']} wavs ({report.generated} generated, {report.skipped} kept), "
           f"{metrics['nfe_per_clip']:g} NFE and {report.run_figures()['seconds_per_clip']:.3f} s per clip, "
-          f"{report.muxed} previews muxed; {metrics['nonfinite']} non-finite")  # fmt: skip
+          f"{report.previews} previews ({report.muxed} muxed now); {metrics['nonfinite']} non-finite")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -138,3 +138,20 @@ def test_guidance_is_finite_and_in_its_range(tmp_path, gamma):
     bad.write_text(f"sample:\n  cfg: {gamma}\n")
     with pytest.raises(config.ConfigError, match=r"sample\.cfg"):
         config.load(bad)
+
+
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        ("sample.steps", True, "expected a number"),  # was read as 1
+        ("sample.steps", "25", "expected a number"),  # passed `vaflow check`
+        ("sample.cfg", "1.5", "expected a number"),
+        ("flow.compile", "no", "expected true or false"),
+        ("flow.compile", 1, "expected true or false"),
+    ],
+)
+def test_numbers_and_booleans_are_never_read_from_other_types(key, value, expected):
+    section, name = key.split(".")
+    with pytest.raises(config.ConfigError, match=rf"^params: {key}: {expected}.* \(got {value!r}\)$"):
+        config.validate({section: {name: value}})
+    assert config.validate({"sample": {"steps": 25, "cfg": 2}}).sample.cfg == 2.0  # an int is a float's value

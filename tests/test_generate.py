@@ -131,6 +131,10 @@ def test_unusable_input_fails_with_one_line(models_dir, tmp_path, capsys, case):
 def test_missing_models_and_bad_settings_are_one_line_errors(models_dir, tmp_path, capsys):
     video = make_clip(tmp_path / "v.mp4", duration=0.3, size=(16, 16), fps=10)
     code, _, err = _generate(capsys, str(video), "--models", str(tmp_path / "nowhere"))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "data/models of a vaflow checkout" in err
+    assert f"--models {tmp_path / 'nowhere'}: no such folder" in err
+    (tmp_path / "empty").mkdir()
+    code, _, err = _generate(capsys, str(video), "--models", str(tmp_path / "empty"))
     assert code == 2 and len(err.strip().splitlines()) == 1 and "visual_encoder" in err
     code, _, err = _generate(capsys, str(video), "--models", str(models_dir), "--solver", "eulr")
     assert code == 2 and "did you mean 'euler'" in err
@@ -265,3 +269,57 @@ def test_damaged_model_weights_are_named_as_corrupted_before_any_work(models_dir
     assert code == 2 and stdout == "" and len(err.strip().splitlines()) == 1, err
     assert "corrupted" in err and str(weights) in err
     assert not (tmp_path / "v_vaflow.mp4").exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--cfg", "inf"], ["--steps", "0"], ["-o", "v.mp4"], ["-o", "out.wav"], ["--models", "nowhere"], []],
+    ids=["cfg", "steps", "output is input", "not mp4", "no models", "no such video"],
+)
+def test_arguments_and_the_input_are_checked_before_torch_is_imported(tmp_path, argv):
+    """Every argument error used to come after a 3.5 s torch import."""
+    import subprocess
+    import sys
+
+    video = make_clip(tmp_path / "v.mp4", duration=0.3, size=(16, 16), fps=10)
+    (tmp_path / "data" / "models").mkdir(parents=True)
+    given = "missing.mp4" if not argv else str(video)
+    code = (
+        "import sys\nfrom vaflow import cli\ntry:\n    cli.main(sys.argv[1:])\nfinally:\n"
+        "    print('torch' in sys.modules)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, "generate", given, *argv], cwd=tmp_path,
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 2 and proc.stdout == "False\n", proc.stdout + proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("error: "), proc.stderr
+
+
+def test_sigterm_during_the_mux_leaves_no_temporary_file(models_dir, tmp_path):
+    """SIGTERM used to kill `vaflow generate` past its clean-up: a hidden `.out.mp4.*.tmp` beside the output
+    and a `vaflow-media-*` folder in the temporary directory stayed."""
+    import os
+    import subprocess
+    import sys
+
+    video = make_clip(tmp_path / "v.mp4", duration=0.3, size=(16, 16), fps=10)
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    driver = (
+        "import os, signal, sys, time\n"
+        "from vaflow import cli\n"
+        "from vaflow.data.media import writing\n"
+        "real = writing._run\n"
+        "def run(cmd, *args, **kwargs):\n"
+        "    if '-c:v' in cmd or 'aac' in cmd:  # the mux: its temporary file and folder exist now\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        time.sleep(5)\n"
+        "    return real(cmd, *args, **kwargs)\n"
+        "writing._run = run\n"
+        "cli.main(sys.argv[1:])\n"
+    )
+    argv = [str(video), "--models", str(models_dir), "--steps", "2", "-o", str(tmp_path / "out" / "o.mp4")]
+    env = {**os.environ, "TMPDIR": str(temp)}
+    proc = subprocess.run([sys.executable, "-c", driver, "generate", *argv], env=env, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 143, proc.stderr
+    assert list(temp.glob("vaflow-media-*")) == [] and list((tmp_path / "out").iterdir()) == []

@@ -155,7 +155,13 @@ def test_split_gives_one_wav_per_clip_with_index_and_previews(world, tmp_path):
                 T_A * HOP,
             )
     index = pd.read_csv(out / "index.csv")
-    assert list(index.columns) == ["id", "k", "wav", "nfe", "seconds", "finite"]
+    assert list(index.columns) == [
+        "id",
+        "k",
+        "wav",
+        "nfe",
+        "finite",
+    ]  # no wall-clock time: see the rerun test
     assert list(index["id"]) == IDS and set(index["nfe"]) == {4} and index["finite"].all()
     assert sorted(p.name for p in out.glob("*.mp4")) == ["clip0.mp4", "clip1.mp4"]
     info = media.probe(out / "clip0.mp4")
@@ -171,8 +177,12 @@ def test_rerun_skips_finished_wavs_and_redoes_missing_ones(world, tmp_path):
     _run(world, out, mux=1)
     before = _wavs(out)
     stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("*.*")}
+    index = (out / "index.csv").read_bytes()
     again = _run(world, out, mux=1)
     assert (again.generated, again.skipped) == (0, 5)
+    # the folder and its figures are the same as after the first run: evaluate (which reads the folder) is
+    # not stale, and the kept preview still counts
+    assert (out / "index.csv").read_bytes() == index and again.metrics()["muxed"] == 1 and again.muxed == 0
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.*") if p.name != "index.csv"} == {
         k: v for k, v in stamps.items() if k != "index.csv"
     }
@@ -207,6 +217,8 @@ def test_a_killed_run_resumes_from_its_journal(world, tmp_path, monkeypatch):
     assert {name: (out / name).stat().st_mtime_ns for name in written} == stamps  # kept, not redone
     assert list(pd.read_csv(out / "index.csv")["id"]) == IDS
     assert not (out / JOURNAL_FILE).exists()  # folded into index.csv
+    _run(world, tmp_path / "uninterrupted", batch=2)  # the same index: evaluate, which reads it, stays fresh
+    assert (out / "index.csv").read_bytes() == (tmp_path / "uninterrupted" / "index.csv").read_bytes()
 
 
 def test_changed_settings_or_code_clear_the_folder(world, tmp_path):

@@ -217,3 +217,32 @@ def test_prepare_without_a_usable_clip_names_the_reasons_and_keeps_the_last_prep
     assert "no usable clip in the source 'folder' (rejected (" in line and "MLflow" in line
     assert [p.name for p in (work / "prepared").iterdir()] == ["manifest.csv"]
     assert (work / "prepared" / "manifest.csv").read_text() == "the last good manifest"
+
+
+def test_a_stage_script_of_another_checkout_says_which_vaflow_it_imports(tmp_path):
+    """A copied checkout whose .venv still holds the original's editable install ran the original's code (and
+    crashed computing a code identity) instead of its own."""
+    import subprocess
+    import sys
+
+    from vaflow.code import CodeError, import_closure, package_root
+
+    script = tmp_path / "copy" / "stages" / "demo.py"
+    script.parent.mkdir(parents=True)
+    script.write_text(
+        "from vaflow.stage import Stage, run\n"
+        "STAGE = Stage('demo', None, {'--metrics': 'metrics'}, tracked=('clip',))\n"
+        "def work(params, args, tracker):\n"
+        "    print('ran')\n"
+        "run(STAGE, work)\n"
+    )
+    proc = subprocess.run([sys.executable, str(script), "--metrics", "m"], cwd=tmp_path, capture_output=True,
+                          text=True, env={"PYTHONPATH": str(package_root()), "PATH": ""})  # fmt: skip
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"error: {script} imports the vaflow of another checkout, {package_root() / 'vaflow'} (an editable "
+        f"install of it comes first); run `bash .ci/setup` in {tmp_path / 'copy'} (or use its .venv) to run its "
+        "own code"
+    ]
+    with pytest.raises(CodeError, match="imports the vaflow of another checkout"):
+        import_closure(script)

@@ -84,6 +84,11 @@ def _cmd_generate(args: argparse.Namespace) -> None:
     except config.ConfigError as err:  # named as the flags the user typed, not as params keys
         raise ArgumentError(str(err).replace("vaflow generate: sample.", "--")) from None
     video, models_dir = Path(args.video), Path(args.models)
+    if not models_dir.is_dir():
+        raise ArgumentError(
+            f"--models {args.models}: no such folder ({models_dir.absolute()}); it is data/models of a vaflow "
+            "checkout after `dvc repro`: run from the checkout or pass --models <checkout>/data/models"
+        )
     info = media.check_video(video)  # the arguments and the input are checked before torch loads
     out = _output_path(video, args.out, args.overwrite)
     if not media.mp4_holds(info.video_codec):

@@ -21,9 +21,24 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["PACKAGE", "code_hash", "import_closure", "imported_files", "package_root", "stage_code"]
+from vaflow.errors import UserError
+
+__all__ = [
+    "PACKAGE",
+    "CodeError",
+    "check_checkout",
+    "code_hash",
+    "import_closure",
+    "imported_files",
+    "package_root",
+    "stage_code",
+]
 
 PACKAGE = "vaflow"
+
+
+class CodeError(RuntimeError, UserError):
+    """A stage script that is not part of the vaflow package it imports."""
 
 
 def package_root() -> Path:
@@ -59,12 +74,25 @@ def _imported_names(path: Path, root: Path) -> set[str]:
     return names
 
 
+def check_checkout(script: str | os.PathLike, root: str | os.PathLike | None = None) -> None:
+    """Raise CodeError when `script` is not in the checkout whose `vaflow` is imported (`root`), which happens
+    when another checkout's editable install comes first on the path: the stage would run that one's code."""
+    root = Path(root or package_root()).resolve()
+    script = Path(script).resolve()
+    if not script.is_relative_to(root):
+        raise CodeError(
+            f"{script} imports the vaflow of another checkout, {root / PACKAGE} (an editable install of it comes "
+            f"first); run `bash .ci/setup` in {script.parent.parent} (or use its .venv) to run its own code"
+        )
+
+
 def import_closure(script: str | os.PathLike, root: str | os.PathLike | None = None) -> list[Path]:
     """`script` and every `vaflow` source file it imports transitively, sorted; `root` holds the package.
 
     Importing `a.b.c` also runs `a/__init__.py` and `a/b/__init__.py`, so those are part of the closure.
     """
     root = Path(root or package_root()).resolve()
+    check_checkout(script, root)
     seen: set[Path] = set()
     todo = [Path(script).resolve()]
     while todo:

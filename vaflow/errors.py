@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import difflib
 import functools
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterable
 
 __all__ = ["UserError", "did_you_mean", "exit_on_user_error", "is_user_error"]
@@ -30,11 +32,18 @@ def did_you_mean(value: str, choices: Iterable[str]) -> str:
     return f" (did you mean {near[0]!r}?)" if near else ""
 
 
+def _terminated(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def exit_on_user_error(main: Callable[..., object]) -> Callable[..., object]:
-    """Wrap a stage's `main`: a bad input prints `error: <message>` and exits 2 instead of a traceback."""
+    """Wrap a stage's `main`: a bad input prints `error: <message>` and exits 2 instead of a traceback; SIGTERM
+    exits 143 through the code's clean-up (temporary files, folders set aside, the MLflow run), not around it."""
 
     @functools.wraps(main)
     def wrapped(*args, **kwargs):
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
         try:
             return main(*args, **kwargs)
         except Exception as err:
@@ -42,5 +51,8 @@ def exit_on_user_error(main: Callable[..., object]) -> Callable[..., object]:
                 raise
             print(f"error: {err}", file=sys.stderr)
             raise SystemExit(2) from None
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapped

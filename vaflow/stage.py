@@ -14,12 +14,13 @@ A stage script describes itself and hands its work over:
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vaflow import atomic, config
+from vaflow import atomic, code, config
 from vaflow.errors import exit_on_user_error
 from vaflow.tracking import Tracker
 
@@ -80,6 +81,8 @@ def _run(
     before: Callable[[config.Params, argparse.Namespace], Any] | None,
     after: Callable[[config.Params, argparse.Namespace, Any], None] | None,
 ) -> None:
+    if work.__module__ == "__main__":  # run as a script (`python stages/x.py`): it must run its own vaflow
+        code.check_checkout(sys.modules["__main__"].__file__)
     args = stage.parser().parse_args(argv)
     fresh = [Path(getattr(args, flag.lstrip("-").replace("-", "_"))) for flag in stage.fresh]
     for folder in fresh:

@@ -5,13 +5,16 @@ In full: docs/library.md, `vaflow.tracking`.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
 import logging
 import math
 import os
+import re
 import socket
+import sqlite3
 import subprocess
 import time
 import urllib.error
@@ -96,6 +99,27 @@ def check_reachable(uri: str, timeout: float = PROBE_TIMEOUT_S) -> None:
             f"MLflow tracking server {uri} is unreachable ({reason}); start it, fix MLFLOW_TRACKING_URI, or unset "
             "it to use the embedded sqlite store"
         ) from None
+
+
+def _own_artifacts(db: Path, experiment_id: str, stored: str, location: str) -> None:
+    """A checkout's embedded store keeps its artifacts in that checkout: in a copied or moved one, `mlflow.db`
+    still names the folder it was made in (MLflow stores it absolute), so the experiment's location and its runs'
+    artifact URIs are rewritten to this checkout's `mlartifacts/` (which the copy holds)."""
+    if stored == location or not stored.endswith("/mlartifacts/" + location.rpartition("/")[2]):
+        return  # already here, or a location chosen by hand
+    with contextlib.closing(sqlite3.connect(f"{db.as_uri()}?mode=rw", uri=True)) as con, con:
+        con.execute(
+            "UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
+            (location, int(experiment_id)),
+        )
+        con.execute(
+            "UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) "
+            "WHERE experiment_id = ? AND substr(artifact_uri, 1, ?) = ?",
+            (location, len(stored) + 1, int(experiment_id), len(stored), stored),
+        )
+    log.warning(
+        "MLflow: %s came from another folder; its artifacts are now read from and written to %s", db, location
+    )
 
 
 def _param_text(value: Any) -> str:
@@ -194,8 +218,13 @@ class Tracker:
         except TrackingError:
             raise
         except Exception as err:
+            text = " ".join(re.sub(r"<[^>]*>", " ", str(err)).split())  # one line, even of an HTML error page
+            text = text if len(text) <= 200 else text[:199] + "…"
+            hint = (
+                "; is it an MLflow tracking server?" if self.uri.startswith(("http://", "https://")) else ""
+            )
             raise TrackingError(
-                f"MLflow at {self.uri}: cannot start a run ({type(err).__name__}: {err})"
+                f"MLflow at {self.uri}: cannot start a run ({type(err).__name__}: {text}){hint}"
             ) from err
         self.run_id = run.info.run_id
         self.experiment_id = exp_id
@@ -205,12 +234,14 @@ class Tracker:
 
     def _experiment_id(self, name: str) -> str:
         exp = self.client.get_experiment_by_name(name)
-        if exp is not None:
-            return exp.experiment_id
         location = None
         if self.uri and self.uri.startswith("sqlite:"):
             safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
             location = (self.root / "mlartifacts" / safe).as_uri()
+        if exp is not None:
+            if location and self.uri == f"sqlite:///{self.root / 'mlflow.db'}":  # this checkout's own store
+                _own_artifacts(self.root / "mlflow.db", exp.experiment_id, exp.artifact_location, location)
+            return exp.experiment_id
         try:
             return self.client.create_experiment(name, artifact_location=location)
         except Exception:  # another stage created it concurrently

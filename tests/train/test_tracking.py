@@ -209,3 +209,53 @@ def test_run_group_and_repo_root(repo, monkeypatch, tmp_path_factory):
     assert repo_root(repo / "sub") == repo.resolve()  # git top level
     monkeypatch.setenv("DVC_ROOT", str(repo / "sub"))  # `dvc exp run --temp` points here at the real repo
     assert repo_root() == (repo / "sub").resolve()
+
+
+def test_a_copied_checkout_keeps_its_artifacts_in_itself(repo, tmp_path_factory, monkeypatch):
+    """mlflow.db stores the experiment's artifact folder as an absolute path: a copy's runs wrote into the original."""
+    from mlflow.tracking import MlflowClient
+
+    first, _ = _train_tracked(repo)
+    copy = tmp_path_factory.mktemp("copies") / "copy"
+    subprocess.run(["cp", "-a", str(repo), str(copy)], check=True)
+    monkeypatch.chdir(copy)
+    original = sorted(p.relative_to(repo) for p in (repo / "mlartifacts").rglob("*"))
+    second, _ = _train_tracked(copy)
+    assert sorted(p.relative_to(repo) for p in (repo / "mlartifacts").rglob("*")) == original
+    client = MlflowClient(f"sqlite:///{copy / 'mlflow.db'}")
+    for run_id in (first.run_id, second.run_id):  # the copied run too: its artifacts are the copy's
+        uri = client.get_run(run_id).info.artifact_uri
+        assert uri.startswith((copy / "mlartifacts").as_uri() + "/"), uri
+        assert [a.path for a in client.list_artifacts(run_id)] == ["note.txt"]
+
+
+def test_a_server_that_is_not_mlflow_is_one_short_line(repo):
+    """A web server that answers every MLflow call with an HTML page: its page used to fill the error."""
+    import http.server
+    import threading
+
+    class Html(http.server.BaseHTTPRequestHandler):
+        def _page(self):
+            body = ("<html><head><title>Not here</title></head><body>" + "<p>nothing</p>\n" * 200).encode()
+            self.send_response(404)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _page
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Html)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    uri = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with pytest.raises(TrackingError) as info:
+            Tracker("train_toy", tracking_uri=uri, metrics_dir=repo / "metrics")
+    finally:
+        server.shutdown()
+    message = str(info.value)
+    assert message.startswith(f"MLflow at {uri}: cannot start a run") and "<" not in message
+    assert "\n" not in message and len(message) < 400 and message.endswith("is it an MLflow tracking server?")

@@ -122,7 +122,7 @@ def _format_errors(err: ValidationError, model: type[BaseModel], source: str) ->
         else:
             value = e.get("input")
             shown = "" if isinstance(value, dict) else f" (got {value!r})"
-            lines.append(f"{source}: {key}: {e['msg']}{shown}")
+            lines.append(f"{source}: {key}: {e['msg'].removeprefix('Value error, ')}{shown}")
     return "\n".join(lines)
 
 

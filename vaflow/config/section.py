@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
+import typing
 from collections.abc import Mapping
 from typing import Any, ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 from vaflow.errors import UserError
 
@@ -25,9 +27,34 @@ class ConfigError(ValueError, UserError):
 
 
 class Section(BaseModel):
-    """Base of every params section: unknown keys and wrong types are errors, values are immutable."""
+    """Base of every params section: unknown keys and wrong types are errors, values are immutable.
+
+    A number is never read from a string or a boolean (`steps: "25"`, `steps: true`), nor a boolean from
+    anything but a boolean (`compile: "no"`): YAML gives them their own types, so such a value is a mistake.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _own_type(cls, value: Any, info: ValidationInfo) -> Any:
+        kinds = _scalar_kinds(cls.model_fields[info.field_name].annotation)
+        if kinds == {bool} and not isinstance(value, bool):
+            raise ValueError("expected true or false")
+        if kinds and bool not in kinds and isinstance(value, bool | str):
+            raise ValueError("expected a number, not text or true/false")
+        return value
+
+
+def _scalar_kinds(annotation: Any) -> set[type]:
+    """The scalar types a field holds (`int | None` → {int}), or none when it holds text or anything else too."""
+    args = (
+        typing.get_args(annotation)
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType)
+        else ()
+    )
+    kinds = {a for a in args or (annotation,) if a is not type(None)}
+    return kinds if kinds and kinds <= {int, float, bool} else set()
 
 
 def jsonable(obj: Any) -> Any:

@@ -48,7 +48,7 @@ __all__ = [
 
 FORMAT = 1  # bumped when the folder's contents change meaning
 INDEX_FILE = "index.csv"
-INDEX_COLUMNS = ["id", "k", "wav", "nfe", "seconds", "finite"]
+INDEX_COLUMNS = ["id", "k", "wav", "nfe", "finite"]  # no timing: a resumed run writes the same index
 
 
 def _digest(obj: Any) -> str:
@@ -109,8 +109,10 @@ class SampleReport:
     clips: int
     generated: int = 0
     skipped: int = 0
-    muxed: int = 0
+    muxed: int = 0  # previews this call wrote
+    previews: int = 0  # previews the folder holds
     mux_failed: list[tuple[str, str]] = field(default_factory=list)  # (id, reason)
+    seconds: list[float] = field(default_factory=list)  # per wav this call generated
 
     def metrics(self) -> dict[str, float]:
         """What the folder holds: the same for every run that ends with the same samples."""
@@ -120,15 +122,14 @@ class SampleReport:
             "samples": len(self.rows),
             "nfe_per_clip": float(np.mean(nfe)) if nfe else 0.0,
             "nonfinite": sum(not r["finite"] for r in self.rows),
-            "muxed": self.muxed,
+            "muxed": self.previews,
             "mux_failed": len(self.mux_failed),
         }
 
     def run_figures(self) -> dict[str, float]:
         """How this run went (time per clip, work done vs found done): differs between runs of the same result."""
-        seconds = [r["seconds"] for r in self.rows]
         return {
-            "seconds_per_clip": float(np.mean(seconds)) if seconds else 0.0,
+            "seconds_per_clip": float(np.mean(self.seconds)) if self.seconds else 0.0,
             "generated": self.generated,
             "skipped": self.skipped,
         }
@@ -155,7 +156,7 @@ def _finished(folder: SpecFolder) -> dict[tuple[str, int], dict[str, Any]]:
             raise ValueError(f"{index}: missing column(s) {missing}; delete it to regenerate its wavs")
         for r in frame.to_dict("records"):
             rows[r["wav"]] = {"id": r["id"], "k": int(r["k"]), "wav": r["wav"], "nfe": int(r["nfe"]),
-                              "seconds": float(r["seconds"]), "finite": bool(r["finite"])}  # fmt: skip
+                              "finite": bool(r["finite"])}  # fmt: skip
     rows.update(folder.journal().read().done)
     return {(row["id"], int(row["k"])): row for wav, row in rows.items() if (folder.root / wav).is_file()}
 
@@ -218,15 +219,19 @@ def sample_split(
                 name = wav_name(d.id, d.k, samples_per_clip)
                 (out_dir / name).with_suffix(".mp4").unlink(missing_ok=True)  # a preview of the old wav
                 finite = write_wav(out_dir / name, wav, models.sample_rate)
-                row = {"id": d.id, "k": d.k, "wav": name, "nfe": n, "seconds": seconds, "finite": finite}
+                row = {"id": d.id, "k": d.k, "wav": name, "nfe": n, "finite": finite}
                 journal.done(name, row)
                 done[(d.id, d.k)] = row
             report.generated += len(batch)
+            report.seconds += [seconds] * len(batch)
             bar.update(len(batch))
     report.rows = [done[(i, k)] for i in ids for k in range(samples_per_clip)]
     report.clips, report.skipped = len(ids), len(report.rows) - report.generated
     _mux_previews(report, out_dir, ids[:mux], samples_per_clip, windows or {})
     _remove_strays(out_dir, report, ids[:mux], samples_per_clip)
+    report.previews = sum(
+        (out_dir / wav_name(i, 0, samples_per_clip)).with_suffix(".mp4").is_file() for i in ids[:mux]
+    )
     index = pd.DataFrame(report.rows, columns=INDEX_COLUMNS)
     with folder.locked():
         atomic.write_text(out_dir / INDEX_FILE, index.to_csv(index=False))
