@@ -3,9 +3,11 @@ what it printed, for each case, and whether any input file or earlier output cha
 
     python benchmarks/bad_input_probe.py
 
-Every case should exit 2 with one `error:` line and change no file. The cases: an output that is the input (also
-through a link) or an existing file, an output folder or one under a file, an unknown or absent device, truncated or
-key-less model files, non-finite or absurd guidance, inputs whose video stream an mp4 cannot hold (ProRes, GIF).
+Every case should change no input file and no earlier output, and exit 2 with one `error:` line: an output that is
+the input (also through a link) or an existing file, an output folder, one under a file or not an mp4, an unknown or
+absent device, a missing models folder, truncated, zeroed or key-less model files, non-finite or absurd guidance, no
+steps. The exception is point 6, inputs whose video stream an mp4 cannot hold (ProRes, GIF): exit 0 with one `note:`
+line, the result's video re-encoded as H.264.
 """
 
 from __future__ import annotations
@@ -64,7 +66,10 @@ def cases(tmp: Path, models: Path) -> list[tuple[str, list[str], Path]]:
         ("4 --device foo", [v, "-o", out, "--device", "foo"], m),
         ("4 --device cuda", [v, "-o", out, "--device", "cuda:7"], m),
         *[(f"4 {name}", [v, "-o", out], folder) for name, folder in broken.items()],
+        ("4 -o out.wav", [v, "-o", str(tmp / "out" / "o.wav")], m),
+        ("4 --models nowhere", [v, "-o", out, "--models", str(tmp / "nowhere")], m),
         ("5 --cfg inf", [v, "-o", out, "--cfg", "inf"], m),
+        ("5 --steps 0", [v, "-o", out, "--steps", "0"], m),
         ("5 --cfg 1e6", [v, "-o", out, "--cfg", "1e6"], m),
         ("6 ProRes .mov", [str(prores), "-o", out], m),
         ("6 animated GIF", [str(gif), "-o", out], m),
@@ -86,8 +91,10 @@ def main() -> None:
         print(f"{'case':34s} {'rc':>3s} {'lines':>5s} {'kept':>4s}  first line")
         for case, argv, folder in rows:
             before = {**digest(tmp / "in"), **{f"models/{k}": h for k, h in digest(folder).items()}}
-            proc = subprocess.run([sys.executable, "-m", "vaflow.cli", "generate", *argv, "--models", str(folder),
-                                   "--steps", "2"], capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+            extra = [] if "--models" in argv else ["--models", str(folder)]
+            extra += [] if "--steps" in argv else ["--steps", "2"]
+            proc = subprocess.run([sys.executable, "-m", "vaflow.cli", "generate", *argv, *extra],
+                                  capture_output=True, text=True, cwd=ROOT)  # fmt: skip
             after = {**digest(tmp / "in"), **{f"models/{k}": h for k, h in digest(folder).items()}}
             lines = [line for line in proc.stderr.splitlines() if line.strip()]
             kept = "yes" if before == after else "NO"

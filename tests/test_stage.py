@@ -246,3 +246,20 @@ def test_a_stage_script_of_another_checkout_says_which_vaflow_it_imports(tmp_pat
     ]
     with pytest.raises(CodeError, match="imports the vaflow of another checkout"):
         import_closure(script)
+
+
+def test_a_forked_worker_is_stopped_by_sigterm_outright(work):
+    """The skeleton turns SIGTERM into SystemExit for its clean-up; a pool worker forked from it must not inherit
+    that (a worker dying through SystemExit while the pool terminates it hung `prepare` for good)."""
+    import multiprocessing
+    import signal
+
+    seen = []
+
+    def body(params, args, tracker):
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            seen.append(pool.apply(signal.getsignal, (signal.SIGTERM,)))
+        seen.append(signal.getsignal(signal.SIGTERM).__name__)
+
+    run(DEMO, body, ["--out", "o", "--metrics", "metrics"])
+    assert seen == [signal.SIG_DFL, "_terminated"]

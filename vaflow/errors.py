@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import os
 import signal
 import sys
 import threading
@@ -34,6 +35,16 @@ def did_you_mean(value: str, choices: Iterable[str]) -> str:
 
 def _terminated(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
+
+
+def _default_in_child() -> None:
+    # A forked worker (a multiprocessing pool's) is stopped by SIGTERM outright, as it would be without the
+    # handler: raised as SystemExit it could die holding a lock of the pool and hang its parent's shutdown.
+    if signal.getsignal(signal.SIGTERM) is _terminated:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+os.register_at_fork(after_in_child=_default_in_child)
 
 
 def exit_on_user_error(main: Callable[..., object]) -> Callable[..., object]:

@@ -217,15 +217,31 @@ def load(
             f"{weights}: corrupted or not the weights its card describes (hash {found}, the card's "
             f"{card.get(hash_key)}); {folder.rebuild}"
         )
-    model = build(card)
+    with torch.device("meta"):  # shapes only: every value comes from the file, so no random initialisation
+        model = build(card)
     tensors = read_tensors(weights, folder.rebuild)
+    expected = model.state_dict()
     check_fit(
-        model.state_dict(),
-        tensors,
-        f"{weights}: does not fit its card's {type(model).__name__} ({folder.rebuild})",
+        expected, tensors, f"{weights}: does not fit its card's {type(model).__name__} ({folder.rebuild})"
     )
-    model.load_state_dict(tensors, strict=True)
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()}, strict=True, assign=True)
+    if left := _on_meta(model):
+        raise RuntimeError(
+            f"{type(model).__name__}: {left} are not in its state dict; build it off the meta device"
+        )
     return model.eval(), card
+
+
+def _on_meta(model: nn.Module) -> list[str]:
+    """Tensors of `model` still on the meta device: parameters, buffers and plain tensor attributes."""
+    left = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    for prefix, module in model.named_modules():
+        left += [
+            f"{prefix}.{k}".lstrip(".")
+            for k, v in vars(module).items()
+            if isinstance(v, Tensor) and v.is_meta
+        ]
+    return left
 
 
 # ----------------------------------------------------------------------------------------------------------------
