@@ -1,12 +1,6 @@
-"""Stage `audio_vae`: train the WaveVAE on the train split's audio, or import one (SAO 1.0), then export it and
-measure its test-split reconstruction against trivial baselines.
-
-Outputs: `<out>/wavevae.safetensors` (EMA weights, config in the metadata) and `<out>/vae.json`;
-`<metrics>/audio_vae.json` (+ `audio_vae_steps.tsv` when training) with the synthetic world's oracle figures when
-`<prepared>` holds its ground truth, and `<metrics>/audio_vae_mels.png` (ground-truth vs reconstructed log-mels of a
-few test clips, also logged to the MLflow run); checkpoints in `<checkpoints>/audio_vae-<hash of the clip and
-audio_vae sections and of the code>/`, so a rerun resumes and a new config or new code restarts.
-"""
+"""Stage `audio_vae`: train the WaveVAE on the train split's audio, or import one (SAO 1.0), then export it to
+`<out>` and measure its test-split reconstruction against trivial baselines (`<metrics>/audio_vae.json`, the log-mel
+figure `audio_vae_mels.png`); a rerun resumes its checkpoint unless the config or the code changed (README)."""
 
 from __future__ import annotations
 
@@ -51,17 +45,15 @@ def checked_inputs(params: config.Params, args: argparse.Namespace) -> tuple:
     return manifest, imported, init
 
 
-def audio_vae(
-    params: config.Params, args: argparse.Namespace, tracker: Tracker, inputs: tuple
-) -> dict | None:
-    """Train or import the VAE, then (rank 0) export and measure it; returns the figures (None elsewhere)."""
+def audio_vae(params: config.Params, args: argparse.Namespace, tracker: Tracker, inputs: tuple) -> None:
+    """Train or import the VAE, then (rank 0) export, measure and print it."""
     cfg, (manifest, imported, init) = params.audio_vae, inputs
     if cfg.mode == "train":
         identity = training.run_identity(cfg, params.clip, stage_code(__file__))
         ckpt_dir = run_dir(args.checkpoints, STAGE.name, identity)
         vae, mean_spectrum, figures = training.train(params, manifest, ckpt_dir, tracker, init)
     if env_rank()[0] != 0:
-        return None  # rank 0 exports and measures
+        return  # rank 0 exports and measures
     if imported is not None:
         vae, figures = imported, {}
         mean_spectrum = training.train_mean_spectrum(params, manifest, vae.hop)
@@ -74,18 +66,12 @@ def audio_vae(
     tracker.log_final(figures)
     tracker.log_artifact(Path(args.out) / "vae.json")
     tracker.log_artifact(figure)
-    return figures
-
-
-def print_figures(params: config.Params, args: argparse.Namespace, figures: dict | None) -> None:
-    """The figures, once the run has ended."""
-    for key, value in sorted((figures or {}).items()):
-        print(f"{key:32s} {value:.4f}")
+    print("\n".join(f"{key:32s} {value:.4f}" for key, value in sorted(figures.items())))
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run the stage (flags as in dvc.yaml)."""
-    run(STAGE, audio_vae, argv, before=checked_inputs, after=print_figures)
+    run(STAGE, audio_vae, argv, before=checked_inputs)
 
 
 if __name__ == "__main__":

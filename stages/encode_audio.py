@@ -1,12 +1,6 @@
-"""Stage `encode_audio`: every usable clip → WaveVAE posterior (mean, std) in shards, one shard set per split.
-
-Outputs: `<out>/<split>/audio-%06d.tar` (samples `mean`, `std`: (T_a, D_a) float16, time-major; `meta`: id, label),
-`<out>/<split>/rejected.csv` (id, reason), `<out>/spec.json` and `metrics/encode_audio.json` (clips, encoded,
-rejected, shards). The output is persistent (`persist: true`), so a killed run resumes: finished shards are kept,
-unless the spec (VAE weights, clip geometry and policy, per_shard, this stage's code, each split's media) changed,
-in which case what it invalidates is deleted first (vaflow/data/journal.py). Under `torchrun` each rank writes
-its own shards and encodes on its own GPU.
-"""
+"""Stage `encode_audio`: every usable clip → WaveVAE posterior (mean, std: (T_a, D_a) float16) in shards
+`<out>/<split>/audio-%06d.tar`, one set per split, with `rejected.csv` and `spec.json`. A killed run resumes: finished
+shards are kept unless the spec changed (vaflow/data/journal.py). Under `torchrun` each rank encodes its own shards."""
 
 from __future__ import annotations
 

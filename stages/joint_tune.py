@@ -50,21 +50,16 @@ def tune(params: config.Params, args: argparse.Namespace, tracker: Tracker) -> N
         trained = [*card["trained"], {"stage": STAGE.name, "steps": 0}]
         artifacts.save_vaflow(model, out, data.latent_length, data.features, data.wavevae, trained)
         final = training.validator(data.val, cfg.val, "flow")(model) if data.val else {}
-        tracker.steps_path.parent.mkdir(parents=True, exist_ok=True)
-        tracker.steps_path.write_text("step\n")  # no training: no stale curve from an earlier run
+        tracker.no_steps()
         tracker.log_final({**final, "tuned_steps": 0})
         tracker.log_artifact(out / artifacts.FLOW.card)
         return
     print(f"train: {data.train.n_clips} paired clips; tuning the estimator"
           f"{' and the alignment-VAE encoder (λ_KL ' + str(cfg.kl_weight) + ')' if video else ''}")  # fmt: skip
-    sections = {
-        "flow": flow_cfg.model_dump(mode="json"),
-        STAGE.name: cfg.model_dump(mode="json"),
-        "features": data.features,
-        "wavevae": data.wavevae,
-        "flow_model": weights_hash(Path(args.flow) / artifacts.FLOW.weights),
-        "code": stage_code(__file__),  # changed code never resumes a checkpoint of the old one
-    }
+    # the code too: changed code never resumes a checkpoint of the old one
+    sections = {"flow": flow_cfg.model_dump(mode="json"), STAGE.name: cfg.model_dump(mode="json"),
+                "features": data.features, "wavevae": data.wavevae, "code": stage_code(__file__),
+                "flow_model": weights_hash(Path(args.flow) / artifacts.FLOW.weights)}  # fmt: skip
     seed_everything(cfg.trainer.seed)
     checkpoints = run_dir(args.checkpoints, STAGE.name, sections)
     result = training.fit(model, data, cfg, flow_cfg.compile, checkpoints, tracker, sections)

@@ -8,8 +8,8 @@ import argparse
 from pathlib import Path
 
 from vaflow import config
-from vaflow.code import code_hash, import_closure
-from vaflow.data import pairs
+from vaflow.code import stage_code
+from vaflow.data import extract, pairs
 from vaflow.data.journal import SPEC_FILE, SpecFolder
 from vaflow.data.prepare import load_manifest
 from vaflow.generate import Sampler, default_device, load_models, sample_spec, sample_split
@@ -49,14 +49,11 @@ def sample(params: config.Params, args: argparse.Namespace, tracker: Tracker) ->
     manifest = load_manifest(Path(args.prepared) / "manifest.csv", SPLIT)
     windows = {r.id: (r.path, float(r.start), float(r.duration)) for r in manifest.itertuples(index=False)}
     sampler = Sampler(cfg.solver, cfg.steps, cfg.cfg, cfg.cond)
-    code = code_hash(import_closure(__file__))
+    code = stage_code(__file__)
     spec = sample_spec(models, features_spec, sampler, cfg.seed, cfg.samples_per_clip, code)
     out = Path(args.out)
     folder = SpecFolder(out)
-    if cleared := folder.sync(spec):
-        print(
-            f"{out}: {sum(cleared.values())} file(s) of other settings, another model or other code removed"
-        )
+    extract.sync_spec(folder, spec, "sample")
     if sampler.applied_cfg(models.flow) != cfg.cfg:
         print(f"sample.cfg {cfg.cfg} has no effect: the estimator does not see x_v (cond {cfg.cond}), γ = 0")
     print(f"{split.n_clips} test clips × {cfg.samples_per_clip}: {cfg.solver}, {cfg.steps} steps, γ {cfg.cfg}, "
@@ -64,13 +61,8 @@ def sample(params: config.Params, args: argparse.Namespace, tracker: Tracker) ->
     report = sample_split(models, split, folder, sampler, cfg.seed, cfg.samples_per_clip, cfg.batch_size,
                           cfg.mux, windows)  # fmt: skip
     metrics = {**report.metrics(), "steps": cfg.steps, "cfg": cfg.cfg, "cfg_applied": spec["cfg_applied"]}
-    tags = {
-        "sample.solver": cfg.solver,
-        "sample.cond": cfg.cond,
-        "model.weights": models.flow_hash,
-        "code": code,
-    }
-    tracker.set_tags(tags)
+    tracker.set_tags({"sample.solver": cfg.solver, "sample.cond": cfg.cond, "model.weights": models.flow_hash,
+                      "code": code})  # fmt: skip
     tracker.log_final(metrics)
     tracker.log_final(report.run_figures(), in_file=False)  # wall-clock and resume counts vary run to run
     tracker.log_artifact(out / INDEX_FILE)

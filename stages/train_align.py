@@ -44,12 +44,9 @@ def train(params: config.Params, args: argparse.Namespace, tracker: Tracker) -> 
           f"{model_cfg.latent_dim})")  # fmt: skip
     val = training.load_validation(pairs.optional_split(args.features, "val"), cfg.val.clips)
     validate = training.validator(val, cfg.val, "align")
-    sections = {
-        STAGE.name: cfg.model_dump(mode="json"),
-        "model": model_cfg.to_dict(),
-        "features": identity,
-        "code": stage_code(__file__),  # changed code never resumes a checkpoint of the old one
-    }
+    # the code too: changed code never resumes a checkpoint of the old one
+    sections = {STAGE.name: cfg.model_dump(mode="json"), "model": model_cfg.to_dict(), "features": identity,
+                "code": stage_code(__file__)}  # fmt: skip
     seed_everything(cfg.trainer.seed)  # before building the model: the same initial weights every run
     trainer = Trainer(
         AlignVAE(model_cfg, training.align_weights(cfg)),
@@ -71,10 +68,7 @@ def train(params: config.Params, args: argparse.Namespace, tracker: Tracker) -> 
     final["params"] = sum(p.numel() for p in result.ema.parameters())
     tracker.log_final(final)
     tracker.log_artifact(out / artifacts.ALIGN.card)
-    print(
-        f"{out}: alignment VAE ({final['params']} params), "
-        + ", ".join(f"{k} {v:.4g}" for k, v in final.items())
-    )
+    print(f"{out}: alignment VAE, " + ", ".join(f"{k} {v:.4g}" for k, v in final.items()))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -60,9 +60,7 @@ def import_or_none(params: config.Params, args: argparse.Namespace, tracker: Tra
     out = Path(args.out)
     encoder, final = training.import_encoder(params.visual_encoder, out, Path(args.prepared) / "manifest.csv",
                                              params.clip.duration)  # fmt: skip
-    # No training: an empty step log replaces a previous run's, so `dvc plots` shows no stale curve.
-    tracker.steps_path.parent.mkdir(parents=True, exist_ok=True)
-    tracker.steps_path.write_text("step\n")
+    tracker.no_steps()
     finish(tracker, encoder, out, final)
 
 

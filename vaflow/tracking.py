@@ -291,6 +291,11 @@ class Tracker:
         lines = ["\t".join(columns)] + ["\t".join(r.get(c) or "" for c in columns) for r in rows]
         atomic.write_text(self.steps_path, "\n".join(lines) + "\n")
 
+    def no_steps(self) -> None:
+        """A run without training: an empty step log replaces a previous run's (no stale curve in `dvc plots`)."""
+        if self.enabled:
+            atomic.write_text(self.steps_path, "step\n")
+
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Step metrics: one TSV row and one MLflow batch."""
         if not self.enabled:
