@@ -323,3 +323,16 @@ def test_sigterm_during_the_mux_leaves_no_temporary_file(models_dir, tmp_path):
                           text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 143, proc.stderr
     assert list(temp.glob("vaflow-media-*")) == [] and list((tmp_path / "out").iterdir()) == []
+
+
+def test_loading_the_models_initialises_no_weight(models_dir, tmp_path):
+    """Each network is built on the meta device and takes its values from its file: its random initialisation
+    is skipped, and with it torch's compiler, which a meta-device init imports (~1.5 s of every start)."""
+    import subprocess
+    import sys
+
+    video = make_clip(tmp_path / "v.mp4", duration=0.3, size=(16, 16), fps=10)
+    code = "import sys\nfrom vaflow import cli\ncli.main(sys.argv[1:])\nprint('torch._dynamo' in sys.modules)"
+    argv = ["generate", str(video), "--models", str(models_dir), "--steps", "2"]
+    proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.splitlines()[-1] == "False", proc.stdout + proc.stderr

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
+from tests.world import micro_world, prepare_world
 from vaflow import config
 from vaflow.data import media, prepare, sources
 from vaflow.data.clips import decode_clips, load_split
@@ -17,20 +18,7 @@ from vaflow.data.prepare import load_manifest
 from vaflow.models.cavp import log_mel
 from vaflow.train import cavp, evaluators, wavevae
 
-# 1 s clips at 8 kHz, 32 px, 10 fps: a few seconds of ffmpeg in all.
-WORLD = {
-    "clip": {"duration": 1.0, "sample_rate": 8000},
-    "synth": {
-        "clips_per_split": {"train": 4},
-        "size": 32,
-        "fps": 10,
-        "duration": 1.0,
-        "sample_rate": 8000,
-        "workers": 1,
-    },
-    "prepare": {"verify": "probe", "workers": 1},
-    "audio_vae": {"mode": "train", "checkpoint": ""},
-}
+WORLD = micro_world(train=4)
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +26,7 @@ def world(tmp_path_factory) -> tuple[list[dict], config.Params]:
     """The micro world's manifest rows plus a missing file and a window past a clip's end, and its params."""
     root = tmp_path_factory.mktemp("clips_world")
     params = config.validate(WORLD)
-    items = sources.synth_items(params.synth, root / "prepared" / "synth", progress=False)
-    prepare.prepare(items, params.clip, params.prepare, root / "prepared", progress=False)
-    rows = load_manifest(root / "prepared" / "manifest.csv").to_dict("records")
+    rows = load_manifest(prepare_world(WORLD, root) / "manifest.csv").to_dict("records")
     rows.insert(1, {**rows[0], "id": "missing", "path": str(root / "missing.mp4")})
     rows.insert(3, {**rows[2], "id": "late", "start": 0.5})  # half the window lies past the file's end
     return rows, params

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vaflow import config
-from vaflow.data import prepare, sources
+from tests.world import prepare_world
 from vaflow.data.clips import load_split
 from vaflow.train import evaluators as et
 
@@ -24,11 +23,7 @@ def _one_thread():
 def world(tmp_path_factory) -> Path:
     """The prepared micro world (manifest.csv + media), built once."""
     torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("world")
-    params = config.validate(WORLD)
-    items = sources.synth_items(params.synth, root / "prepared" / "synth", progress=False)
-    prepare.prepare(items, params.clip, params.prepare, root / "prepared", progress=False)
-    return root / "prepared"
+    return prepare_world(WORLD, tmp_path_factory.mktemp("world"))
 
 
 @pytest.fixture(scope="module")

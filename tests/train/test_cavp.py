@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.world import micro_world, prepare_world
 from vaflow import config
 from vaflow.data import features as vx
-from vaflow.data import prepare, sources
 from vaflow.data.prepare import load_manifest
 from vaflow.models.cavp import retrieval_topk
 from vaflow.models.encoders import CAVP
@@ -22,20 +22,8 @@ from vaflow.train import checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGE = ROOT / "stages" / "visual_encoder.py"
-# A micro world: 1 s clips at 8 kHz, 32 px; CAVP at 4 fps sees 4 frames per clip.
-WORLD = {
-    "clip": {"duration": 1.0, "sample_rate": 8000},
-    "synth": {
-        "clips_per_split": {"train": 8, "test": 4},
-        "size": 32,
-        "fps": 10,
-        "duration": 1.0,
-        "sample_rate": 8000,
-        "workers": 1,
-    },
-    "prepare": {"verify": "probe", "workers": 1},
-    "audio_vae": {"mode": "train", "checkpoint": ""},  # an 8 kHz world: no pretrained 16 kHz codec
-}
+# CAVP at 4 fps sees 4 frames per clip.
+WORLD = micro_world(train=8, test=4)
 FAST = {"steps": 2, "batch_size": 4, "warmup_steps": 1, "checkpoint_every": 1, "log_every": 1}
 
 
@@ -49,11 +37,7 @@ def _stage():
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
     """The prepared micro world (manifest.csv + media), built once."""
-    root = tmp_path_factory.mktemp("world")
-    params = config.validate(WORLD)
-    items = sources.synth_items(params.synth, root / "prepared" / "synth", progress=False)
-    prepare.prepare(items, params.clip, params.prepare, root / "prepared", progress=False)
-    return root / "prepared"
+    return prepare_world(WORLD, tmp_path_factory.mktemp("world"))
 
 
 @pytest.fixture(scope="module")

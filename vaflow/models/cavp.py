@@ -215,7 +215,8 @@ class CAVP(nn.Module):
         # Separate learnt temperatures: the two tasks reach different similarity margins.
         self.logit_scale_semantic = nn.Parameter(torch.empty(()))
         self.logit_scale_temporal = nn.Parameter(torch.empty(()))
-        self.initialize_weights()
+        if not next(self.parameters()).is_meta:  # on the meta device it is built for a load: no init
+            self.initialize_weights()
 
     def initialize_weights(self) -> None:
         """All initialisation in one place."""

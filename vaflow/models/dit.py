@@ -233,7 +233,8 @@ class VelocityDiT(nn.Module):
         # with depth, and the output projection should see the same scale at every size (GPT-2, DiT).
         self.final_norm = nn.LayerNorm(w)
         self.proj_out = nn.Linear(w, config.latent_dim, bias=False)
-        self.initialize_weights()
+        if not next(self.parameters()).is_meta:  # on the meta device it is built for a load: no init
+            self.initialize_weights()
 
     def initialize_weights(self) -> None:
         """Every initialisation rule of the model, in one place (also valid on the meta device)."""

@@ -285,7 +285,8 @@ class WaveVAE(nn.Module):
         self.encoder = OobleckEncoder(config)
         self.decoder = OobleckDecoder(config)
         self.bottleneck = VAEBottleneck()
-        self.initialize_weights()
+        if not next(self.parameters()).is_meta:  # on the meta device it is built for a load: no init
+            self.initialize_weights()
 
     @torch.no_grad()
     def initialize_weights(self) -> None:
