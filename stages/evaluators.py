@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from vaflow import config, stage
+from vaflow.code import stage_code
 from vaflow.tracking import Tracker
 from vaflow.train import evaluators as training
+from vaflow.train.distributed import env_rank
 
 STAGE = stage.Stage(
     "evaluators",
@@ -19,6 +21,7 @@ STAGE = stage.Stage(
     {
         "--prepared": "prepare's output folder (manifest.csv)",
         "--out": "evaluators folder to write (<name>.safetensors/.json)",
+        "--checkpoints": "root of the resumable training checkpoints",
         "--metrics": "folder of metrics/evaluators.json",
     },
     tracked=("evaluators", "clip"),
@@ -26,30 +29,39 @@ STAGE = stage.Stage(
 )
 
 
-def run(settings: Any, clip: config.ClipConfig, prepared: Path, out: Path, tracker: Tracker) -> None:
-    """The stage's work for an `evaluators` section (`settings`): train or import, then log the figures."""
+def run(settings: Any, clip: config.ClipConfig, prepared: Path, out: Path, checkpoints: Path, tracker: Tracker
+        ) -> None:  # fmt: skip
+    """The stage's work for an `evaluators` section (`settings`): train (every rank) or import (rank 0), then log
+    the figures (rank 0)."""
     if 2 * settings.min_shift > clip.duration:
         raise config.ConfigError(
             f"evaluators.min_shift={settings.min_shift} s: a {clip.duration} s clip allows circular shifts of at "
             f"most {clip.duration / 2} s from alignment"
         )
-    work = training.train_all if settings.mode == "train" else training.import_all
-    loaded = work(settings, clip, Path(prepared), Path(out))
+    if settings.mode == "train":
+        loaded = training.train_all(settings, clip, prepared, out, checkpoints, stage_code(__file__), tracker)
+    elif env_rank()[0] == 0:
+        loaded = training.import_all(settings, clip, prepared, out)
+        tracker.no_steps()
+    else:
+        loaded = None
+    if loaded is None:
+        return  # not rank 0
     final: dict[str, float] = {}
     for name, evaluator in loaded.items():
         card = evaluator.card
         figures = card.get("calibration_here") or card["calibration"]
         final.update({f"{name}.{k}": v for k, v in figures.items() if isinstance(v, int | float)})
-        tracker.set_tags({f"evaluator.{name}.weight_hash": card["weight_hash"]})
+        tracker.set_tags({f"evaluator.{name}.weights_hash": card["weights_hash"]})
         tracker.log_artifact(Path(out) / f"{name}.json")
         shown = ", ".join(f"{k} {v:.3f}" for k, v in figures.items() if isinstance(v, float))
-        print(f"{name} ({card['weight_hash']}): {shown}")
+        print(f"{name} ({card['weights_hash']}): {shown}")
     tracker.log_final(final)
 
 
 def from_flags(params: config.Params, args: argparse.Namespace, tracker: Tracker) -> None:
     """`run` on the params file's `evaluators` section and the flags' folders."""
-    run(params.evaluators, params.clip, Path(args.prepared), Path(args.out), tracker)
+    run(params.evaluators, params.clip, Path(args.prepared), Path(args.out), Path(args.checkpoints), tracker)
 
 
 def main(argv: list[str] | None = None) -> None:

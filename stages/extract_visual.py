@@ -52,7 +52,7 @@ def extract_visual(params: config.Params, args: argparse.Namespace, tracker: Tra
     )
     identity = encoder.identity()
     if dist.is_main:
-        print(f"encoder {identity['kind']} {identity['model_name']} ({identity['weight_hash']}): "
+        print(f"encoder {identity['kind']} {identity['model_name']} ({identity['weights_hash']}): "
               f"T_v={encoder.num_features(num_frames)} x D_v={identity['dim']} at {identity['fps']:g} fps")  # fmt: skip
 
     t0 = time.perf_counter()
@@ -66,7 +66,7 @@ def extract_visual(params: config.Params, args: argparse.Namespace, tracker: Tra
     summaries = extract.finish_splits(folder, splits, vx.FEATURE_NAME, ex.per_shard)
     seconds = time.perf_counter() - t0
     # Wall-clock time goes to the MLflow run only: metrics/extract_visual.json must be the same on every run.
-    tracker.set_tags({"encoder.kind": identity["kind"], "encoder.weights": identity["weight_hash"], "code": code,
+    tracker.set_tags({"encoder.kind": identity["kind"], "encoder.weights_hash": identity["weights_hash"], "code": code,
                       "seconds": f"{seconds:.1f}", "device": dist.device})  # fmt: skip
     tracker.log_final(extract.summary_metrics(summaries))
     tracker.log_artifact(folder.root / SPEC_FILE)

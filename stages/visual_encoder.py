@@ -48,10 +48,10 @@ def finish(tracker: Tracker, encoder, out: Path, final: dict[str, float]) -> Non
     """Log the encoder directory's identity and figures to the run."""
     identity = encoder.identity()
     final.update({"feature_dim": identity["dim"], "feature_fps": identity["fps"]})
-    tracker.set_tags({f"encoder.{k}": identity[k] for k in ("kind", "model_name", "weight_hash")})
+    tracker.set_tags({f"encoder.{k}": identity[k] for k in ("kind", "model_name", "weights_hash")})
     tracker.log_final(final)
     tracker.log_artifact(out / "encoder.json")
-    print(f"{out}: {identity['kind']} encoder {identity['model_name']} ({identity['weight_hash']}), "
+    print(f"{out}: {identity['kind']} encoder {identity['model_name']} ({identity['weights_hash']}), "
           f"D_v={identity['dim']} at {identity['fps']:g} fps")  # fmt: skip
 
 

@@ -1,4 +1,4 @@
-"""Fixtures of the audio_vae stage tests: a temporary repo root with its own MLflow store."""
+"""Fixtures every test may use: a temporary repo root with its own MLflow store, MLflow's file store."""
 
 from __future__ import annotations
 
@@ -18,3 +18,12 @@ def stage_env(tmp_path, monkeypatch, mlflow_uri):
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "DVC_ROOT"):
         monkeypatch.delenv(key, raising=False)
     return tmp_path
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, monkeypatch) -> dict[str, str]:
+    """MLflow's file store in tmp_path (a new sqlite store costs ~10 s of migrations, the file store none)."""
+    env = {"MLFLOW_TRACKING_URI": f"file://{tmp_path}/mlruns", "MLFLOW_ALLOW_FILE_STORE": "true"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env

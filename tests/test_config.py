@@ -155,3 +155,12 @@ def test_numbers_and_booleans_are_never_read_from_other_types(key, value, expect
     with pytest.raises(config.ConfigError, match=rf"^params: {key}: {expected}.* \(got {value!r}\)$"):
         config.validate({section: {name: value}})
     assert config.validate({"sample": {"steps": 25, "cfg": 2}}).sample.cfg == 2.0  # an int is a float's value
+
+
+def test_the_diffusion_objective_needs_the_gaussian_prior():
+    with pytest.raises(config.ConfigError, match="flow: objective: diffusion starts from Gaussian noise"):
+        config.validate({"flow": {"objective": "diffusion"}})
+    assert (
+        config.validate({"flow": {"objective": "diffusion", "prior": "gaussian"}}).flow.objective
+        == "diffusion"
+    )

@@ -4,7 +4,6 @@ the pipeline: wav geometry, index and metrics, previews, resuming, a changed spe
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import re
@@ -18,6 +17,7 @@ import pandas as pd
 import pytest
 import torch
 
+from tests.stage_scripts import load_stage
 from vaflow import config
 from vaflow.code import code_hash, import_closure
 from vaflow.data import latents as encode
@@ -59,7 +59,7 @@ def build_artefacts(root: Path, prior: str = "video") -> Path:
     model = VAFlow(
         align if prior == "video" else None, dit, torch.zeros(D_A), torch.ones(D_A), FlowSettings(prior)
     )
-    wavevae = {"vae_weights_hash": info["weights_hash"], "hop": HOP, "latent_dim": D_A, "latent_length": T_A}
+    wavevae = {"weights_hash": info["weights_hash"], "hop": HOP, "latent_dim": D_A, "latent_length": T_A}
     features = compact_identity(encoder.identity())
     artifacts.save_vaflow(model, models / "vaflow", T_A, features, wavevae, [{"stage": "test", "steps": 0}])
     return models
@@ -298,25 +298,15 @@ def test_a_model_of_other_features_or_another_wavevae_is_refused(world, tmp_path
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _stage_main(argv: list[str]) -> None:
-    spec = importlib.util.spec_from_file_location("stage_sample", ROOT / "stages" / "sample.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.main(argv)
-
-
-def test_stage_writes_samples_metrics_and_resumes(world, tmp_path, monkeypatch, capsys):
+def test_stage_writes_samples_metrics_and_resumes(world, tmp_path, monkeypatch, capsys, mlflow_store):
     monkeypatch.chdir(tmp_path)
-    # MLflow's file store: a new sqlite store costs ~10 s of migrations, the file store none (tests only).
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"file://{tmp_path}/mlruns")
-    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     params = {"clip": {"duration": 0.2, "sample_rate": SR}, "audio_vae": {"mode": "train", "checkpoint": ""},
               "sample": {"steps": 3, "batch_size": 2, "mux": 1}}  # fmt: skip
 
     def run(overrides: dict | None = None) -> dict:
         data = config.deep_merge(params, overrides or {})
         (tmp_path / "params.yaml").write_text(config.dump(config.validate(data)))
-        _stage_main(["--features", str(world / "features"), "--model", str(world / "models" / "vaflow"),
+        load_stage("sample").main(["--features", str(world / "features"), "--model", str(world / "models" / "vaflow"),
                      "--vae", str(world / "models" / "audio_vae"), "--prepared", str(world / "prepared"),
                      "--out", "samples", "--metrics", "metrics"])  # fmt: skip
         printed = capsys.readouterr().out

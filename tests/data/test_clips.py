@@ -11,7 +11,7 @@ import torch
 from tests.world import micro_world, prepare_world
 from vaflow import config
 from vaflow.data import media, prepare, sources
-from vaflow.data.clips import decode_clips, load_split
+from vaflow.data.clips import ClipBatches, decode_clips, load_split
 from vaflow.data.latents import load_clip
 from vaflow.data.media import FFmpegNotFoundError
 from vaflow.data.prepare import load_manifest
@@ -107,3 +107,23 @@ def test_missing_ffmpeg_stops_the_load():
 
     with pytest.raises(FFmpegNotFoundError):
         decode_clips([{"id": "a"}], decode)
+
+
+def test_ranks_split_each_global_batch_of_one_permutation():
+    n = 10
+    tensors = {"frames": torch.arange(n).view(n, 1).expand(n, 3).clone(), "mel": torch.zeros(n, 8, 5)}
+
+    def seen(stream, epoch):
+        stream.set_epoch(epoch)
+        return [b["frames"][:, 0].tolist() for b in stream]
+
+    one = ClipBatches(tensors, 4, seed=3)
+    ranks = [ClipBatches(tensors, 2, rank=r, world=2, seed=3) for r in range(2)]
+    for epoch in range(2):
+        together = [a + b for a, b in zip(seen(ranks[0], epoch), seen(ranks[1], epoch), strict=True)]
+        assert together == seen(one, epoch) and len(together) == 2  # the incomplete batch is dropped
+    assert seen(one, 0) != seen(one, 1)
+    with pytest.raises(ValueError, match="fewer than one global batch of 12: lower x.batch_size"):
+        ClipBatches(tensors, 6, world=2, what="x.batch_size")
+    with pytest.raises(ValueError, match="different lengths"):
+        ClipBatches({**tensors, "label": torch.zeros(n - 1)}, 2)

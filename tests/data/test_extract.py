@@ -190,7 +190,7 @@ def test_spec_contents_of_both_modalities(tmp_path):
     media = extract.split_specs(splits)
     vae = SimpleNamespace(hop=512, latent_dim=64)
     assert latents.latent_spec(vae, "abc", clip, 16, splits, "c0de") == {
-        "vae_weights_hash": "abc",
+        "weights_hash": "abc",
         "clip": clip.model_dump(mode="json"),
         "per_shard": 16,
         "latent_length": clip.latent_length(512),

@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from tests.data.badmedia import make_clip
+from tests.stage_scripts import load_stage
 from vaflow import config
 from vaflow.code import code_hash, import_closure
 from vaflow.data import features as vx
@@ -35,22 +36,6 @@ ROOT = Path(__file__).resolve().parents[2]
 STAGE = ROOT / "stages" / "extract_visual.py"
 DURATION, SR = 1.0, 8000
 PER_SHARD = 2
-
-
-def _stage():
-    spec = importlib.util.spec_from_file_location("stage_extract_visual", STAGE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture
-def mlflow_store(tmp_path, monkeypatch) -> dict[str, str]:
-    """MLflow's file store in tmp_path (a new sqlite store costs ~10 s of migrations, the file store none)."""
-    env = {"MLFLOW_TRACKING_URI": f"file://{tmp_path}/mlruns", "MLFLOW_ALLOW_FILE_STORE": "true"}
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    return env
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +122,7 @@ def test_encoder_dir_round_trip_and_replaced_weights_are_refused(tmp_path):
     enc = vx.export_encoder(tmp_path / "enc", "cavp", {}, src)
     spec = json.loads((tmp_path / "enc" / "encoder.json").read_text())
     assert spec["kind"] == "cavp" and spec["weights"] == "cavp.safetensors"
-    assert spec["identity"]["weight_hash"] == enc.weights_sha and spec["identity"]["dim"] == 16
+    assert spec["identity"]["weights_hash"] == enc.weights_hash and spec["identity"]["dim"] == 16
     assert _digest(tmp_path / "enc" / "cavp.safetensors") == _digest(src)
 
     loaded = vx.load_encoder(tmp_path / "enc")
@@ -147,7 +132,7 @@ def test_encoder_dir_round_trip_and_replaced_weights_are_refused(tmp_path):
     # Another model's weights under the recorded name: the identity no longer matches the record.
     torch.manual_seed(1)
     CAVP(cavp_config(4.0, SR, 16)).save(tmp_path / "enc" / "cavp.safetensors")
-    with pytest.raises(ModelFileError, match="weight_hash"):
+    with pytest.raises(ModelFileError, match="weights_hash"):
         vx.load_encoder(tmp_path / "enc")
     with pytest.raises(FileNotFoundError, match="encoder.json"):
         vx.load_encoder(tmp_path)
@@ -187,7 +172,7 @@ def test_resumes_after_sigkill_without_rewriting_finished_shards(tmp_path, media
     finished = {p: (_digest(p), p.stat().st_mtime_ns) for p in vx.feature_shards(out / "train")}
     assert 1 <= len(finished) < 20, "the kill came too late to interrupt the split"
 
-    _stage().main(_args(tmp_path, prepared, tmp_path / "enc", out))
+    load_stage("extract_visual").main(_args(tmp_path, prepared, tmp_path / "enc", out))
     for path, (digest, mtime) in finished.items():
         assert (_digest(path), path.stat().st_mtime_ns) == (digest, mtime)  # skipped, not rewritten
     got = [s["id"] for s in shards.read_shards(vx.feature_shards(out / "train"))]
@@ -202,7 +187,7 @@ def test_clip_order_pairs_with_audio_shards_and_bad_media_is_rejected(
     _params(tmp_path / "params.yaml")
     enc = _pixels(tmp_path / "enc")
     out = tmp_path / "features"
-    _stage().main(_args(tmp_path, prepared, tmp_path / "enc", out))
+    load_stage("extract_visual").main(_args(tmp_path, prepared, tmp_path / "enc", out))
     printed = capsys.readouterr().out
     assert "train: 10 clips in 6 shards, 2 rejected" in printed
 
@@ -250,13 +235,13 @@ def test_spec_change_clears_stale_shards(tmp_path, media_dir, capsys, mlflow_sto
     _pixels(tmp_path / "enc", side=4)
     out = tmp_path / "features"
     args = _args(tmp_path, prepared, tmp_path / "enc", out)
-    _stage().main(args)
+    load_stage("extract_visual").main(args)
     (out / "train" / "visual-000099.tar").write_bytes(b"")  # a stray shard of some earlier, longer clip list
     before = {p.name: _digest(p) for p in vx.feature_shards(out / "test")}
 
     _pixels(tmp_path / "enc", side=2)  # another encoder: every feature is stale
     capsys.readouterr()
-    _stage().main(args)
+    load_stage("extract_visual").main(args)
     # train: its 6 shards, the stray and rejected.csv
     assert "train: the feature spec changed, 8 stale file(s) deleted" in capsys.readouterr().out
     assert len(vx.feature_shards(out / "train")) == 6
@@ -267,7 +252,7 @@ def test_spec_change_clears_stale_shards(tmp_path, media_dir, capsys, mlflow_sto
     train = {p.name: p.stat().st_mtime_ns for p in vx.feature_shards(out / "train")}
     manifest = pd.read_csv(prepared / "manifest.csv")
     manifest[manifest["id"] != "clip_t2"].to_csv(prepared / "manifest.csv", index=False)
-    _stage().main(args)
+    load_stage("extract_visual").main(args)
     assert {p.name: p.stat().st_mtime_ns for p in vx.feature_shards(out / "train")} == train
     assert [s["id"] for s in shards.read_shards(vx.feature_shards(out / "test"))] == ["clip_t0", "clip_t1"]
 
@@ -314,6 +299,6 @@ def test_missing_encoder_dir_is_a_user_error(tmp_path, media_dir, capsys, mlflow
     prepared = _manifest(tmp_path / "prepared", media_dir, bad=False)
     _params(tmp_path / "params.yaml")
     with pytest.raises(SystemExit) as exit_info:
-        _stage().main(_args(tmp_path, prepared, tmp_path / "nowhere", tmp_path / "features"))
+        load_stage("extract_visual").main(_args(tmp_path, prepared, tmp_path / "nowhere", tmp_path / "features"))
     assert exit_info.value.code == 2
     assert "nowhere/encoder.json: no such file" in capsys.readouterr().err

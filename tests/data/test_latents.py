@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from tests.data.badmedia import make_clip
+from tests.stage_scripts import load_stage
 from vaflow import config
 from vaflow.code import code_hash, import_closure
 from vaflow.config import ClipConfig
@@ -47,14 +48,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def load_stage(name: str):
-    """Import `stages/<name>.py` as a module (stages are scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location(f"stage_{name}", ROOT / "stages" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def write_manifest(prepared: Path, clips: list[tuple[str, str, Path]], duration: float = 1.0) -> Path:
@@ -163,15 +156,6 @@ def _clips(world: Path, n_train: int, n_test: int, special: tuple[str, ...] = ()
     return clips
 
 
-@pytest.fixture
-def mlflow_store(tmp_path, monkeypatch) -> dict[str, str]:
-    """MLflow's file store in tmp_path (a new sqlite store costs ~10 s of migrations, the file store none)."""
-    env = {"MLFLOW_TRACKING_URI": f"file://{tmp_path}/mlruns", "MLFLOW_ALLOW_FILE_STORE": "true"}
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    return env
-
-
 def _encode_params(tmp: Path, per_shard: int, batch_size: int) -> Path:
     # Both extraction stages must cut shards alike (they are paired by position): the config checks it.
     shard = {"per_shard": per_shard}
@@ -207,7 +191,7 @@ def test_shards_round_trip_to_the_vae_latents(world, tmp_path, mlflow_store):
     spec = json.loads((out / "spec.json").read_text())
     vae, vae_hash = encode.load_model(vae_dir)
     t_a = CLIP.latent_length(vae.hop)
-    assert spec["vae_weights_hash"] == vae_hash and spec["latent_length"] == t_a == 1000
+    assert spec["weights_hash"] == vae_hash and spec["latent_length"] == t_a == 1000
     assert spec["code"] == code_hash(import_closure(ROOT / "stages" / "encode_audio.py"))
     assert sorted(spec["splits"]) == ["test", "train"] and spec["splits"]["train"]["clips"] == 5
     metrics = json.loads((tmp_path / "metrics" / "encode_audio.json").read_text())
@@ -310,7 +294,7 @@ def test_spec_change_clears_stale_shards(world, tmp_path, mlflow_store):
     _run_encode(tmp_path)
     assert stale.stat().st_size > 0
     assert (out / "train" / "audio-000000.tar").read_bytes() != first
-    assert json.loads((out / "spec.json").read_text())["vae_weights_hash"] == encode.load_model(vae_dir)[1]
+    assert json.loads((out / "spec.json").read_text())["weights_hash"] == encode.load_model(vae_dir)[1]
     # per_shard is part of the spec too.
     _run_encode(tmp_path, per_shard=3)
     assert [p.name for p in sorted((out / "train").glob("*.tar"))] == ["audio-000000.tar"]

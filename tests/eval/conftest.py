@@ -40,15 +40,11 @@ def data(world):
 
 
 @pytest.fixture(scope="module")
-def trained(data):
+def trained(data, tmp_path_factory):
     """The three evaluators after a short training on the train split, by name."""
     torch.set_num_threads(1)
     labels, cfg, train, _ = data
-    return {
-        "audio_classifier": et.train_audio_classifier(train, labels, cfg, FAST)[0],
-        "av_embedder": et.train_av_embedder(train, cfg, FAST)[0],
-        "sync_classifier": et.train_sync_classifier(train, cfg, FAST)[0],
-    }
+    return et.train_evaluators(train, labels, cfg, FAST, tmp_path_factory.mktemp("checkpoints"))[0]
 
 
 @pytest.fixture(scope="module")

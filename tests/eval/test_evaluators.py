@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -11,11 +10,13 @@ import numpy as np
 import pytest
 import torch
 
+from tests.stage_scripts import load_stage
 from vaflow import config
 from vaflow.data.clips import load_split
 from vaflow.eval import evaluators as ev
 from vaflow.hashing import weights_hash
 from vaflow.models import artifacts
+from vaflow.models.evaluators import AudioClassifier, AVEmbedder, SyncClassifier
 from vaflow.tracking import Tracker
 from vaflow.train import evaluators as et
 
@@ -65,20 +66,49 @@ def test_calibration_reports_every_figure_on_test_clips(data, trained):
     assert fig == et.calibrate(trained, test, labels, FAST.min_shift)  # seeded shifts and halves
 
 
-def test_training_is_deterministic_for_a_seed(data):
+def _weights(data, settings, folder):
     labels, cfg, train, _ = data
-    short = FAST.model_copy(update={"epochs": 2})
+    nets = et.train_evaluators(train, labels, cfg, settings, folder)[0]
+    return {f"{name}.{k}": v for name, net in nets.items() for k, v in net.state_dict().items()}
 
-    def weights(settings, fn=et.train_sync_classifier):
-        return fn(train, cfg, settings)[0].state_dict()
 
-    a, b = weights(short), weights(short)
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    c = weights(short.model_copy(update={"seed": 1}))
-    assert not all(torch.equal(a[k], c[k]) for k in a)
-    x = et.train_audio_classifier(train, labels, cfg, short)[0].state_dict()
-    y = et.train_audio_classifier(train, labels, cfg, short)[0].state_dict()
-    assert all(torch.equal(x[k], y[k]) for k in x)
+def _same(a, b) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_training_is_deterministic_for_a_seed(data, tmp_path):
+    short = FAST.model_copy(update={"trainer": FAST.trainer.model_copy(update={"steps": 4})})
+    a, b = _weights(data, short, tmp_path / "a"), _weights(data, short, tmp_path / "b")
+    assert _same(a, b)
+    other = short.model_copy(update={"trainer": short.trainer.model_copy(update={"seed": 1})})
+    assert not _same(a, _weights(data, other, tmp_path / "c"))
+
+
+def test_a_lengthened_run_resumes_to_the_weights_of_an_uninterrupted_one(data, tmp_path):
+    """The Trainer's exact resume holds for the evaluators: batch order and the sync negatives' draws included."""
+
+    def settings(steps):
+        return FAST.model_copy(update={"trainer": FAST.trainer.model_copy(update={"steps": steps})})
+
+    straight = _weights(data, settings(6), tmp_path / "straight")
+    _weights(data, settings(3), tmp_path / "resumed")
+    resumed = _weights(data, settings(6), tmp_path / "resumed")  # continues from step 3's checkpoint
+    assert _same(straight, resumed)
+    assert not _same(straight, _weights(data, settings(3), tmp_path / "short"))
+
+
+def test_the_objective_sums_three_losses_over_disjoint_networks(data):
+    """One optimiser over the three networks equals three: their weights are disjoint and the loss is the sum."""
+    labels, cfg, train, _ = data
+    nets = {"audio_classifier": AudioClassifier(cfg), "av_embedder": AVEmbedder(cfg), "sync_classifier": SyncClassifier(cfg)}  # fmt: skip
+    objective = et.EvaluatorObjective(nets)
+    owned = [{id(p) for p in net.parameters()} for net in nets.values()]
+    assert sum(map(len, owned)) == len(set().union(*owned)) == len(list(objective.parameters()))
+    mel = ev.log_mel_of(nets["audio_classifier"], train.audio[:4])
+    label = torch.tensor([labels.index(x) for x in train.labels[:4]])
+    total, parts = objective(train.frames[:4], mel, label, et.sync_negatives(mel, 1, 3))
+    assert set(parts) == set(nets) and torch.isclose(total, sum(parts.values()))
+    assert all(v > 0 for v in parts.values())
 
 
 def test_shifts_stay_at_least_min_shift_away(data):
@@ -127,7 +157,7 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path, data, trained):
     labels, _, _, test = data
     for name, model in trained.items():
         card = ev.save_evaluator(tmp_path, name, model, labels, {"calibration": {"x": 1.0}})
-        assert card["weight_hash"] and card["sample_rate"] == 8000 and card["labels"] == labels
+        assert card["weights_hash"] and card["sample_rate"] == 8000 and card["labels"] == labels
     loaded = ev.load_evaluators(tmp_path)
     assert loaded["sync_classifier"].identity()["name"] == "sync_classifier"
     assert "proxy" in loaded["audio_classifier"].identity()["stands_in_for"]
@@ -163,7 +193,7 @@ def test_loader_refuses_missing_and_wrong_files(tmp_path, data, trained):
     # Weights of another shape, with a matching hash: the file is an evaluator, but not this one.
     ev.save_evaluator(tmp_path, "av_embedder", trained["av_embedder"], labels, {})
     shutil.copyfile(tmp_path / "av_embedder.safetensors", weights)
-    card_path.write_text(json.dumps({**card, "weight_hash": weights_hash(weights)}))
+    card_path.write_text(json.dumps({**card, "weights_hash": weights_hash(weights)}))
     refused("does not fit its card's AudioClassifier")
     weights.unlink()
     refused("audio_classifier.safetensors: no such file")
@@ -174,18 +204,11 @@ def test_loader_refuses_missing_and_wrong_files(tmp_path, data, trained):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _stage():
-    spec = importlib.util.spec_from_file_location("stage_evaluators", STAGE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_stage_trains_then_imports(tmp_path, world):
-    stage, clip = _stage(), config.validate(WORLD).clip
-    settings = FAST.model_copy(update={"epochs": 2})
+    stage, clip = load_stage("evaluators"), config.validate(WORLD).clip
+    settings = FAST.model_copy(update={"trainer": FAST.trainer.model_copy(update={"steps": 4})})
     with Tracker("evaluators", metrics_dir=tmp_path / "metrics", mlflow=False, root=tmp_path) as tracker:
-        stage.run(settings, clip, world, tmp_path / "trained", tracker)
+        stage.run(settings, clip, world, tmp_path / "trained", tmp_path / "checkpoints", tracker)
     metrics = json.loads((tmp_path / "metrics" / "evaluators.json").read_text())
     for key in ("audio_classifier.accuracy", "av_embedder.ib_real", "sync_classifier.acc_shifted"):
         assert key in metrics
@@ -194,16 +217,21 @@ def test_stage_trains_then_imports(tmp_path, world):
 
     imported = settings.model_copy(update={"mode": "import", "source": str(tmp_path / "trained")})
     with Tracker("evaluators", metrics_dir=tmp_path / "m2", mlflow=False, root=tmp_path) as tracker:
-        stage.run(imported, clip, world, tmp_path / "imported", tracker)
+        stage.run(imported, clip, world, tmp_path / "imported", tmp_path / "checkpoints", tracker)
     again = json.loads((tmp_path / "m2" / "evaluators.json").read_text())
     assert again == metrics  # the same evaluators on the same test clips
     assert (
-        ev.load_evaluators(tmp_path / "imported")["av_embedder"].card["weight_hash"]
-        == (json.loads((tmp_path / "trained" / "av_embedder.json").read_text())["weight_hash"])
+        ev.load_evaluators(tmp_path / "imported")["av_embedder"].card["weights_hash"]
+        == (json.loads((tmp_path / "trained" / "av_embedder.json").read_text())["weights_hash"])
     )
     with pytest.raises(ValueError, match="sample_rate=16000"):
         stage.run(
-            imported, config.ClipConfig(duration=1.0, sample_rate=16000), world, tmp_path / "x", tracker
+            imported,
+            config.ClipConfig(duration=1.0, sample_rate=16000),
+            world,
+            tmp_path / "x",
+            tmp_path,
+            tracker,
         )
 
 
@@ -211,13 +239,14 @@ def test_stage_main_reads_its_section(tmp_path, world, monkeypatch, request):
     monkeypatch.chdir(tmp_path)  # the tracker's repo root (mlartifacts/) is then tmp_path
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     monkeypatch.setenv("VAFLOW_EXPERIMENT", request.node.name)
-    data = {**WORLD, "evaluators": {"epochs": 1, "batch_size": 8}}
+    data = {**WORLD, "evaluators": {"trainer": {"steps": 2, "batch_size": 8, "warmup_steps": 0}}}
     (tmp_path / "params.yaml").write_text(config.dump(config.validate(data)))
-    _stage().main(["--prepared", str(world), "--out", "ev", "--metrics", "metrics"])
+    flags = ["--prepared", str(world), "--checkpoints", "checkpoints", "--metrics", "metrics"]
+    load_stage("evaluators").main([*flags, "--out", "ev"])
     assert set(ev.load_evaluators(tmp_path / "ev")) == set(ev.NAMES)
     assert "sync_classifier.acc_aligned" in json.loads((tmp_path / "metrics" / "evaluators.json").read_text())
     with pytest.raises(SystemExit) as exit_info:  # a missing import folder: one `error:` line, exit 2
         data["evaluators"] = {"mode": "import", "source": str(tmp_path / "nowhere")}
         (tmp_path / "params.yaml").write_text(config.dump(config.validate(data)))
-        _stage().main(["--prepared", str(world), "--out", "ev2", "--metrics", "metrics"])
+        load_stage("evaluators").main([*flags, "--out", "ev2"])
     assert exit_info.value.code == 2

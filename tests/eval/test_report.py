@@ -15,7 +15,7 @@ PROVENANCE = {
     "cfg_applied": 1.5,
     "visual_features": "cavp 4 fps",
     "models": {"vaflow": "abc123", "wavevae": "def456"},
-    "evaluators": {"audio_classifier": {"stands_in_for": "proxy for PaSST", "weight_hash": "0badc0de"}},
+    "evaluators": {"audio_classifier": {"stands_in_for": "proxy for PaSST", "weights_hash": "0badc0de"}},
     "fd_floor": 12.5,
     "fd_floor_n": 32,
     "oracle": True,

@@ -10,8 +10,16 @@ from vaflow.data.prepare import load_manifest
 
 # 2 clips of each of the 8 classes to train on; the evaluators see 8 frames.
 WORLD = micro_world(train=16, test=8)
-# A short training: enough for every evaluator to fit the 16 training clips, a few seconds in all.
-FAST = config.EvaluatorsConfig(epochs=16, batch_size=8)
+
+
+def evaluators_settings(**trainer) -> config.EvaluatorsConfig:
+    """The default `evaluators` section with its trainer's keys `trainer` changed."""
+    base = config.EvaluatorsConfig()
+    return base.model_copy(update={"trainer": base.trainer.model_copy(update=trainer)})
+
+
+# A short training: 32 steps of 8 clips, enough for every evaluator to fit the 16 training clips in a few seconds.
+FAST = evaluators_settings(steps=32, batch_size=8, checkpoint_every=32, log_every=8)
 
 
 def rows(world: Path, split: str) -> list[dict]:

@@ -178,26 +178,28 @@ def test_save_load_round_trip_and_encoder(tmp_path):
     torch.testing.assert_close(enc.encode(frames[0].numpy()), want[0])
     ident = enc.identity()
     assert ident["kind"] == "cavp" and ident["fps"] == 4.0 and ident["input_size"] == [16, 16]
-    assert ident["dim"] == 16 and ident["weight_hash"] == weights_hash(path)
+    assert ident["dim"] == 16 and ident["weights_hash"] == weights_hash(path)
     assert ident["config"]["width"] == 32
     json.dumps(ident)
 
 
 def test_default_encoder_runs_at_4_fps_on_64px_frames():
     enc = CAVPEncoder.from_model(CAVP())
-    assert enc.fps == 4.0 and enc.input_size == (64, 64) and enc.identity()["weight_hash"] == "none"
+    assert enc.fps == 4.0 and enc.input_size == (64, 64) and enc.identity()["weights_hash"] == "none"
     out = enc.encode(np.zeros((8, 64, 64, 3), np.uint8))
     assert out.shape == (8, enc.dim)
 
 
 def test_missing_and_foreign_checkpoints_name_path_and_keys(tmp_path):
     missing = tmp_path / "none.safetensors"
-    with pytest.raises(ModelFileError, match=f"not found: {missing}.*CAVP.save"):
+    with pytest.raises(
+        ModelFileError, match=f"{missing}: no such file; expected a CAVP checkpoint written by CAVP.save"
+    ):
         CAVP.load(missing)
 
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"\x00" * 64)
-    with pytest.raises(ModelFileError, match="could not be read as safetensors"):
+    with pytest.raises(ModelFileError, match="not a readable safetensors file"):
         CAVP.load(garbage)
 
     no_meta = tmp_path / "no_meta.safetensors"

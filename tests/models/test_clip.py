@@ -75,7 +75,7 @@ def test_identity_records_the_weight_file(tiny):
     enc = build_encoder("clip", model_name=TINY, weights=tiny[TINY])
     ident = enc.identity()
     assert ident["kind"] == "clip" and ident["model_name"] == TINY
-    assert ident["weight_hash"] == weights_hash(tiny[TINY]) and len(ident["weight_hash"]) == 16
+    assert ident["weights_hash"] == weights_hash(tiny[TINY]) and len(ident["weights_hash"]) == 16
     assert ident["fps"] == 10.0 and ident["input_size"] == [32, 32] and ident["dim"] == 32
     assert ident["normalize"] is True
     json.dumps(ident)  # it is written beside the features
@@ -128,7 +128,7 @@ def test_cache_dir_in_hugging_face_layout(tiny, tmp_path, monkeypatch):
     (snapshot / "open_clip_pytorch_model.bin").write_bytes(tiny[TINY].read_bytes())
     enc = build_encoder("clip", model_name=TINY, cache_dir=tmp_path, pretrained="testtag")
     assert (
-        enc.identity()["weight_hash"] == weights_hash(tiny[TINY])
+        enc.identity()["weights_hash"] == weights_hash(tiny[TINY])
         and enc.identity()["pretrained"] == "testtag"
     )
     with pytest.raises(ModelFileError, match="known tags"):
@@ -147,7 +147,7 @@ def test_from_model_wraps_an_in_memory_model():
     torch.manual_seed(0)
     model = open_clip.create_model(TINY, pretrained_text=False)
     enc = CLIPEncoder.from_model(model, TINY + " (random weights)", fps=5.0)
-    assert enc.identity()["weight_hash"] == "none" and enc.fps == 5.0
+    assert enc.identity()["weights_hash"] == "none" and enc.fps == 5.0
     out = enc.encode(_frames(1, 3)[0])
     assert out.shape == (3, 32)
     torch.testing.assert_close(out, F.normalize(out, dim=-1))
@@ -159,7 +159,7 @@ def test_weights_folder_and_unknown_model_name(tiny, tmp_path):
     with pytest.raises(ModelFileError, match="holds none of"):
         build_encoder("clip", model_name=TINY, weights=folder)
     (folder / "open_clip_pytorch_model.bin").write_bytes(tiny[TINY].read_bytes())
-    assert build_encoder("clip", model_name=TINY, weights=folder).identity()["weight_hash"] == weights_hash(
+    assert build_encoder("clip", model_name=TINY, weights=folder).identity()["weights_hash"] == weights_hash(
         tiny[TINY]
     )
     with pytest.raises(ValueError, match="no model config 'ViT-B-33'.*ViT-B-32"):

@@ -41,7 +41,7 @@ def test_batch_matches_single_and_identity():
     assert enc.identity() == {
         "kind": "pixels",
         "model_name": "pixels-8x8",
-        "weight_hash": "none",
+        "weights_hash": "none",
         "fps": 4.0,
         "input_size": [64, 64],
         "dim": 192,

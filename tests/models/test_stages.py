@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.stage_scripts import load_stage
 from vaflow import config
 from vaflow.data.shards import write_shards
 
@@ -23,15 +23,8 @@ PARAMS = {
     "train_flow": {"val": {"clips": 4, "times": 2, "every": 2}, "trainer": FAST},
     "joint_tune": {"val": {"clips": 4, "times": 2, "every": 2}, "trainer": FAST},
 }
-FEATURES = {"kind": "cavp", "model_name": "cavp", "weight_hash": "f00d", "fps": 4.0, "dim": D_V}
-WAVEVAE = {"vae_weights_hash": "beef", "hop": 8, "latent_dim": D_A, "latent_length": T_A}
-
-
-def _stage(name: str):
-    spec = importlib.util.spec_from_file_location(f"stage_{name}", ROOT / "stages" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+FEATURES = {"kind": "cavp", "model_name": "cavp", "weights_hash": "f00d", "fps": 4.0, "dim": D_V}
+WAVEVAE = {"weights_hash": "beef", "hop": 8, "latent_dim": D_A, "latent_length": T_A}
 
 
 def _write_data(root: Path, t_a: int = T_A, features: dict = FEATURES) -> None:
@@ -74,17 +67,17 @@ def work(tmp_path, mlflow_uri, monkeypatch, request) -> Path:
 
 
 def _align(tag: str = "") -> None:
-    _stage("train_align").main(["--features", "features", "--out", f"align{tag}", "--checkpoints", f"ck{tag}",
+    load_stage("train_align").main(["--features", "features", "--out", f"align{tag}", "--checkpoints", f"ck{tag}",
                                 "--metrics", f"metrics{tag}"])  # fmt: skip
 
 
 def _flow(tag: str = "", align: str = "align") -> None:
-    _stage("train_flow").main(["--features", "features", "--latents", "latents", "--align", align,
+    load_stage("train_flow").main(["--features", "features", "--latents", "latents", "--align", align,
                                "--out", f"flow{tag}", "--checkpoints", f"ck{tag}", "--metrics", f"metrics{tag}"])  # fmt: skip
 
 
 def _tune(tag: str = "") -> None:
-    _stage("joint_tune").main(["--features", "features", "--latents", "latents", "--flow", "flow",
+    load_stage("joint_tune").main(["--features", "features", "--latents", "latents", "--flow", "flow",
                                "--out", f"vaflow{tag}", "--checkpoints", f"ck{tag}", "--metrics", f"metrics{tag}"])  # fmt: skip
 
 
@@ -139,7 +132,7 @@ def test_gaussian_prior_trains_without_the_encoder(work):
 
 def test_features_of_another_encoder_are_refused(work, capsys):
     _align()
-    _write_data(work, features={**FEATURES, "weight_hash": "other"})
+    _write_data(work, features={**FEATURES, "weights_hash": "other"})
     with pytest.raises(SystemExit) as exit_info:
         _flow()
     assert exit_info.value.code == 2

@@ -21,14 +21,15 @@ def target(x_v: torch.Tensor) -> torch.Tensor:
     return torch.tanh(up @ PROJ) * 2.0 + 0.5  # (B, T_a, D_a)
 
 
-def build(prior: str) -> VAFlow:
+def build(prior: str, objective: str = "flow") -> VAFlow:
     torch.manual_seed(0)
     align = AlignVAE(AlignVAEConfig(D_V, T_V, D_A, T_A, channels=16, blocks=1))
     dit = VelocityDiT(dit_config("tiny", D_A, D_V))
     data = target(torch.randn(256, T_V, D_V))
     n = data.shape[0] * data.shape[1]
     mean, std = latent_statistics(data.sum((0, 1)), data.square().sum((0, 1)), n)
-    return VAFlow(align.encoder, dit, mean, std, FlowSettings(prior=prior, cond_dropout=0.1))
+    settings = FlowSettings(prior=prior, objective=objective, cond_dropout=0.1)
+    return VAFlow(align.encoder if prior == "video" else None, dit, mean, std, settings)
 
 
 def train(model: VAFlow, steps: int = 300) -> tuple[float, float]:
@@ -66,6 +67,24 @@ def test_training_learns_the_map_for_both_priors(prior):
     assert err_sample < 0.15 * err_prior, (err_sample, err_prior)
 
 
+def test_the_diffusion_baseline_learns_the_map_and_samples_by_ddim():
+    """Figure 3's baseline through the same estimator: v-prediction from Gaussian noise, DDIM steps as NFE."""
+    model = build("gaussian", "diffusion")
+    first, last = train(model)
+    assert last < 0.5 * first, (first, last)
+    model.eval()
+    x_v = torch.randn(16, T_V, D_V, generator=torch.Generator().manual_seed(2))
+    truth = target(x_v)
+    x_0 = model.denormalize(model.draw_prior(x_v, (16, T_A, D_A), torch.Generator().manual_seed(3)))
+    sampled, nfe = model.generate(x_v, T_A, steps=20, generator=torch.Generator().manual_seed(3))
+    assert nfe == 20
+    err_prior = (x_0 - truth).square().mean().item()
+    err_sample = (sampled - truth).square().mean().item()
+    assert err_sample < 0.25 * err_prior, (err_sample, err_prior)
+    with pytest.raises(ValueError, match="needs prior 'gaussian'"):
+        build("video", "diffusion")
+
+
 def test_cfg_zero_equals_conditional_sampling():
     model = build("video").eval()
     with torch.no_grad():
@@ -93,17 +112,17 @@ def test_stage3_adds_the_kl_term_and_trains_the_encoder():
 
 def test_export_round_trip_and_identity_checks(tmp_path):
     model = build("video")
-    features = {"kind": "cavp", "model_name": "cavp", "weight_hash": "abc", "fps": 4.0, "dim": D_V}
-    wavevae = {"vae_weights_hash": "def", "hop": 256, "latent_dim": D_A, "latent_length": T_A}
+    features = {"kind": "cavp", "model_name": "cavp", "weights_hash": "abc", "fps": 4.0, "dim": D_V}
+    wavevae = {"weights_hash": "def", "hop": 256, "latent_dim": D_A, "latent_length": T_A}
     artifacts.save_vaflow(model, tmp_path, T_A, features, wavevae, [{"stage": "train_flow", "steps": 1}])
     loaded, card = artifacts.load_vaflow(tmp_path, features, wavevae)
     assert card["latent"]["length"] == T_A
     for (k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
-    with pytest.raises(artifacts.ModelMismatchError, match="weight_hash"):
-        artifacts.load_vaflow(tmp_path, {**features, "weight_hash": "other"}, wavevae)
+    with pytest.raises(artifacts.ModelMismatchError, match="weights_hash"):
+        artifacts.load_vaflow(tmp_path, {**features, "weights_hash": "other"}, wavevae)
     with pytest.raises(artifacts.ModelMismatchError, match="WaveVAE"):
-        artifacts.load_vaflow(tmp_path, features, {**wavevae, "vae_weights_hash": "x"})
+        artifacts.load_vaflow(tmp_path, features, {**wavevae, "weights_hash": "x"})
     with pytest.raises(FileNotFoundError, match="train_flow"):
         artifacts.load_vaflow(tmp_path / "missing")
 

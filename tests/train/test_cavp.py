@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.stage_scripts import load_stage
 from tests.world import micro_world, prepare_world
 from vaflow import config
 from vaflow.data import features as vx
@@ -25,13 +25,6 @@ STAGE = ROOT / "stages" / "visual_encoder.py"
 # CAVP at 4 fps sees 4 frames per clip.
 WORLD = micro_world(train=8, test=4)
 FAST = {"steps": 2, "batch_size": 4, "warmup_steps": 1, "checkpoint_every": 1, "log_every": 1}
-
-
-def _stage():
-    spec = importlib.util.spec_from_file_location("stage_visual_encoder", STAGE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +53,7 @@ def run(tmp_path, world, mlflow_uri, monkeypatch, request):
     def run(**visual_encoder):
         data = {**WORLD, "visual_encoder": visual_encoder}
         (tmp_path / "params.yaml").write_text(config.dump(config.validate(data)))
-        _stage().main(
+        load_stage("visual_encoder").main(
             ["--prepared", str(world), "--out", "enc", "--checkpoints", "ckpt", "--metrics", "metrics"]
         )
         return tmp_path
@@ -93,28 +86,6 @@ def test_load_clips_decodes_windows_at_the_model_rate(world):
     assert data.mel.shape == (4, cfg.n_mels, 8000 // 80 + 1)
     assert data.ids == [r["id"] for r in rows[:4]]
     assert data.rejected == [("broken", "decode failed: no such file")]
-
-
-def test_ranks_split_each_global_batch():
-    n = 10
-    data = training.ClipArrays(
-        [str(i) for i in range(n)],
-        torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1, 1).expand(n, 2, 4, 4, 3).clone(),
-        torch.zeros(n, 8, 5),
-    )
-
-    def seen(stream, epoch):
-        stream.set_epoch(epoch)
-        return [b["frames"][:, 0, 0, 0, 0].tolist() for b in stream]
-
-    one = training.ClipBatches(data, 4, seed=3)
-    ranks = [training.ClipBatches(data, 2, rank=r, world=2, seed=3) for r in range(2)]
-    for epoch in range(2):
-        together = [a + b for a, b in zip(seen(ranks[0], epoch), seen(ranks[1], epoch), strict=True)]
-        assert together == seen(one, epoch) and len(together) == 2  # the incomplete batch is dropped
-    assert seen(one, 0) != seen(one, 1)
-    with pytest.raises(ValueError, match="fewer than one global batch"):
-        training.ClipBatches(data, 6, world=2)
 
 
 def test_shifted_windows_do_not_overlap():

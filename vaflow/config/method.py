@@ -76,6 +76,10 @@ class FlowConfig(Section):
 
     # Source distribution: `video` (x_0 ~ N(μ, σ) from the alignment VAE: VAFlow) or `gaussian` (N(0, I)).
     prior: Literal["video", "gaussian"] = "video"
+    # `flow`: flow matching (Eq. 8), sampled by `sample.solver`; `diffusion`: Figure 3's baseline, Gaussian-noise
+    # diffusion with the cosine schedule and v-prediction, trained by the same estimator and sampled by DDIM in
+    # `sample.steps` steps (it needs `prior: gaussian`; `sample.solver` does not apply).
+    objective: Literal["flow", "diffusion"] = "flow"
     # DiT size from `vaflow.config.sizes.DIT_SIZES`: `small` trains in CPU minutes; dit_s/b/l/xl are the paper's
     # 142M/264M/527M/1.05B scales (§4.3).
     size: str = "small"
@@ -93,6 +97,11 @@ class FlowConfig(Section):
     @model_validator(mode="after")
     def _known_size(self) -> FlowConfig:
         from vaflow.config.sizes import DIT_SIZES
+
+        if self.objective == "diffusion" and self.prior != "gaussian":
+            raise ValueError(
+                f"objective: diffusion starts from Gaussian noise; set prior: gaussian (not {self.prior!r})"
+            )
 
         if self.size not in DIT_SIZES:
             hint = did_you_mean(self.size, DIT_SIZES)
@@ -200,21 +209,32 @@ class EvaluatorsConfig(Section):
     embed_dim: int = Field(16, ge=2)
     # Joint video-audio space of the IB-VA stand-in.
     av_dim: int = Field(64, ge=2)
-    # Passes over the train split, per evaluator: the default world's calibration figures stop improving by 15.
-    epochs: int = Field(15, ge=1)
-    # Clips per step; also the in-batch negatives of InfoNCE.
-    batch_size: int = Field(32, ge=2)
-    # AdamW learning rate: the small nets converge within the epochs above.
-    lr: float = Field(2e-3, gt=0)
     # Seconds: smallest circular shift of a "shifted" (misaligned) pair, in training and calibration (DESIGN §6).
     min_shift: float = Field(0.25, gt=0)
-    # Seed of the initial weights, batch order, shifts and swaps.
-    seed: int = 0
+    # The three networks train together, one loss each on disjoint weights: 120 steps of 32 clips are 15 passes
+    # over the default's train split; the batch is also InfoNCE's in-batch negatives. AdamW at 2e-3 without
+    # warm-up, schedule, clipping or averaging (ema_decay 0 ships the trained weights); the seed also draws the
+    # initial weights and the calibration's halves and shifts.
+    trainer: TrainerConfig = TrainerConfig(
+        steps=120,
+        batch_size=32,
+        lr=2e-3,
+        weight_decay=1e-4,
+        warmup_steps=0,
+        clip_grad=0.0,
+        ema_decay=0.0,
+        checkpoint_every=40,
+        log_every=8,
+    )
 
     @model_validator(mode="after")
-    def _source_for_import(self) -> EvaluatorsConfig:
+    def _checks(self) -> EvaluatorsConfig:
         if self.mode == "import" and not self.source:
             raise ValueError("source: mode 'import' needs the folder of saved evaluators")
+        if self.mode == "train":
+            needs_steps(self.trainer, "evaluators")
+        if self.trainer.batch_size < 2:
+            raise ValueError("trainer.batch_size: InfoNCE and swapped pairs need at least 2 clips per batch")
         return self
 
 

@@ -3,7 +3,8 @@
 `decode_clips(rows, decode)` runs `decode(row)` over manifest rows and keeps their order; a clip whose decode raises
 MediaError or ClipRejected is left out and listed with its one-line reason (`extract.rejection_reason`, the same
 text as the extraction stages' rejected lists), while a missing ffmpeg stops the load: it is a setup problem, and
-rejecting every clip for it would hide it. `read_window` is the decode of the recipes that need frames and audio.
+rejecting every clip for it would hide it. `read_window` is the decode of the recipes that need frames and audio;
+`ClipBatches` the training stream over such tensors that the shared Trainer reads.
 
 Scale: the whole split sits in memory, which suits the synthetic world's few hundred short clips only; at paper
 scale these networks are imported rather than trained here.
@@ -11,7 +12,7 @@ scale these networks are imported rather than trained here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +25,7 @@ from vaflow.data import media
 from vaflow.data.extract import ClipRejected, rejection_reason
 from vaflow.data.media import FFmpegNotFoundError, MediaError
 
-__all__ = ["ClipSet", "DecodedClips", "decode_clips", "load_split", "read_window"]
+__all__ = ["ClipBatches", "ClipSet", "DecodedClips", "decode_clips", "load_split", "read_window"]
 
 
 @dataclass
@@ -135,3 +136,57 @@ def load_split(rows: Iterable[Mapping[str, Any]], config: Any, duration: float, 
         clips.stack(1, (n_samples,), torch.float32),
         clips.rejected,
     )
+
+
+class ClipBatches:
+    """Batches {name: tensor[idx]} of in-memory clip tensors (equal first dimension), reshuffled each epoch.
+
+    Every rank draws the same seeded permutation per epoch and takes its own slice of each global batch, so N ranks
+    together see what one process sees (the trainer's per-rank batch is `batch_size`). The last incomplete global
+    batch is dropped: contrastive negatives come from the batch, and a small one makes the task easier. `what`
+    names the batch-size setting in the error of a split smaller than one global batch.
+    """
+
+    def __init__(
+        self,
+        tensors: Mapping[str, torch.Tensor],
+        batch_size: int,
+        rank: int = 0,
+        world: int = 1,
+        seed: int = 0,
+        what: str = "trainer.batch_size",
+    ) -> None:
+        sizes = {len(t) for t in tensors.values()}
+        if len(sizes) != 1:
+            raise ValueError(
+                f"clip tensors of different lengths: { {k: len(t) for k, t in tensors.items()} }"
+            )
+        self.n = sizes.pop()
+        if self.n < batch_size * world:
+            raise ValueError(
+                f"{self.n} training clips are fewer than one global batch of {batch_size * world}: "
+                f"lower {what} or add clips"
+            )
+        self.tensors, self.batch_size, self.rank, self.world, self.seed = (
+            dict(tensors),
+            batch_size,
+            rank,
+            world,
+            seed,
+        )
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Shuffle by `epoch`'s permutation from the next pass on."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n // (self.batch_size * self.world)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.n, generator=g)
+        step = self.batch_size * self.world
+        for k in range(len(self)):
+            idx = order[k * step + self.rank * self.batch_size : k * step + (self.rank + 1) * self.batch_size]
+            yield {name: t[idx] for name, t in self.tensors.items()}

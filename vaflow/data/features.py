@@ -95,7 +95,7 @@ def export_encoder(
         if source.resolve() != target.resolve():
             with atomic.replacing(target) as tmp:
                 shutil.copyfile(source, tmp)
-        if weights_hash(target) != encoder.weights_sha:
+        if weights_hash(target) != encoder.weights_hash:
             raise ModelFileError(f"{source} changed while it was copied to {target}; run the stage again")
     else:
         if weights is not None:
@@ -141,7 +141,7 @@ def load_encoder(encoder_dir: str | Path, device: str | torch.device = "cpu") ->
 
 def compact_identity(identity: Mapping[str, Any]) -> dict[str, Any]:
     """The identity fields every feature sample carries (the full identity, with model config, is in spec.json)."""
-    return {k: identity[k] for k in ("kind", "model_name", "weight_hash", "fps", "dim")}
+    return {k: identity[k] for k in ("kind", "model_name", "weights_hash", "fps", "dim")}
 
 
 # ----------------------------------------------------------------------------------------------------------------

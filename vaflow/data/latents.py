@@ -161,13 +161,13 @@ def latent_spec(
     splits: Mapping[str, pd.DataFrame],
     code: str,
 ) -> dict[str, Any]:
-    """The latent shards' `extraction_spec`: the WaveVAE keys (vae_weights_hash, hop, latent_dim, latent_length:
+    """The latent shards' `extraction_spec`: the WaveVAE keys (weights_hash, hop, latent_dim, latent_length:
     what the flow stages check a model against, `artifacts.wavevae_identity`), the sample layout and clip policy.
 
     `splits`: split name -> its manifest rows in clip order.
     """
     identity = {
-        "vae_weights_hash": vae_hash,
+        "weights_hash": vae_hash,
         "latent_length": clip.latent_length(vae.hop),
         "latent_dim": vae.latent_dim,
         "hop": vae.hop,

@@ -68,7 +68,7 @@ class Evaluator:
     def identity(self) -> dict[str, Any]:
         """What every metric computed with it records: name, proxy description, weight hash, sample rate."""
         c = self.card
-        return {k: c[k] for k in ("name", "stands_in_for", "weight_hash", "sample_rate")}
+        return {k: c[k] for k in ("name", "stands_in_for", "weights_hash", "sample_rate")}
 
 
 def folder(name: str) -> artifacts.Folder:
@@ -98,7 +98,7 @@ def save_evaluator(
         "weights": folder(name).weights,
         **extra,
     }
-    return artifacts.save(out_dir, folder(name), model, card, hash_key="weight_hash")
+    return artifacts.save(out_dir, folder(name), model, card, hash_key="weights_hash")
 
 
 def load_evaluator(model_dir: str | Path, name: str) -> Evaluator:
@@ -114,7 +114,7 @@ def load_evaluator(model_dir: str | Path, name: str) -> Evaluator:
                 f"{Path(model_dir) / folder(name).card}: cannot build {name} from it ({err}); {_RUN_STAGE}"
             ) from None
 
-    model, card = artifacts.load(model_dir, folder(name), build, hash_key="weight_hash")
+    model, card = artifacts.load(model_dir, folder(name), build, hash_key="weights_hash")
     return Evaluator(name, model, card)
 
 

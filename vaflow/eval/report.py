@@ -67,7 +67,7 @@ def provenance_lines(provenance: Mapping[str, Any]) -> list[str]:
     if models:
         lines.append("Models: " + ", ".join(f"{k} `{v}`" for k, v in models.items()) + ".")
     for name, e in p.get("evaluators", {}).items():
-        lines.append(f"`{name}` (weights `{e['weight_hash']}`): {e['stands_in_for']}.")
+        lines.append(f"`{name}` (weights `{e['weights_hash']}`): {e['stands_in_for']}.")
     floor = p.get("fd_floor")
     if floor is not None:
         lines.append(

@@ -101,7 +101,7 @@ def evaluate_split(cfg: Any, clip: Any, paths: Mapping[str, str | Path]) -> Eval
         "cfg_applied": spec["cfg_applied"],
         "visual_features": f"{features_spec['encoder']['kind']} {features_spec['encoder']['fps']:g} fps",
         "models": {"vaflow": models.flow_hash, "wavevae": models.vae_hash},
-        "evaluators": {n: {k: e.identity()[k] for k in ("stands_in_for", "weight_hash")} for n, e in evaluators.items()},
+        "evaluators": {n: {k: e.identity()[k] for k in ("stands_in_for", "weights_hash")} for n, e in evaluators.items()},
         "fd_floor": calibration.get("fd_halves"),
         "fd_floor_n": calibration.get("fd_halves_n"),
         "oracle": truth_folder is not None,

@@ -10,22 +10,46 @@ Imports torch only: no model and no data code. The model enters as a callable ve
 - `solvers`: euler, midpoint, rk4 (fixed steps) and dopri5 (adaptive Dormand–Prince 5(4)) integrate
   dx/dt = f(x, t) from t = 0 to 1 (Eq. 1/3) and return `SolveResult(x, nfe, steps)`; `SOLVERS`, `solve`.
 - `sampling`: `sample`, the guided solve that the sampling stage and `vaflow generate` call (§3.3, Inference).
+- `diffusion`: the Gaussian-noise diffusion baseline of Figure 3 in the same time direction (noise at t = 0):
+  cosine schedule x_t = sin(πt/2)·x_1 + cos(πt/2)·ε, `DiffusionSample` with the v and ε targets, their
+  conversions, `diffusion_loss`, and the deterministic DDIM sampler `ddim` / `sample_diffusion`.
 """
 
+from .diffusion import (
+    PREDICTIONS,
+    DiffusionSample,
+    cosine_schedule,
+    ddim,
+    ddim_step,
+    diffusion_loss,
+    diffusion_path,
+    eps_to_x1,
+    sample_diffusion,
+    to_x1_eps,
+    v_to_x1_eps,
+)
 from .guidance import Field, Velocity, drop_condition, guided
 from .path import TIME_KINDS, PathSample, flow_loss, linear_path, sample_time
 from .sampling import sample
 from .solvers import SOLVERS, SolveResult, dopri5, euler, midpoint, rk4, solve
 
 __all__ = [
+    "PREDICTIONS",
     "SOLVERS",
     "TIME_KINDS",
+    "DiffusionSample",
     "Field",
     "PathSample",
     "SolveResult",
     "Velocity",
+    "cosine_schedule",
+    "ddim",
+    "ddim_step",
+    "diffusion_loss",
+    "diffusion_path",
     "dopri5",
     "drop_condition",
+    "eps_to_x1",
     "euler",
     "flow_loss",
     "guided",
@@ -33,6 +57,9 @@ __all__ = [
     "midpoint",
     "rk4",
     "sample",
+    "sample_diffusion",
     "sample_time",
     "solve",
+    "to_x1_eps",
+    "v_to_x1_eps",
 ]

@@ -117,7 +117,7 @@ def load_models(
     vae, vae_hash = load_model(audio_vae_dir)
     card = artifacts.read_card(vaflow_dir, artifacts.FLOW)
     wavevae = {
-        "vae_weights_hash": vae_hash,
+        "weights_hash": vae_hash,
         "hop": vae.hop,
         "latent_dim": vae.latent_dim,
         "latent_length": card["wavevae"].get("latent_length"),  # a property of the clips, not of the VAE

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -168,6 +169,18 @@ def read_tensors(path: str | Path, rebuild: str) -> dict[str, Tensor]:
     return dict(obj)
 
 
+def read_metadata(path: str | Path, rebuild: str) -> dict[str, str]:
+    """The metadata map in a .safetensors file's header ({} when it has none); ModelFileError like read_tensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingModelFileError(f"{path}: no such file; {rebuild}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as e:  # any reader failure: not a safetensors file
+        raise ModelFileError(f"{path}: not a readable safetensors file ({e}); {rebuild}") from e
+
+
 def mismatch(expected: Mapping[str, Any], tensors: Mapping[str, Any]) -> str:
     """What keeps `tensors` from loading into a model whose state dict is `expected`: the missing, unexpected and
     wrongly shaped keys (file shape != model shape), the first SHOW_KEYS of each; empty when they fit."""
@@ -263,8 +276,8 @@ FLOW = Folder(
     "run the train_flow / joint_tune stage first (dvc repro)",
     (("format", FORMAT),),
 )
-_FEATURE_KEYS = ("kind", "model_name", "weight_hash", "fps", "dim")
-_WAVEVAE_KEYS = ("vae_weights_hash", "hop", "latent_dim", "latent_length")
+_FEATURE_KEYS = ("kind", "model_name", "weights_hash", "fps", "dim")
+_WAVEVAE_KEYS = ("weights_hash", "hop", "latent_dim", "latent_length")
 
 
 def feature_identity(features_spec: Mapping[str, Any]) -> dict[str, Any]:

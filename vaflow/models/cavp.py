@@ -18,11 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vaflow import atomic
 from vaflow.config.section import DictConfig
 from vaflow.hashing import weights_hash
 from vaflow.models import mel as melspec
-from vaflow.models.artifacts import ModelFileError, mismatch
+from vaflow.models.artifacts import ModelFileError, check_fit, read_metadata, read_tensors, save_weights
 from vaflow.models.visual import VisualEncoder, as_frames
 
 __all__ = ["CAVPConfig", "CAVP", "CAVPEncoder", "log_mel", "retrieval_topk", "temporal_discrimination"]
@@ -346,32 +345,19 @@ class CAVP(nn.Module):
     # ------------------------------------------------------------------------------------------------------------
 
     def save(self, path: str | Path) -> None:
-        """Write the weights and config to a safetensors file, atomically (temp + rename)."""
-        from safetensors.torch import save_file
-
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        """Write the weights and config to one safetensors file, atomically (`artifacts.save_weights`)."""
         # One metadata key: safetensors writes its metadata map in a per-process random order, and two keys would
         # make the same weights save to different bytes (and weight hashes) from run to run.
-        metadata = {_CHECKPOINT_FORMAT: json.dumps(self.config.to_dict(), sort_keys=True)}
-        with atomic.replacing(path) as tmp:
-            save_file(state, str(tmp), metadata=metadata)
+        save_weights(self, path, {_CHECKPOINT_FORMAT: json.dumps(self.config.to_dict(), sort_keys=True)})
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> CAVP:
-        """Rebuild a model from a file written by `save`; every key must match (strict)."""
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
+        """Rebuild a model from a file written by `save`; every key must fit (`artifacts.check_fit`)."""
         path = Path(path)
-        expected = "a CAVP checkpoint written by CAVP.save (safetensors with the config as JSON metadata)"
-        if not path.is_file():
-            raise ModelFileError(f"CAVP checkpoint not found: {path} does not exist; expected {expected}")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                metadata = f.metadata() or {}
-            state = load_file(str(path))
-        except Exception as e:
-            raise ModelFileError(f"{path} could not be read as safetensors ({e}); expected {expected}") from e
+        expected = (
+            "expected a CAVP checkpoint written by CAVP.save (safetensors with the config as JSON metadata)"
+        )
+        metadata = read_metadata(path, expected)
         # {format: config} as written by `save`; {"format": ..., "config": ...} as written before it.
         config_json = metadata.get(_CHECKPOINT_FORMAT)
         if config_json is None and metadata.get("format") == _CHECKPOINT_FORMAT:
@@ -379,17 +365,17 @@ class CAVP(nn.Module):
         if config_json is None:
             raise ModelFileError(
                 f"{path} has no CAVP metadata (format {metadata.get('format')!r}, want {_CHECKPOINT_FORMAT!r}); "
-                f"expected {expected}"
+                f"{expected}"
             )
         try:
             config = CAVPConfig.from_dict(json.loads(config_json))
         except (ValueError, TypeError) as e:
             raise ModelFileError(f"{path}: bad CAVP config in metadata: {e}") from e
-        model = cls(config)
-        problems = mismatch(model.state_dict(), state)
-        if problems:
-            raise ModelFileError(f"{path} does not fit a CAVP model with its own config: {problems}")
-        model.load_state_dict(state, strict=True)
+        with torch.device("meta"):  # shapes only: every value comes from the file
+            model = cls(config)
+        state = read_tensors(path, expected)
+        check_fit(model.state_dict(), state, f"{path} does not fit a CAVP model with its own config")
+        model.load_state_dict(state, strict=True, assign=True)
         return model.to(device)
 
 
@@ -415,14 +401,14 @@ class CAVPEncoder(VisualEncoder):
         self.to(device)
 
     @classmethod
-    def from_model(cls, model: CAVP, *, weights_sha: str = "none", batch_size: int = 16) -> CAVPEncoder:
-        """Wrap a CAVP model in memory (right after training, benchmarks); `weights_sha` says what it holds."""
+    def from_model(cls, model: CAVP, *, weights_hash: str = "none", batch_size: int = 16) -> CAVPEncoder:
+        """Wrap a CAVP model in memory (right after training, benchmarks); `weights_hash` says what it holds."""
         self = cls.__new__(cls)
         VisualEncoder.__init__(self)
-        self._setup(model, weights_sha, batch_size)
+        self._setup(model, weights_hash, batch_size)
         return self.to(model.logit_scale_semantic.device)
 
-    def _setup(self, model: CAVP, weights_sha: str, batch_size: int) -> None:
+    def _setup(self, model: CAVP, weights_hash: str, batch_size: int) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.model = model.eval().requires_grad_(False)
@@ -431,7 +417,7 @@ class CAVPEncoder(VisualEncoder):
         self.input_size = (c.image_size, c.image_size)
         self.dim = c.embed_dim
         self.model_name = f"cavp-w{c.width}-d{c.embed_dim}"
-        self.weights_sha = weights_sha
+        self.weights_hash = weights_hash
         self.batch_size = int(batch_size)
 
     @torch.inference_mode()

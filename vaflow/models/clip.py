@@ -198,15 +198,15 @@ class CLIPEncoder(VisualEncoder):
         model: nn.Module,
         model_name: str,
         *,
-        weights_sha: str = "none",
+        weights_hash: str = "none",
         fps: float = 10.0,
         normalize: bool = True,
         batch_size: int = 64,
     ) -> CLIPEncoder:
-        """Wrap an open_clip model already in memory (benchmarks, tests); `weights_sha` says what it holds."""
+        """Wrap an open_clip model already in memory (benchmarks, tests); `weights_hash` says what it holds."""
         self = cls.__new__(cls)
         VisualEncoder.__init__(self)
-        self._setup(model, model_name, weights_sha, fps, normalize, batch_size)
+        self._setup(model, model_name, weights_hash, fps, normalize, batch_size)
         self.extra = {}
         return self.to(next(model.parameters()).device)
 
@@ -214,7 +214,7 @@ class CLIPEncoder(VisualEncoder):
         self,
         model: nn.Module,
         model_name: str,
-        weights_sha: str,
+        weights_hash: str,
         fps: float,
         normalize: bool,
         batch_size: int,
@@ -232,7 +232,7 @@ class CLIPEncoder(VisualEncoder):
         size = cfg.size if isinstance(cfg.size, (tuple, list)) else (cfg.size, cfg.size)
         self.input_size = (int(size[0]), int(size[1]))
         self.model_name = model_name
-        self.weights_sha = weights_sha
+        self.weights_hash = weights_hash
         self.fps = float(fps)
         self.normalize = normalize
         self.batch_size = int(batch_size)

@@ -34,7 +34,7 @@ class PixelEncoder(VisualEncoder):
             )
         self.dim = 3 * self.size[0] * self.size[1]
         self.model_name = f"pixels-{self.size[0]}x{self.size[1]}"
-        self.weights_sha = "none"
+        self.weights_hash = "none"
 
     @torch.inference_mode()
     def encode_batch(self, frames: torch.Tensor | np.ndarray) -> torch.Tensor:

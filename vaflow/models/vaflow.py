@@ -31,6 +31,7 @@ class FlowSettings(DictConfig):
     """How the flow is trained (stages 2 and 3); sampling settings are arguments of `generate`."""
 
     prior: Literal["video", "gaussian"] = "video"
+    objective: Literal["flow", "diffusion"] = "flow"  # diffusion: Figure 3's baseline (v-prediction, DDIM)
     cond_dropout: float = 0.1  # §3.3: x_v zeroed with p = 0.1, so one model serves CFG's null branch
     time_sampling: Literal["uniform", "logit_normal"] = "uniform"  # Eq. 8: t ~ U(0, 1)
     time_loc: float = 0.0  # logit-normal only
@@ -68,6 +69,8 @@ class VAFlow(nn.Module):
         super().__init__()
         if settings.prior == "video" and encoder is None:
             raise ValueError("prior 'video' needs the alignment-VAE encoder")
+        if settings.objective == "diffusion" and settings.prior != "gaussian":
+            raise ValueError("objective 'diffusion' starts from Gaussian noise: it needs prior 'gaussian'")
         self.settings = settings
         self.encoder = encoder if settings.prior == "video" else None
         self.dit = dit
@@ -129,10 +132,16 @@ class VAFlow(nn.Module):
             x_0 = eps_0  # Gaussian prior (B, T_a, D_a)
         else:
             x_0 = posterior.mean + posterior.std * eps_0  # video prior x_v^AE (B, T_a, D_a)
-        path = flow.linear_path(x_0, x_1, t)  # Eq. 3
-        fm = flow.flow_loss(self.dit(path.x_t, t, cond), path.dx_t)  # Eq. 8
-        parts = {"flow": fm.detach()}
-        loss = fm
+        if (
+            self.settings.objective == "diffusion"
+        ):  # Figure 3's baseline: x_0 is the noise ε of x_t = α·x_1 + σ·ε
+            noised = flow.diffusion_path(x_1, x_0, t)
+            loss = flow.diffusion_loss(self.dit(noised.x_t, t, cond), noised.v)
+            parts = {"diffusion": loss.detach()}
+        else:
+            path = flow.linear_path(x_0, x_1, t)  # Eq. 3
+            loss = flow.flow_loss(self.dit(path.x_t, t, cond), path.dx_t)  # Eq. 8
+            parts = {"flow": loss.detach()}
         if posterior is not None and self.settings.tune_encoder:
             kl = kl_divergence(posterior)  # Eq. 9: λ_KL·KL keeps the tuned prior near N(0, I)
             loss = loss + self.settings.kl_weight * kl
@@ -176,5 +185,8 @@ class VAFlow(nn.Module):
             raise ValueError(
                 "cfg > 0 needs a visible condition (cond 'video' and a model with cross-attention)"
             )
-        result = flow.sample(self.velocity, x_0, cond=c, solver=solver, steps=steps, cfg=cfg)
+        if self.settings.objective == "diffusion":  # DDIM over the estimator's v-predictions; no ODE solver
+            result = flow.sample_diffusion(self.velocity, x_0, cond=c, steps=steps, cfg=cfg)
+        else:
+            result = flow.sample(self.velocity, x_0, cond=c, solver=solver, steps=steps, cfg=cfg)
         return self.denormalize(result.x), result.nfe

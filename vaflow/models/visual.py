@@ -38,7 +38,7 @@ class VisualEncoder(nn.Module, ABC):
     """A frozen feature extractor: frames (T, H, W, 3) uint8 at `fps` -> features (T_v, D_v) float32.
 
     Subclasses set `fps` (frames per second they expect), `input_size` ((H, W) the frames must already
-    have), `dim` (D_v), `model_name`, and `weights_sha` (sha256[:16] of the weight file, or "none"),
+    have), `dim` (D_v), `model_name`, and `weights_hash` (sha256[:16] of the weight file, or "none"),
     and implement `encode_batch`. Features come back on the encoder's device.
     """
 
@@ -47,7 +47,7 @@ class VisualEncoder(nn.Module, ABC):
     input_size: tuple[int, int]
     dim: int
     model_name: str
-    weights_sha: str
+    weights_hash: str
 
     def __init__(self) -> None:
         super().__init__()
@@ -85,7 +85,7 @@ class VisualEncoder(nn.Module, ABC):
         return {
             "kind": self.kind,
             "model_name": self.model_name,
-            "weight_hash": self.weights_sha,
+            "weights_hash": self.weights_hash,
             "fps": float(self.fps),
             "input_size": [int(s) for s in self.input_size],
             "dim": int(self.dim),

@@ -13,7 +13,7 @@ Evaluation on held-out clips, the two abilities the two contrastive losses train
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from vaflow.config.section import ConfigError
-from vaflow.data.clips import decode_clips, read_window
+from vaflow.data.clips import ClipBatches, decode_clips, read_window
 from vaflow.data.features import export_encoder
 from vaflow.data.prepare import load_manifest
 from vaflow.models.cavp import CAVP, CAVPConfig, log_mel, retrieval_topk, temporal_discrimination
@@ -33,7 +33,6 @@ from vaflow.train.trainer import Trainer
 
 __all__ = [
     "ClipArrays",
-    "ClipBatches",
     "CAVPObjective",
     "CAVPEvaluation",
     "cavp_config",
@@ -105,40 +104,6 @@ def load_clips(
     # The model's own front end (CAVP.log_mel), computed once here rather than every step.
     mel = torch.cat([log_mel(chunk, c.sample_rate, c.n_mels, c.hop, c.n_fft) for chunk in waves.split(64)])
     return ClipArrays(clips.ids, frames, mel, clips.rejected)
-
-
-class ClipBatches:
-    """Batches {"frames": (B, T, H, W, 3) uint8, "mel": (B, n_mels, F)} of in-memory clips, reshuffled each epoch.
-
-    Every rank draws the same seeded permutation per epoch and takes its own slice of each global batch, so N ranks
-    together see what one process sees (the trainer's per-rank batch is `batch_size`). The last incomplete global
-    batch is dropped: contrastive negatives come from the batch, and a small one makes the task easier.
-    """
-
-    def __init__(
-        self, data: ClipArrays, batch_size: int, rank: int = 0, world: int = 1, seed: int = 0
-    ) -> None:
-        if len(data) < batch_size * world:
-            raise ValueError(
-                f"{len(data)} training clips are fewer than one global batch of {batch_size * world}: "
-                "lower visual_encoder.trainer.batch_size or add clips"
-            )
-        self.data, self.batch_size, self.rank, self.world, self.seed = data, batch_size, rank, world, seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.data) // (self.batch_size * self.world)
-
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(len(self.data), generator=g)
-        step = self.batch_size * self.world
-        for k in range(len(self)):
-            idx = order[k * step + self.rank * self.batch_size : k * step + (self.rank + 1) * self.batch_size]
-            yield {"frames": self.data.frames[idx], "mel": self.data.mel[idx]}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -310,7 +275,9 @@ def train_encoder(cfg: Any, clip: Any, manifest: Path, checkpoints: str | Path, 
         )
 
     def stream(spec):
-        return ClipBatches(data, spec.batch_size, spec.rank, spec.world_size, spec.seed)
+        tensors = {"frames": data.frames, "mel": data.mel}
+        what = "visual_encoder.trainer.batch_size"
+        return ClipBatches(tensors, spec.batch_size, spec.rank, spec.world_size, spec.seed, what)
 
     sections = {
         "visual_encoder": cfg.model_dump(mode="json"),

@@ -1,8 +1,9 @@
 """Training and calibrating the proxy evaluators (DESIGN §6) on the pipeline's own clips.
 
-Each network is trained on the *train* split decoded into memory (the synthetic world's 256 clips of 2 s are tens of
-MB), deterministically for a seed (seeded initial weights, batch order, shifts and swaps), then calibrated on real
-test clips through the same functions the `evaluate` stage applies (`vaflow.eval.evaluators`).
+The three networks are trained together by the shared Trainer on the *train* split decoded into memory (the
+synthetic world's 256 clips of 2 s are tens of MB), deterministically for a seed (initial weights, batch order,
+shifts and swaps) and resumably, then calibrated on real test clips through the same functions the `evaluate`
+stage applies (`vaflow.eval.evaluators`).
 
 Sections: the stage's settings, data, training, calibration.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import math
 import shutil
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from torch import nn
 
 from vaflow import atomic
 from vaflow.config.section import ConfigError
-from vaflow.data.clips import ClipSet, load_split
+from vaflow.data.clips import ClipBatches, ClipSet, load_split
 from vaflow.data.prepare import load_manifest
 from vaflow.eval import metrics
 from vaflow.eval.evaluators import (
@@ -43,13 +44,17 @@ from vaflow.models.evaluators import (
     SyncClassifier,
     mel_settings,
 )
+from vaflow.train.checkpoint import run_dir
+from vaflow.train.trainer import Trainer
 
 __all__ = [
+    "EvaluatorObjective",
     "calibrate",
     "evaluator_config",
-    "train_audio_classifier",
-    "train_av_embedder",
-    "train_sync_classifier",
+    "import_all",
+    "sync_negatives",
+    "train_all",
+    "train_evaluators",
 ]
 
 
@@ -70,84 +75,8 @@ def evaluator_config(settings: Any, sample_rate: int, num_classes: int) -> Evalu
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Training
+# Training: the three networks as one objective of the shared Trainer
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def _fit(
-    model: nn.Module,
-    n: int,
-    loss_of: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
-    settings: Any,
-) -> list[float]:
-    """AdamW over `settings.epochs` seeded shuffles of n clips; loss_of(batch indices, generator) -> loss.
-
-    Returns the mean loss of each epoch. A last batch of fewer than 2 clips is skipped (InfoNCE and swapped
-    pairs need another clip in the batch).
-    """
-    if n < 2:
-        raise ValueError(f"evaluator training needs at least 2 clips, got {n}")
-    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=1e-4)
-    g = torch.Generator().manual_seed(settings.seed)  # batch order, shifts and swaps: one seeded stream
-    model.train()
-    history = []
-    for _ in range(settings.epochs):
-        order = torch.randperm(n, generator=g)
-        losses = []
-        for start in range(0, n, settings.batch_size):
-            idx = order[start : start + settings.batch_size]
-            if len(idx) < 2:
-                continue
-            loss = loss_of(idx, g)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-        history.append(float(np.mean(losses)))
-    model.eval()
-    return history
-
-
-def _fit_front_end(model: nn.Module, mel: torch.Tensor) -> None:
-    """Set the front end's normalisation to the train split's log-mel mean and std (scalars)."""
-    model.front.mean.fill_(float(mel.mean()))
-    model.front.std.fill_(float(mel.std().clamp_min(1e-3)))
-
-
-def train_audio_classifier(
-    data: ClipSet, labels: list[str], config: EvaluatorConfig, settings: Any
-) -> tuple[AudioClassifier, list[float]]:
-    """Cross-entropy on the train clips' labels -> (classifier, loss per epoch)."""
-    torch.manual_seed(settings.seed)  # the same initial weights every run
-    model = AudioClassifier(config)
-    mel = log_mel_of(model, data.audio)  # (N, n_mels, F), once
-    _fit_front_end(model, mel)
-    target = torch.tensor([labels.index(label) for label in data.labels])
-
-    def loss_of(idx, g):
-        _, logits = model(mel[idx])  # (B, C)
-        return F.cross_entropy(logits, target[idx])
-
-    return model, _fit(model, len(data), loss_of, settings)
-
-
-def train_av_embedder(
-    data: ClipSet, config: EvaluatorConfig, settings: Any
-) -> tuple[AVEmbedder, list[float]]:
-    """Symmetric InfoNCE (CLIP's loss) of aligned clips, the other clips of the batch as negatives."""
-    torch.manual_seed(settings.seed)
-    model = AVEmbedder(config)
-    mel = log_mel_of(model, data.audio)
-    _fit_front_end(model, mel)
-
-    def loss_of(idx, g):
-        v, a = model(data.frames[idx], mel[idx])  # (B, D), (B, D)
-        scale = model.logit_scale.clamp(max=math.log(100)).exp()  # CLIP caps the learnt scale at 100
-        logits = scale * v @ a.T  # (B, B): row i's positive is column i
-        target = torch.arange(len(idx))
-        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
-
-    return model, _fit(model, len(data), loss_of, settings)
 
 
 def _shift_range(n_steps: int, steps_per_second: float, min_shift: float) -> tuple[int, int]:
@@ -161,30 +90,106 @@ def _shift_range(n_steps: int, steps_per_second: float, min_shift: float) -> tup
     return lo, hi
 
 
-def train_sync_classifier(
-    data: ClipSet, config: EvaluatorConfig, settings: Any
-) -> tuple[SyncClassifier, list[float]]:
-    """Binary cross-entropy: aligned pairs (1) vs the same clip's audio shifted circularly by >= min_shift or
-    another clip's audio (0), half of each, one negative per positive (Diff-Foley's sync classifier)."""
-    torch.manual_seed(settings.seed)
-    model = SyncClassifier(config)
-    mel = log_mel_of(model, data.audio)  # (N, n_mels, F)
-    _fit_front_end(model, mel)
+class EvaluatorObjective(nn.Module):
+    """The three evaluators' losses as one module forward: their parameters are disjoint, so AdamW trains each on
+    its own loss exactly as three optimisers would (the trainer's gradient clipping, when on, couples them).
+
+    - audio_classifier: cross-entropy on the clips' labels;
+    - av_embedder: symmetric InfoNCE (CLIP's loss) of aligned clips, the batch's other clips as negatives;
+    - sync_classifier: binary cross-entropy, aligned pairs (1) vs one negative per clip (0): its own audio shifted
+      circularly by >= min_shift, or another clip's audio, half of each (Diff-Foley's sync classifier).
+    """
+
+    def __init__(self, nets: Mapping[str, nn.Module]) -> None:
+        super().__init__()
+        self.nets = nn.ModuleDict(dict(nets))
+
+    def forward(
+        self, frames: torch.Tensor, mel: torch.Tensor, label: torch.Tensor, negative: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Frames (B, T, side, side, 3), log-mel (B, n_mels, F), label (B,), the sync negatives' log-mel
+        (B, n_mels, F) -> (sum of the three losses, {name: loss} detached)."""
+        _, logits = self.nets["audio_classifier"](mel)  # (B, C)
+        parts = {"audio_classifier": F.cross_entropy(logits, label)}
+        av = self.nets["av_embedder"]
+        v, a = av(frames, mel)  # (B, D), (B, D)
+        scale = av.logit_scale.clamp(max=math.log(100)).exp()  # CLIP caps the learnt scale at 100
+        sim = scale * v @ a.T  # (B, B): row i's positive is column i
+        diagonal = torch.arange(len(v), device=sim.device)
+        parts["av_embedder"] = (F.cross_entropy(sim, diagonal) + F.cross_entropy(sim.T, diagonal)) / 2
+        sync = self.nets["sync_classifier"]
+        video = sync.video_features(frames)  # (B, C, T): one pass serves both pairs of a clip
+        scores = sync.score(torch.cat([video, video]), torch.cat([mel, negative]))  # (2B,)
+        target = torch.cat([torch.ones(len(mel)), torch.zeros(len(mel))]).to(scores)
+        parts["sync_classifier"] = F.binary_cross_entropy_with_logits(scores, target)
+        total = sum(parts.values())
+        return total, {name: loss.detach() for name, loss in parts.items()}
+
+
+def sync_negatives(mel: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """One negative per clip of a batch's log-mel (B, n_mels, F): a circular shift of lo..hi frames of its own
+    audio or the next clip's audio, half of each, drawn from torch's global RNG (the trainer seeds and resumes it)."""
+    b = len(mel)
+    shifts = torch.randint(lo, hi + 1, (b,))
+    shifted = torch.stack([m.roll(int(k), dims=-1) for m, k in zip(mel, shifts, strict=True)])
+    use_shift = (torch.rand(b) < 0.5).view(b, 1, 1)
+    return torch.where(use_shift.to(mel.device), shifted, mel.roll(1, 0))
+
+
+def train_evaluators(
+    data: ClipSet,
+    labels: list[str],
+    config: EvaluatorConfig,
+    settings: Any,
+    checkpoints: str | Path,
+    tracker: Any = None,
+    stage_config: Mapping[str, Any] | None = None,
+) -> tuple[dict[str, nn.Module], dict[str, float]] | None:
+    """Train the three evaluators on the clips `data` with the shared Trainer (`settings.trainer`), checkpointing
+    in the folder `checkpoints` -> ({name: network}, final losses) on rank 0, None on other ranks.
+
+    The initial weights come from `settings.trainer.seed`; every network's front end is normalised to the train
+    clips' log-mel mean and std (scalars) before training.
+    """
+    trainer_cfg = settings.trainer
+    if len(data) < trainer_cfg.batch_size:
+        raise ConfigError(
+            f"{len(data)} usable training clips, fewer than evaluators.trainer.batch_size={trainer_cfg.batch_size}"
+        )
+    torch.manual_seed(trainer_cfg.seed)  # the same initial weights every run
+    nets = {
+        "audio_classifier": AudioClassifier(config),
+        "av_embedder": AVEmbedder(config),
+        "sync_classifier": SyncClassifier(config),
+    }
+    mel = log_mel_of(nets["audio_classifier"], data.audio)  # (N, n_mels, F): one front end, computed once
+    for net in nets.values():
+        net.front.mean.fill_(float(mel.mean()))
+        net.front.std.fill_(float(mel.std().clamp_min(1e-3)))
     lo, hi = _shift_range(mel.shape[2], config.sample_rate / config.hop, settings.min_shift)
+    tensors = {
+        "frames": data.frames,
+        "mel": mel,
+        "label": torch.tensor([labels.index(label) for label in data.labels]),
+    }
 
-    def loss_of(idx, g):
-        b = len(idx)
-        shifts = torch.randint(lo, hi + 1, (b,), generator=g)
-        shifted = torch.stack([m.roll(int(k), dims=-1) for m, k in zip(mel[idx], shifts, strict=True)])
-        swapped = mel[idx.roll(1)]  # every clip gets another clip's audio
-        use_shift = (torch.rand(b, generator=g) < 0.5).view(b, 1, 1)
-        negatives = torch.where(use_shift, shifted, swapped)  # (B, n_mels, F)
-        video = model.video_features(data.frames[idx])  # (B, C, T): one pass serves both pairs of a clip
-        logits = model.score(torch.cat([video, video]), torch.cat([mel[idx], negatives]))  # (2B,)
-        target = torch.cat([torch.ones(b), torch.zeros(b)])
-        return F.binary_cross_entropy_with_logits(logits, target)
+    def stream(spec):
+        what = "evaluators.trainer.batch_size"
+        return ClipBatches(tensors, spec.batch_size, spec.rank, spec.world_size, spec.seed, what)
 
-    return model, _fit(model, len(data), loss_of, settings)
+    def loss(module, batch):
+        total, parts = module(
+            batch["frames"], batch["mel"], batch["label"], sync_negatives(batch["mel"], lo, hi)
+        )
+        return total, {f"loss_{name}": float(value) for name, value in parts.items()}
+
+    trainer = Trainer(
+        EvaluatorObjective(nets), loss, stream, trainer_cfg, checkpoints, tracker, stage_config=stage_config
+    )
+    result = trainer.fit()
+    if not trainer.dist.is_main:
+        return None
+    return dict(result.ema.nets.items()), result.losses
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -262,26 +267,32 @@ def decoded_split(prepared: Path, split: str, cfg: EvaluatorConfig, duration: fl
     return data
 
 
-def train_all(settings: Any, clip: Any, prepared: Path, out: Path) -> dict[str, Evaluator]:
-    """Train the three evaluators on the train split, calibrate them on the test split, save them to `out`."""
+def train_all(
+    settings: Any, clip: Any, prepared: Path, out: Path, checkpoints: Path, code: str, tracker: Any = None
+) -> dict[str, Evaluator] | None:
+    """Train the three evaluators on the train split (checkpoints under `checkpoints`, `code` the stage's code
+    identity), calibrate them on the test split, save them to `out`; None on ranks other than 0."""
     labels = sorted(set(load_manifest(prepared / "manifest.csv", "train")["label"]))
     cfg = evaluator_config(settings, clip.sample_rate, len(labels))
     data = decoded_split(prepared, "train", cfg, clip.duration)
-    if len(data) < 2:
-        raise ConfigError(f"{len(data)} usable training clips: the evaluators need at least 2")
-    models, losses = {}, {}
-    models["audio_classifier"], losses["audio_classifier"] = train_audio_classifier(
-        data, labels, cfg, settings
-    )
-    models["av_embedder"], losses["av_embedder"] = train_av_embedder(data, cfg, settings)
-    models["sync_classifier"], losses["sync_classifier"] = train_sync_classifier(data, cfg, settings)
+    sections = {
+        "evaluators": settings.model_dump(mode="json"),
+        "clip": clip.model_dump(mode="json"),
+        "code": code,  # changed code never resumes a checkpoint of the old one
+    }
+    folder = run_dir(checkpoints, "evaluators", sections)
+    trained = train_evaluators(data, labels, cfg, settings, folder, tracker, sections)
+    if trained is None:
+        return None
+    models, losses = trained
     test = decoded_split(prepared, "test", cfg, clip.duration)
-    figures = calibrate(models, test, labels, settings.min_shift, settings.seed)
-    trained_on = {"split": "train", "clips": len(data), "epochs": settings.epochs, "seed": settings.seed}
+    seed = settings.trainer.seed
+    figures = calibrate(models, test, labels, settings.min_shift, seed)
+    trained_on = {"split": "train", "clips": len(data), "steps": settings.trainer.steps, "seed": seed}
     loaded = {}
     for name, model in models.items():
         extra = {
-            "training": {**trained_on, "final_loss": losses[name][-1]},
+            "training": {**trained_on, "final_loss": losses[f"loss_{name}"]},
             "calibration": {"split": "test", **figures.get(name, {})},
         }
         loaded[name] = Evaluator(name, model, save_evaluator(out, name, model, labels, extra))
@@ -304,7 +315,7 @@ def import_all(settings: Any, clip: Any, prepared: Path, out: Path) -> dict[str,
     labels = loaded["audio_classifier"].card["labels"]
     test = decoded_split(prepared, "test", loaded["audio_classifier"].model.config, clip.duration)
     figures = calibrate(
-        {n: e.model for n, e in loaded.items()}, test, labels, settings.min_shift, settings.seed
+        {n: e.model for n, e in loaded.items()}, test, labels, settings.min_shift, settings.trainer.seed
     )
     for name, evaluator in loaded.items():  # this pipeline's calibration, beside the one the card came with
         evaluator.card["calibration_here"] = {"split": "test", **figures.get(name, {})}

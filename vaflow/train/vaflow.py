@@ -171,6 +171,7 @@ def build_vaflow(
     the decoder is dropped, §3.3). The Gaussian prior keeps no encoder."""
     settings = FlowSettings(
         prior=flow_cfg.prior,
+        objective=flow_cfg.objective,
         cond_dropout=flow_cfg.cond_dropout,
         time_sampling=flow_cfg.time_sampling,
         time_loc=flow_cfg.time_loc,
