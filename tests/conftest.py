@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+import vaflow  # noqa: F401  (first: pins the CPU kernels before numpy and torch load, as in a stage)
+
 
 @pytest.fixture(scope="module")
 def mlflow_uri(tmp_path_factory) -> str:

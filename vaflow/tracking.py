@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from vaflow import atomic
+from vaflow import atomic, cpu
 from vaflow.config.section import flatten, jsonable
 from vaflow.errors import UserError
 
@@ -203,6 +203,7 @@ class Tracker:
             "dvc_stage": os.environ.get("DVC_STAGE") or self.stage,
             "host": socket.gethostname(),
             "world_size": str(self.world_size),
+            **cpu.state(),
             "params_hash": phash,
             "vaflow.group": run_group(revision, phash),
             "mlflow.runName": self.stage,
