@@ -1,0 +1,117 @@
+"""Paper tables as experiment grids (vaflow.eval.grids): the shipped tables load, bad ones name file, row and key."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from vaflow import config
+from vaflow.eval import grids
+
+GOOD = {
+    "title": "t",
+    "metrics": {"fd": "lower", "acc": "higher"},
+    "rows": {
+        "base": {"label": "VAFlow", "set": {}, "paper": {"fd": 87.7}},
+        "gauss": {"set": {"flow.prior": "gaussian"}},
+    },
+    "claims": [{"row": "base", "than": "gauss"}, {"row": "base", "than": "gauss", "metrics": "acc"}],
+}
+
+
+def _write(tmp_path, data) -> str:
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return str(path)
+
+
+def test_the_shipped_tables_load_with_the_papers_rows():
+    assert {"table3", "table4"} <= set(grids.grid_names())
+    t3 = grids.load_grid("table3")
+    assert list(t3.rows) == ["gaussian", "untuned", "tuned"] and t3.rows["tuned"].paper["fd"] == 87.7
+    assert t3.metrics == {"fd": "lower", "is": "higher", "acc": "higher", "ib_va": "higher"}
+    t4 = grids.load_grid("table4")
+    assert t4.claims[-1] == grids.Claim("cond", "no_ca", ("acc", "ib_va"))
+
+
+def test_a_row_at_a_seed_is_its_overrides_plus_every_stage_seed(tmp_path):
+    grid = grids.load_grid(_write(tmp_path, GOOD))
+    values = grids.overrides(grid.rows["gauss"], 3)
+    assert values == {"flow.prior": "gaussian", **dict.fromkeys(grids.SEED_KEYS, 3)}
+    assert grids.exp_args({"flow.prior": "gaussian", "sample.cfg": 0.0, "flow.cross_attention": False}) == [
+        "-S", "flow.prior=gaussian", "-S", "sample.cfg=0.0", "-S", "flow.cross_attention=false"
+    ]  # fmt: skip
+    assert grid.claims[1].on == ("acc",) and grid.claims[0].on == ("fd", "acc")
+    # Every override is a real params key: the params file accepts each row's values.
+    for key in values:
+        section, *rest = key.split(".")
+        assert section in config.Params.model_fields, key
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"rows": {"x": {"set": {"flow.priro": "gaussian"}}}},
+            r"row 'x': unknown parameter 'flow.priro' \(did you mean 'prior'\?\)",
+        ),  # fmt: skip
+        ({"rows": {"x": {"set": {"flow": "gaussian"}}}}, r"row 'x': 'flow' is a section, not a parameter"),
+        ({"rows": {"x": {"set": {"flow.prior": "uniform"}}}}, r"row 'x': flow.prior"),
+        ({"rows": {"x": {"set": {"sample.seed": 1}}}}, r"row 'x': 'sample.seed' is set per seed by the grid"),
+        ({"rows": {"x": {"paper": {"kl": 1.0}}}}, r"row 'x': paper: 'kl' is not a metric"),
+        ({"metrics": {"fd": "smaller"}}, r"metrics: fd: 'smaller', expected one of lower, higher"),
+        ({"claims": [{"row": "base", "than": "nope"}]}, r"claims\[0\]: than: 'nope' is not a row"),
+        (
+            {"claims": [{"row": "base", "than": "gauss", "metrics": ["is"]}]},
+            r"claims\[0\]: metrics: 'is' is not",
+        ),
+        (
+            {"claims": [{"row": "base", "than": "gauss", "on": ["fd"]}]},
+            r"claims\[0\]: unknown key 'on'; known: row, than, metrics",
+        ),
+        ({"rows": {}}, r"rows: a table needs at least one row"),
+    ],
+)
+def test_a_bad_table_names_the_file_the_row_and_the_key(tmp_path, change, message):
+    path = _write(tmp_path, {**GOOD, **change})
+    with pytest.raises(config.ConfigError, match=message) as err:
+        grids.load_grid(path)
+    assert path in str(err.value)
+
+
+def test_an_unknown_table_name_lists_the_tables():
+    with pytest.raises(config.ConfigError, match=r"unknown table 'table5'.*tables: .*table3, table4"):
+        grids.load_grid("table5")
+
+
+def _runs(fd_base, fd_gauss, evaluators="ev1"):
+    def row(fds):
+        return {s: grids.SeedRun({"fd": fd, "acc": 0.5}, evaluators) for s, fd in enumerate(fds)}
+
+    return {"base": row(fd_base), "gauss": row(fd_gauss)}
+
+
+def test_the_report_has_every_row_the_paper_column_and_a_verdict_per_claim(tmp_path):
+    grid = grids.load_grid(_write(tmp_path, GOOD))
+    runs = _runs([10.0, 11.0, 10.5], [12.0, 13.5, 12.4])
+    runs["gauss"][3] = grids.SeedRun(None, error="train_flow: loss is nan at step 7")
+    text = grids.report(grid, runs)
+    assert "| VAFlow | 10.50 ± 1.24 (87.7) | 0.50 ± 0.00 | 3/3 |" in text
+    assert "| gauss | 12.63 ± 1.93 | 0.50 ± 0.00 | 3/4 |" in text  # the failed seed is counted, not averaged
+    assert "- gauss, seed 3: failed: train_flow: loss is nan at step 7" in text
+    assert "- VAFlow beats gauss on fd: **supports** (p = " in text
+    assert "- VAFlow beats gauss on acc: **cannot tell** (the rows are equal on every seed" in text
+    assert "paired t-test over seeds" in text and "Evaluators: ev1." in text
+
+
+def test_a_report_needs_a_finished_run_and_one_set_of_evaluators(tmp_path):
+    grid = grids.load_grid(_write(tmp_path, GOOD))
+    failed = {"base": {0: grids.SeedRun(None, error="boom")}}
+    with pytest.raises(grids.GridError, match="no row has a finished run yet"):
+        grids.report(grid, failed)
+    runs = _runs([10.0, 11.0], [12.0, 13.0])
+    runs["gauss"][1] = grids.SeedRun({"fd": 13.0, "acc": 0.5}, "ev2")
+    with pytest.raises(
+        grids.GridError, match=r"different evaluators \(ev1 in base seed 0, ev2 in gauss seed 1\)"
+    ):
+        grids.report(grid, runs)

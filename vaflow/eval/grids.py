@@ -1,0 +1,270 @@
+"""A paper table as a grid of experiments: its rows (params overrides, the paper's values), the metrics it reports
+and the pairwise claims the paper makes about it, read from `configs/tables/<name>.yaml` and checked before anything
+runs (an unknown parameter names the file, the row and the key).
+
+One row at one seed is one DVC experiment: the row's overrides plus the seed of every stage a seed reaches
+(`SEED_KEYS`: the alignment VAE, the flow, the joint tuning and the sampling draws). The data, the codec, the visual
+encoder and the evaluators are left at the params file's values, so every row is judged by the same instrument and
+DVC's cache serves their stages to every row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vaflow import config
+from vaflow.config.section import ConfigError
+from vaflow.errors import UserError, did_you_mean
+from vaflow.eval import verdicts
+from vaflow.eval.verdicts import DIRECTIONS
+
+__all__ = [
+    "GRID_DIR",
+    "SEED_KEYS",
+    "Claim",
+    "Grid",
+    "Row",
+    "exp_args",
+    "grid_names",
+    "load_grid",
+    "overrides",
+]
+
+GRID_DIR = Path(__file__).resolve().parents[2] / "configs" / "tables"
+SEED_KEYS = ("train_align.trainer.seed", "train_flow.trainer.seed", "joint_tune.trainer.seed", "sample.seed")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row: its label in the report, its params overrides (dotted key -> value) and the paper's figures."""
+
+    name: str
+    label: str
+    set: dict[str, Any]
+    paper: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """`row` beats `than` on each metric of `on` (the claim's `metrics`, all of the table's by default; each
+    metric's direction says which way is better)."""
+
+    row: str
+    than: str
+    on: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A table: metric name -> better direction (`lower` / `higher`), its rows in order, its claims."""
+
+    name: str
+    title: str
+    metrics: dict[str, str]
+    rows: dict[str, Row]
+    claims: tuple[Claim, ...]
+
+
+def grid_names() -> list[str]:
+    """The tables shipped in configs/tables/."""
+    return sorted(p.stem for p in GRID_DIR.glob("*.yaml"))
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+    return dict(value)
+
+
+def _check_keys(data: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
+    for key in data:
+        if key not in allowed:
+            hint = did_you_mean(str(key), allowed)
+            raise ConfigError(f"{where}: unknown key {key!r}{hint}; known: {', '.join(allowed)}")
+
+
+def _check_override(key: str, defaults: Mapping[str, Any], where: str) -> None:
+    """A dotted params key must name a setting (a leaf) of the params file."""
+    node: Any = defaults
+    done: list[str] = []
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            choices = list(node) if isinstance(node, Mapping) else []
+            prefix = ".".join(done)
+            raise ConfigError(
+                f"{where}: unknown parameter {key!r}{did_you_mean(part, choices)}"
+                + (f" ({prefix} has no key {part!r})" if prefix else "")
+            )
+        node, done = node[part], [*done, part]
+    if isinstance(node, Mapping):
+        raise ConfigError(f"{where}: {key!r} is a section, not a parameter; set one of its keys")
+
+
+def _nested(flat: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+def load_grid(name_or_path: str | Path) -> Grid:
+    """The table `configs/tables/<name>.yaml` (or a path), every row's overrides validated against the params
+    schema; ConfigError naming the file, the row and the key otherwise."""
+    path = Path(name_or_path)
+    if path.suffix != ".yaml":
+        path = GRID_DIR / f"{name_or_path}.yaml"
+        if not path.is_file():
+            names = grid_names()
+            raise ConfigError(f"unknown table {str(name_or_path)!r}{did_you_mean(str(name_or_path), names)}; tables: {', '.join(names)}")  # fmt: skip
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such table file")
+    try:
+        data = _mapping(yaml.safe_load(path.read_text()), str(path))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    _check_keys(data, ("title", "metrics", "rows", "claims"), str(path))
+    metrics = {str(k): str(v) for k, v in _mapping(data.get("metrics"), f"{path}: metrics").items()}
+    for metric, better in metrics.items():
+        if better not in DIRECTIONS:
+            raise ConfigError(
+                f"{path}: metrics: {metric}: {better!r}, expected one of {', '.join(DIRECTIONS)}"
+            )
+    defaults = config.Params().model_dump(mode="json")
+    rows: dict[str, Row] = {}
+    for name, spec in _mapping(data.get("rows"), f"{path}: rows").items():
+        where = f"{path}: row {name!r}"
+        spec = _mapping(spec, where)
+        _check_keys(spec, ("label", "set", "paper"), where)
+        overrides = _mapping(spec.get("set") or {}, f"{where}: set")
+        for key in overrides:
+            _check_override(key, defaults, where)
+            if key in SEED_KEYS:
+                raise ConfigError(f"{where}: {key!r} is set per seed by the grid, not by a row")
+        try:
+            config.validate(config.deep_merge(defaults, _nested(overrides)), where)
+        except ConfigError as err:
+            raise ConfigError(str(err)) from None
+        paper = _mapping(spec.get("paper") or {}, f"{where}: paper")
+        for metric in paper:
+            if metric not in metrics:
+                raise ConfigError(
+                    f"{where}: paper: {metric!r} is not a metric of the table ({', '.join(metrics)})"
+                )
+        rows[str(name)] = Row(
+            str(name), str(spec.get("label", name)), overrides, {k: float(v) for k, v in paper.items()}
+        )
+    if not rows:
+        raise ConfigError(f"{path}: rows: a table needs at least one row")
+    claims = []
+    for i, spec in enumerate(data.get("claims") or []):
+        where = f"{path}: claims[{i}]"
+        spec = _mapping(spec, where)
+        _check_keys(spec, ("row", "than", "metrics"), where)
+        on = spec.get("metrics", list(metrics))
+        on = (on,) if isinstance(on, str) else tuple(on)
+        for key in ("row", "than"):
+            if spec.get(key) not in rows:
+                raise ConfigError(f"{where}: {key}: {spec.get(key)!r} is not a row ({', '.join(rows)})")
+        for metric in on:
+            if metric not in metrics:
+                raise ConfigError(
+                    f"{where}: metrics: {metric!r} is not a metric of the table ({', '.join(metrics)})"
+                )
+        claims.append(Claim(spec["row"], spec["than"], on))
+    return Grid(path.stem, str(data.get("title", path.stem)), metrics, rows, tuple(claims))
+
+
+def overrides(row: Row, seed: int) -> dict[str, Any]:
+    """Every params override of `row` at `seed`: its own settings and the seed of each stage a seed reaches."""
+    return {**row.set, **dict.fromkeys(SEED_KEYS, seed)}
+
+
+def exp_args(values: Mapping[str, Any]) -> list[str]:
+    """`dvc exp run` arguments for the overrides: `-S key=value` each, values in YAML's spelling."""
+    args = []
+    for key, value in values.items():
+        text = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+        args += ["-S", f"{key}={text}"]
+    return args
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The report of a finished grid
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class GridError(RuntimeError, UserError):
+    """A grid's runs cannot make a report: none finished, or they were scored by different evaluators."""
+
+
+@dataclass(frozen=True)
+class SeedRun:
+    """One row at one seed as tracked: its metrics (None when the run failed, `error` says why) and the identity
+    of the evaluators that scored it."""
+
+    metrics: dict[str, float] | None
+    evaluators: str = ""
+    error: str = ""
+
+
+def _cell(values: list[float], paper: float | None) -> str:
+    text = verdicts.summarize(values).text() if values else "—"
+    return text if paper is None else f"{text} ({paper:g})"
+
+
+def report(grid: Grid, runs: Mapping[str, Mapping[int, SeedRun]], alpha: float = 0.05) -> str:
+    """The markdown report of `grid` from its runs (row -> seed -> SeedRun): mean ± 95 % interval per row and metric
+    with the paper's figure beside it, the failed seeds, and each claim's verdict per metric (paired by seed)."""
+    finished = {
+        (r, s): run for r, by_seed in runs.items() for s, run in by_seed.items() if run.metrics is not None
+    }
+    if not finished:
+        raise GridError(f"{grid.name}: no row has a finished run yet; run the table's experiments first")
+    identities = {run.evaluators for run in finished.values()}
+    if len(identities) > 1:
+        first, second = sorted(identities)[:2]
+        where = {i: next(f"{r} seed {s}" for (r, s), run in finished.items() if run.evaluators == i) for i in (first, second)}  # fmt: skip
+        raise GridError(
+            f"{grid.name}: rows were scored by different evaluators ({first} in {where[first]}, {second} in "
+            f"{where[second]}): rerun them with one evaluators stage so every row is judged by the same instrument"
+        )
+
+    def values(row: str, metric: str) -> dict[int, float]:
+        return {s: r.metrics[metric] for s, r in runs.get(row, {}).items() if r.metrics is not None and metric in r.metrics}  # fmt: skip
+
+    head = ["row", *(f"{m} {'↓' if b == 'lower' else '↑'}" for m, b in grid.metrics.items()), "seeds"]
+    lines = [f"# {grid.title}", "", "Mean ± 95 % confidence interval over seeds (Student t); the paper's figure in",
+             "parentheses.", "", "| " + " | ".join(head) + " |", "| " + " | ".join(["---"] + ["---:"] * (len(head) - 1)) + " |"]  # fmt: skip
+    failures = []
+    for name, row in grid.rows.items():
+        by_seed = runs.get(name, {})
+        cells = [_cell(list(values(name, m).values()), row.paper.get(m)) for m in grid.metrics]
+        done = sum(r.metrics is not None for r in by_seed.values())
+        lines.append(f"| {row.label} | " + " | ".join(cells) + f" | {done}/{len(by_seed)} |")
+        failures += [f"- {row.label}, seed {s}: failed: {r.error}" for s, r in sorted(by_seed.items()) if r.metrics is None]  # fmt: skip
+    if failures:
+        lines += ["", "## Failed runs", "", *failures]
+    lines += ["", "## The paper's claims", ""]
+    for claim in grid.claims:
+        a, b = grid.rows[claim.row], grid.rows[claim.than]
+        for metric in claim.on:
+            v = verdicts.judge(values(a.name, metric), values(b.name, metric), grid.metrics[metric], alpha)
+            pa, pb = a.paper.get(metric), b.paper.get(metric)
+            paper = ""
+            if pa is not None and pb is not None:
+                holds = pa < pb if grid.metrics[metric] == "lower" else pa > pb
+                paper = f"; the paper: {pa:g} vs {pb:g}, {'as claimed' if holds else 'not as claimed'}"
+            lines.append(f"- {a.label} beats {b.label} on {metric}: **{v.outcome}** ({v.reason}, mean difference "
+                         f"{v.mean_difference:.4g}{paper})")  # fmt: skip
+    lines += ["", f"Test: {verdicts.TEST} at α = {alpha}, pairing each row's seed s with the other row's seed s. "
+              f"Evaluators: {identities.pop() or 'unnamed'}.", ""]  # fmt: skip
+    return "\n".join(lines)
