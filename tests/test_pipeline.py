@@ -290,3 +290,45 @@ def test_a_stage_that_fails_its_checks_keeps_every_output_and_the_pipeline_stays
     (work / "spec.json").rename(work / "data" / "features" / "spec.json")
     assert _kept(work) == kept
     assert "up to date" in _run(["dvc", "status"], work, env)
+
+
+def test_a_table_runs_as_dvc_experiments_and_reports_from_mlflow(clone):
+    """`vaflow tables run` on a two-row table at two seeds through real `dvc exp run`: the stages before the
+    seeded ones and the evaluators never run again; `vaflow tables report` finds the four runs in MLflow and writes
+    both rows (mean ± interval, the paper's figure) and a verdict; a second `run` keeps all four."""
+    work, env = clone
+    table = {
+        "title": "mini",
+        "metrics": {"fd": "lower", "acc": "higher"},
+        "rows": {
+            "vaflow": {"label": "VAFlow", "set": {}, "paper": {"fd": 87.7, "acc": 88.1}},
+            "no_cfg": {"label": "no CFG", "set": {"sample.cfg": 0.0}, "paper": {"fd": 133.8}},
+        },
+        "claims": [{"row": "vaflow", "than": "no_cfg"}],
+    }
+    (work / "configs" / "tables" / "mini.yaml").write_text(yaml.safe_dump(table, sort_keys=False))
+    _run(["git", "add", "-A"], work, env)
+    _run(["git", "commit", "-qm", "a table"], work, env)
+    tables = [sys.executable, "-m", "vaflow.cli", "tables"]
+    out = _run([*tables, "run", "mini", "--seeds", "2"], work, env)
+    ran = [line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")]
+    upstream = {"prepare", "audio_vae", "encode_audio", "visual_encoder", "extract_visual", "evaluators"}
+    assert not upstream & set(ran), ran
+    # Seed s of both rows shares its trained models: the second row of a seed only samples and evaluates.
+    assert [ran.count(s) for s in ("train_align", "train_flow", "joint_tune", "sample", "evaluate")] == [
+        2,
+        2,
+        2,
+        4,
+        4,
+    ]
+    assert _run(["git", "status", "--porcelain", "params.yaml", "dvc.lock"], work, env) == ""
+    _run([*tables, "report", "mini"], work, env)
+    text = (work / "reports" / "mini.md").read_text()
+    assert re.search(
+        r"\| VAFlow \| [\d.]+ ± [\d.]+ \(87\.7\) \| [\d.]+ ± [\d.]+ \(88\.1\) \| 2/2 \|", text
+    ), text
+    assert re.search(r"\| no CFG \| [\d.]+ ± [\d.]+ \(133\.8\) \| [\d.]+ ± [\d.]+ \| 2/2 \|", text), text
+    assert re.search(r"- VAFlow beats no CFG on fd: \*\*(supports|refutes|cannot tell)\*\*", text), text
+    again = _run([*tables, "run", "mini", "--seeds", "2"], work, env)
+    assert again.count(": kept") == 4 and "Running stage" not in again

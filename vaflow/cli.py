@@ -1,9 +1,10 @@
 """The `vaflow` command: switch presets, check params files, publish the pretrained codec, add generated audio to a
-video."""
+video, run and report the paper's tables."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -117,6 +118,36 @@ def _cmd_pretrained(args: argparse.Namespace) -> None:
     print(f"{card}: card written beside {card.parent / 'wavevae.safetensors'}; commit both (docs/wavevae.md)")
 
 
+def _cmd_tables(args: argparse.Namespace) -> None:
+    from vaflow.eval import grids
+
+    if args.action == "list":
+        for name in grids.grid_names():
+            print(f"{name}: {grids.load_grid(name).title}")
+        return
+    if args.name is None:
+        raise ArgumentError(f"vaflow tables {args.action}: name a table ({', '.join(grids.grid_names())})")
+    grid = grids.load_grid(args.name)
+    if args.action == "run":
+        outcome = grids.run_grid(grid, args.seeds)
+        failed = [name for name, what in outcome.items() if what.startswith("failed")]
+        print(f"{grid.name}: {len(outcome) - len(failed)} of {len(outcome)} experiments done"
+              + (f"; failed: {', '.join(failed)}" if failed else "") + f"; `vaflow tables report {grid.name}`")  # fmt: skip
+        return
+    from vaflow import tracking
+
+    root = tracking.repo_root()
+    uri = tracking.default_tracking_uri(root)
+    experiment = (
+        args.experiment or os.environ.get("VAFLOW_EXPERIMENT") or os.environ.get("MLFLOW_EXPERIMENT_NAME")
+    )
+    experiment = experiment or tracking.DEFAULT_EXPERIMENT
+    text = grids.report(grid, grids.collect(grid, uri, experiment), args.alpha)
+    out = Path(args.out or root / "reports" / f"{grid.name}.md")
+    atomic.write_text(out, text)
+    print(f"{out}: {grid.title} ({uri}, experiment {experiment!r})")
+
+
 def _version() -> str:
     """The installed vaflow's version and where it is imported from."""
     from importlib.metadata import PackageNotFoundError, version
@@ -173,6 +204,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=d.seed, help="seed of the prior draws (default: %(default)s)")
     g.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     g.set_defaults(func=_cmd_generate)
+    t = sub.add_parser("tables", help="run the paper's tables as DVC experiment grids, and report them",
+                       description="The paper's tables (configs/tables/NAME.yaml) as grids of DVC experiments: `run` "
+                       "runs each row at seeds 1..N (`dvc exp run`, named NAME-ROW-sSEED; held ones are kept; the workspace is put "
+                       "back to the commit), "
+                       "`report` writes reports/NAME.md from the finished runs tracked in MLflow.")  # fmt: skip
+    t.add_argument("action", choices=["list", "run", "report"])
+    t.add_argument("name", nargs="?", help="the table (configs/tables/NAME.yaml)")
+    t.add_argument("--seeds", type=int, default=3, help="run: seeds 1..N of every row (default: %(default)s)")
+    t.add_argument("--experiment", help="report: the MLflow experiment (default: the stages' own)")
+    t.add_argument(
+        "--alpha", type=float, default=0.05, help="report: the paired test's level (default: %(default)s)"
+    )
+    t.add_argument("--out", help="report: the markdown to write (default: reports/NAME.md)")
+    t.set_defaults(func=_cmd_tables)
     return parser
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 import yaml
 
 from vaflow import config
 from vaflow.eval import grids
+from vaflow.tracking import Tracker
 
 GOOD = {
     "title": "t",
@@ -115,3 +118,92 @@ def test_a_report_needs_a_finished_run_and_one_set_of_evaluators(tmp_path):
         grids.GridError, match=r"different evaluators \(ev1 in base seed 0, ev2 in gauss seed 1\)"
     ):
         grids.report(grid, runs)
+
+
+def _tracked(
+    tmp_path, monkeypatch, exp: str, stage: str, metrics=None, hashes=("a1", "b2", "c3"), fail=False
+):
+    """One stage run as the stage skeleton tracks it, inside the DVC experiment `exp`."""
+    monkeypatch.setenv("DVC_EXP_NAME", exp)
+    tracker = Tracker(stage, metrics_dir=tmp_path / "metrics", root=tmp_path)
+    if metrics is not None:
+        tracker.log_final(metrics)
+        names = ("audio_classifier", "av_embedder", "sync_classifier")
+        tracker.log_provenance(
+            {"evaluators": {n: {"weights_hash": h} for n, h in zip(names, hashes, strict=True)}}
+        )
+    tracker.close("FAILED" if fail else "FINISHED")
+
+
+def test_runs_are_collected_from_mlflow_by_experiment_name(tmp_path, monkeypatch, mlflow_store):
+    monkeypatch.setenv("VAFLOW_EXPERIMENT", "grid")
+    grid = grids.load_grid(_write(tmp_path, GOOD))
+    assert grids.exp_name(grid, "base", 2) == "t-base-s2"
+    _tracked(
+        tmp_path,
+        monkeypatch,
+        "t-base-s0",
+        "evaluate",
+        {"vaflow.fd": 9.0, "vaflow.acc": 0.6, "vaflow.kl": 1.0},
+    )
+    _tracked(tmp_path, monkeypatch, "t-base-s1", "evaluate", {"vaflow.fd": 8.0, "vaflow.acc": 0.7})
+    _tracked(tmp_path, monkeypatch, "t-gauss-s0", "train_flow", fail=True)
+    _tracked(tmp_path, monkeypatch, "t-gauss-s1", "train_flow", fail=True)
+    _tracked(
+        tmp_path, monkeypatch, "t-gauss-s1", "evaluate", {"vaflow.fd": 12.0, "vaflow.acc": 0.5}
+    )  # rerun, fixed
+    _tracked(tmp_path, monkeypatch, "other-base-s0", "evaluate", {"vaflow.fd": 1.0})  # another table
+    runs = grids.collect(grid, mlflow_store["MLFLOW_TRACKING_URI"], "grid")
+    assert runs["base"][0] == grids.SeedRun({"fd": 9.0, "acc": 0.6}, "a1,b2,c3")
+    assert runs["base"][1].metrics == {"fd": 8.0, "acc": 0.7}
+    assert runs["gauss"][0].metrics is None and runs["gauss"][0].error.startswith("stage train_flow failed")
+    assert runs["gauss"][1].metrics == {"fd": 12.0, "acc": 0.5}
+    assert "- gauss, seed 0: failed: stage train_flow failed" in grids.report(grid, runs)
+    assert grids.collect(grid, mlflow_store["MLFLOW_TRACKING_URI"], "no such experiment") == {}
+
+
+def _fake_dvc(tmp_path, held: str, failing: str):
+    """A `dvc` that lists `held` experiments, records every call, and fails `exp run` of `failing`."""
+    script = tmp_path / "dvc"
+    script.write_text(f"""#!/bin/sh
+echo "$@" >> {tmp_path}/calls
+if [ "$1 $2" = "exp list" ]; then printf '{held}\\n'; exit 0; fi
+case "$*" in *"-n {failing} "*) exit 3;; esac
+exit 0
+""")
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_a_grid_runs_each_row_at_each_seed_and_keeps_what_the_repository_holds(tmp_path, capsys):
+    grid = grids.load_grid(_write(tmp_path, GOOD))
+    dvc = _fake_dvc(tmp_path, "t-base-s1", "t-gauss-s2")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "params.yaml").write_text("sample: {seed: 0}\n")
+    (repo / "dvc.lock").write_text("schema: '2.0'\n")
+    for cmd in (
+        ["init", "-q"],
+        ["add", "-A"],
+        ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"],
+    ):
+        subprocess.run(["git", *cmd], cwd=repo, check=True)
+    (repo / "params.yaml").write_text("sample: {seed: 9}\n")
+    with pytest.raises(grids.GridError, match="uncommitted changes"):
+        grids.run_grid(grid, 2, cwd=repo, dvc=dvc)
+    subprocess.run(["git", "checkout", "--", "params.yaml"], cwd=repo, check=True)
+    outcome = grids.run_grid(grid, 2, cwd=repo, dvc=dvc)
+    assert outcome == {
+        "t-base-s1": "kept",
+        "t-gauss-s1": "ran",
+        "t-base-s2": "ran",
+        "t-gauss-s2": "failed (exit 3)",
+    }
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert calls[0] == "exp list --name-only" and len(calls) == 5  # the held experiment is not run again
+    seeds = " ".join(f"-S {key}=1" for key in grids.SEED_KEYS)
+    assert calls[1] == f"exp run -n t-gauss-s1 -S flow.prior=gaussian {seeds}"
+    assert calls[-1] == "checkout --quiet"  # the commit's outputs back in the workspace
+    assert "t-gauss-s2: failed (exit 3); the grid goes on" in capsys.readouterr().out
+    with pytest.raises(config.ConfigError, match="--seeds 0"):
+        grids.run_grid(grid, 0, cwd=repo, dvc=dvc)

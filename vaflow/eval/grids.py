@@ -10,6 +10,8 @@ DVC's cache serves their stages to every row.
 
 from __future__ import annotations
 
+import re
+import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -268,3 +270,101 @@ def report(grid: Grid, runs: Mapping[str, Mapping[int, SeedRun]], alpha: float =
     lines += ["", f"Test: {verdicts.TEST} at α = {alpha}, pairing each row's seed s with the other row's seed s. "
               f"Evaluators: {identities.pop() or 'unnamed'}.", ""]  # fmt: skip
     return "\n".join(lines)
+
+
+def exp_name(grid: Grid, row: str, seed: int) -> str:
+    """The DVC experiment (and MLflow `dvc_experiment` tag) of one row at one seed: `<table>-<row>-s<seed>`."""
+    return f"{grid.name}-{row}-s{seed}"
+
+
+def collect(grid: Grid, tracking_uri: str, experiment: str) -> dict[str, dict[int, SeedRun]]:
+    """The grid's runs in the MLflow experiment `experiment` at `tracking_uri` (row -> seed -> SeedRun): per row and
+    seed, the newest finished `evaluate` run gives the metrics (`vaflow.<metric>`) and the evaluators' identity (their
+    weights hashes in its provenance tags); a seed whose newest run of any stage failed, with no evaluate run after
+    it, is failed at that stage."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return {}
+    pattern = re.compile(rf"{re.escape(grid.name)}-(?P<row>.+)-s(?P<seed>\d+)")
+    runs: dict[str, dict[int, SeedRun]] = {}
+    latest: dict[tuple[str, int], SeedRun] = {}
+    query = f"tags.dvc_experiment LIKE '{grid.name}-%'"
+    found_runs = client.search_runs([found.experiment_id], query, max_results=50000)
+    for run in sorted(found_runs, key=lambda r: r.info.start_time or 0):  # oldest first: the newest wins
+        named = pattern.fullmatch(run.data.tags.get("dvc_experiment", ""))
+        if named is None or named["row"] not in grid.rows:
+            continue
+        key = (named["row"], int(named["seed"]))
+        stage, status = run.data.tags.get("stage", "?"), run.info.status
+        if stage == "evaluate" and status == "FINISHED":
+            m = run.data.metrics
+            metrics = {k: m[f"vaflow.{k}"] for k in grid.metrics if f"vaflow.{k}" in m}
+            hashes = sorted(v for k, v in run.data.tags.items() if k.startswith("provenance.evaluators.") and k.endswith(".weights_hash"))  # fmt: skip
+            seen = SeedRun(metrics, ",".join(hashes))
+        elif status in ("FAILED", "KILLED"):
+            seen = SeedRun(None, error=f"stage {stage} {status.lower()} (MLflow run {run.info.run_id})")
+        else:
+            continue
+        latest[key] = seen
+    for (row, seed), seen in latest.items():
+        runs.setdefault(row, {})[seed] = seen
+    return runs
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Running a grid
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _git(args: list[str], cwd: str | Path) -> str:
+    done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise GridError(f"git {' '.join(args)} failed in {cwd}: {done.stderr.strip()}")
+    return done.stdout
+
+
+def run_grid(grid: Grid, seeds: int, cwd: str | Path = ".", dvc: str = "dvc") -> dict[str, str]:
+    """Run every row at seeds 1..seeds as a named DVC experiment (`dvc exp run -n <table>-<row>-s<seed> -S …`,
+    one after the other, each from the committed params.yaml); the workspace is put back to the commit at the end.
+    An experiment the repository already holds is kept, so a killed grid resumes where it stopped; a failed one is
+    reported and the others still run. Seed 0 is left to the params file's own run: every experiment then differs from
+    it in every stage a seed reaches, so each one runs (and tracks) those stages, while the stages before them and
+    the evaluators keep their outputs. Returns
+    experiment name -> `ran`, `kept` or `failed (exit N)`."""
+    if seeds < 1:
+        raise ConfigError(f"--seeds {seeds}: a grid needs at least 1 seed")
+    if _git(["status", "--porcelain", "--", "params.yaml", "dvc.lock"], cwd).strip():
+        raise GridError(
+            f"{cwd}: params.yaml or dvc.lock has uncommitted changes; commit them first (every row starts from the "
+            "committed params, and the grid puts the workspace back to the commit)"
+        )
+    listed = subprocess.run([dvc, "exp", "list", "--name-only"], cwd=cwd, capture_output=True, text=True)
+    if listed.returncode != 0:
+        raise GridError(f"dvc exp list failed in {cwd}: {listed.stderr.strip() or listed.stdout.strip()}")
+    held = set(listed.stdout.split())
+    outcome: dict[str, str] = {}
+    try:
+        for seed in range(1, seeds + 1):
+            for row in grid.rows.values():
+                name = exp_name(grid, row.name, seed)
+                if name in held:
+                    outcome[name] = "kept"
+                    print(f"{name}: kept (the repository holds it)", flush=True)
+                    continue
+                print(f"{name}: running", flush=True)
+                _git(
+                    ["checkout", "HEAD", "--", "params.yaml"], cwd
+                )  # the row's overrides on the committed params
+                done = subprocess.run(
+                    [dvc, "exp", "run", "-n", name, *exp_args(overrides(row, seed))], cwd=cwd
+                )
+                outcome[name] = "ran" if done.returncode == 0 else f"failed (exit {done.returncode})"
+                if done.returncode != 0:
+                    print(f"{name}: failed (exit {done.returncode}); the grid goes on", flush=True)
+    finally:
+        _git(["checkout", "HEAD", "--", "params.yaml", "dvc.lock"], cwd)
+        subprocess.run([dvc, "checkout", "--quiet"], cwd=cwd)  # the outputs of the commit, from DVC's cache
+    return outcome
