@@ -323,7 +323,7 @@ def test_a_table_runs_as_dvc_experiments_and_reports_from_mlflow(clone):
         4,
     ]
     assert _run(["git", "status", "--porcelain", "params.yaml", "dvc.lock"], work, env) == ""
-    _run([*tables, "report", "mini"], work, env)
+    assert "table run" in _run([*tables, "report", "mini"], work, env)
     text = (work / "reports" / "mini.md").read_text()
     assert re.search(
         r"\| VAFlow \| [\d.]+ ± [\d.]+ \(87\.7\) \| [\d.]+ ± [\d.]+ \(88\.1\) \| 2/2 \|", text

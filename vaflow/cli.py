@@ -142,10 +142,14 @@ def _cmd_tables(args: argparse.Namespace) -> None:
         args.experiment or os.environ.get("VAFLOW_EXPERIMENT") or os.environ.get("MLFLOW_EXPERIMENT_NAME")
     )
     experiment = experiment or tracking.DEFAULT_EXPERIMENT
-    text = grids.report(grid, grids.collect(grid, uri, experiment), args.alpha)
+    runs = grids.collect(grid, uri, experiment)
+    text = grids.report(grid, runs, args.alpha)
     out = Path(args.out or root / "reports" / f"{grid.name}.md")
     atomic.write_text(out, text)
-    print(f"{out}: {grid.title} ({uri}, experiment {experiment!r})")
+    parent = grids.publish(grid, text, uri, experiment, runs)
+    print(
+        f"{out}: {grid.title}; MLflow {uri}, experiment {experiment!r}, table run {parent} (its rows' runs nested)"
+    )
 
 
 def _version() -> str:

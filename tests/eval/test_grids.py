@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -154,12 +155,24 @@ def test_runs_are_collected_from_mlflow_by_experiment_name(tmp_path, monkeypatch
     )  # rerun, fixed
     _tracked(tmp_path, monkeypatch, "other-base-s0", "evaluate", {"vaflow.fd": 1.0})  # another table
     runs = grids.collect(grid, mlflow_store["MLFLOW_TRACKING_URI"], "grid")
-    assert runs["base"][0] == grids.SeedRun({"fd": 9.0, "acc": 0.6}, "a1,b2,c3")
+    assert runs["base"][0] == grids.SeedRun(
+        {"fd": 9.0, "acc": 0.6}, "a1,b2,c3", run_id=runs["base"][0].run_id
+    )
     assert runs["base"][1].metrics == {"fd": 8.0, "acc": 0.7}
     assert runs["gauss"][0].metrics is None and runs["gauss"][0].error.startswith("stage train_flow failed")
     assert runs["gauss"][1].metrics == {"fd": 12.0, "acc": 0.5}
     assert "- gauss, seed 0: failed: stage train_flow failed" in grids.report(grid, runs)
     assert grids.collect(grid, mlflow_store["MLFLOW_TRACKING_URI"], "no such experiment") == {}
+    uri = mlflow_store["MLFLOW_TRACKING_URI"]
+    parent = grids.publish(grid, "# report", uri, "grid", runs)
+    assert grids.publish(grid, "# report, again", uri, "grid", runs) == parent  # one parent run per table
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    assert client.get_run(runs["base"][0].run_id).data.tags["mlflow.parentRunId"] == parent
+    assert client.get_run(parent).data.tags["vaflow.table"] == "t"
+    text = Path(client.download_artifacts(parent, "t.md", str(tmp_path))).read_text()
+    assert text == "# report, again"
 
 
 def _fake_dvc(tmp_path, held: str, failing: str):

@@ -216,6 +216,7 @@ class SeedRun:
     metrics: dict[str, float] | None
     evaluators: str = ""
     error: str = ""
+    run_id: str = ""  # the MLflow run it was read from
 
 
 def _cell(values: list[float], paper: float | None) -> str:
@@ -303,15 +304,42 @@ def collect(grid: Grid, tracking_uri: str, experiment: str) -> dict[str, dict[in
             m = run.data.metrics
             metrics = {k: m[f"vaflow.{k}"] for k in grid.metrics if f"vaflow.{k}" in m}
             hashes = sorted(v for k, v in run.data.tags.items() if k.startswith("provenance.evaluators.") and k.endswith(".weights_hash"))  # fmt: skip
-            seen = SeedRun(metrics, ",".join(hashes))
+            seen = SeedRun(metrics, ",".join(hashes), run_id=run.info.run_id)
         elif status in ("FAILED", "KILLED"):
-            seen = SeedRun(None, error=f"stage {stage} {status.lower()} (MLflow run {run.info.run_id})")
+            error = f"stage {stage} {status.lower()} (MLflow run {run.info.run_id})"
+            seen = SeedRun(None, error=error, run_id=run.info.run_id)
         else:
             continue
         latest[key] = seen
     for (row, seed), seen in latest.items():
         runs.setdefault(row, {})[seed] = seen
     return runs
+
+
+def publish(
+    grid: Grid, text: str, tracking_uri: str, experiment: str, runs: Mapping[str, Mapping[int, SeedRun]]
+) -> str:
+    """The table's parent run in MLflow (`vaflow.table` = the grid's name; one per table, reused): the report as its
+    artifact `<name>.md`, and every run the report read nested under it (`mlflow.parentRunId`), so the UI shows a
+    table as one run with its rows' runs inside. Returns the parent's run id."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    exp_id = found.experiment_id if found is not None else client.create_experiment(experiment)
+    old = client.search_runs([exp_id], f"tags.`vaflow.table` = '{grid.name}'", max_results=1)
+    if old:
+        parent = old[0].info.run_id
+    else:
+        tags = {"vaflow.table": grid.name, "stage": "table", "mlflow.runName": f"table {grid.name}"}
+        parent = client.create_run(exp_id, tags=tags, run_name=f"table {grid.name}").info.run_id
+        client.set_terminated(parent, "FINISHED")
+    client.log_text(parent, text, f"{grid.name}.md")
+    for by_seed in runs.values():
+        for run in by_seed.values():
+            if run.run_id:
+                client.set_tag(run.run_id, "mlflow.parentRunId", parent)
+    return parent
 
 
 # ----------------------------------------------------------------------------------------------------------------
