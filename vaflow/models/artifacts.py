@@ -142,9 +142,10 @@ def read_card(
     return card
 
 
-def read_tensors(path: str | Path, rebuild: str) -> dict[str, Tensor]:
+def read_tensors(path: str | Path, rebuild: str, unwrap: tuple[str, ...] = ()) -> dict[str, Tensor]:
     """Every tensor of a .safetensors file, or the (unwrapped) state dict of a torch .ckpt/.pt file; a missing or
-    unreadable file is a ModelFileError naming it and `rebuild` (what writes it, or what it should be)."""
+    unreadable file is a ModelFileError naming it and `rebuild` (what writes it, or what it should be). `unwrap`:
+    further keys of an outer dict that hold the state dict (as "state_dict" does), tried in order."""
     path = Path(path)
     if not path.is_file():
         raise MissingModelFileError(f"{path}: no such file; {rebuild}")
@@ -162,8 +163,10 @@ def read_tensors(path: str | Path, rebuild: str) -> dict[str, Tensor]:
             f"{path}: not a readable checkpoint; expected a torch .ckpt/.pt or a .safetensors file "
             f"({type(e).__name__}: {e}); {rebuild}"
         ) from e
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        obj = obj["state_dict"]  # Lightning / stable-audio-tools training checkpoints
+    for key in ("state_dict", *unwrap):  # Lightning / stable-audio-tools training checkpoints, ...
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+            break
     if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise ModelFileError(f"{path}: not a state dict (expected a mapping of names to tensors); {rebuild}")
     return dict(obj)
