@@ -1,7 +1,8 @@
 """Stage `evaluators`: the proxy evaluators of DESIGN §6 (audio classifier, video-audio embedding model, sync
 classifier), trained on the train split (mode train) or imported from a folder of saved ones (mode import), then
 calibrated on the real test clips; writes `<name>.safetensors` + `<name>.json` per evaluator and
-metrics/evaluators.json."""
+metrics/evaluators.json. The reference evaluators named in `evaluators.reference` are loaded from their files and
+their features of the test split written beside (reference.json + one .npz each)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from typing import Any
 
 from vaflow import config, stage
 from vaflow.code import stage_code
+from vaflow.eval import toolkits
+from vaflow.generate import default_device
 from vaflow.tracking import Tracker
 from vaflow.train import evaluators as training
 from vaflow.train.distributed import env_rank
@@ -56,6 +59,12 @@ def run(settings: Any, clip: config.ClipConfig, prepared: Path, out: Path, check
         tracker.log_artifact(Path(out) / f"{name}.json")
         shown = ", ".join(f"{k} {v:.3f}" for k, v in figures.items() if isinstance(v, float))
         print(f"{name} ({card['weights_hash']}): {shown}")
+    if toolkits.given(settings.reference):  # the paper's instruments: their ground truth, once per weights
+        truth = toolkits.test_split_truth(settings.reference, clip, prepared, out, default_device())
+        tracker.set_tags(
+            {f"evaluator.{n}.weights_hash": e["weights_hash"] for n, e in truth.card["evaluators"].items()}
+        )
+        tracker.log_artifact(out / toolkits.CARD)
     tracker.log_final(final)
 
 

@@ -1,9 +1,10 @@
 """The `vaflow` command: switch presets, check params files, publish the pretrained codec, add generated audio to a
-video, run and report the paper's tables."""
+video, score a folder of generated audio with the reference evaluators, run and report the paper's tables."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -55,7 +56,7 @@ def _device(name: str | None):
         if (device.index or 0) >= count:
             raise ArgumentError(f"--device {name}: this machine has {count} CUDA device(s)")
     elif device.type != "cpu":
-        raise ArgumentError(f"--device {name}: vaflow generate runs on cpu or cuda")
+        raise ArgumentError(f"--device {name}: vaflow runs on cpu or cuda")
     return device
 
 
@@ -152,6 +153,18 @@ def _cmd_tables(args: argparse.Namespace) -> None:
     )
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from vaflow.eval import toolkits
+
+    result = toolkits.score_folder(Path(args.folder), Path(args.evaluators), _device(args.device))
+    text = json.dumps(result, indent=2)
+    if args.json:
+        atomic.write_text(Path(args.json), text + "\n")
+    shown = ", ".join(f"{k} {v:.3f}" for k, v in result["metrics"].items())
+    print(f"{args.folder}: {result['clips']} of {result['of']} test clips ({result['resampled']} resampled, "
+          f"{result['fitted']} cut or padded): {shown}" + (f"; {args.json}" if args.json else ""))  # fmt: skip
+
+
 def _version() -> str:
     """The installed vaflow's version and where it is imported from."""
     from importlib.metadata import PackageNotFoundError, version
@@ -208,6 +221,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=d.seed, help="seed of the prior draws (default: %(default)s)")
     g.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     g.set_defaults(func=_cmd_generate)
+    e = sub.add_parser("evaluate", help="score a folder of generated wavs with the reference evaluators",
+                       description="Score any folder of generated wavs named <clip id>.wav (this pipeline's or another "
+                       "system's) against the test split with the reference evaluators of evaluators.reference, whose "
+                       "ground truth the evaluators stage computed: the same protocol as the evaluate stage.")  # fmt: skip
+    e.add_argument("folder", help="folder of <clip id>.wav files")
+    e.add_argument("--evaluators", default="data/models/evaluators",
+                   help="the evaluators stage's folder (reference.json + ground truth) (default: %(default)s)")  # fmt: skip
+    e.add_argument("--json", help="also write the metrics and their protocol to this JSON file")
+    e.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    e.set_defaults(func=_cmd_evaluate)
     t = sub.add_parser("tables", help="run the paper's tables as DVC experiment grids, and report them",
                        description="The paper's tables (configs/tables/NAME.yaml) as grids of DVC experiments: `run` "
                        "runs each row at seeds 1..N (`dvc exp run`, named NAME-ROW-sSEED; held ones are kept; the workspace is put "

@@ -191,6 +191,39 @@ class SampleConfig(Section):
         return self
 
 
+class ReferenceEvaluatorsConfig(Section):
+    """Local weight files of the reference evaluators whose numbers the paper prints (paper §4.1 "Metrics", DESIGN
+    §6); "" leaves one out. Each is the toolkits' official file, loaded strictly; nothing is downloaded."""
+
+    # av-benchmark's PaSST-S (passt-s-f128-p16-s10-ap.476-swa.pt): fd_passt, kl_passt, is_passt.
+    passt: str = ""
+    # SpecVQGAN's Melception (melception-21-05-10T09-28-40.pt): fd_melception, kl_melception, is_melception.
+    melception: str = ""
+    # ImageBind huge (imagebind_huge.pth): ib_va.
+    imagebind: str = ""
+    # Diff-Foley's alignment classifier (eval_classifier.ckpt): acc, with `cavp_features`.
+    sync_classifier: str = ""
+    # Diff-Foley's CAVP features of the test videos, as its own extraction writes them: <clip id>.npz with
+    # `feat` (frames × 512 at 4 fps). The classifier reads them; this pipeline does not compute them.
+    cavp_features: str = ""
+    # Synchformer (synchformer_state_dict.pth): desync.
+    synchformer: str = ""
+    # PANNs Cnn14 at 16 kHz (Cnn14_16k_mAP=0.438.pth): fd_panns, kl_panns, is_panns.
+    panns: str = ""
+    # Seed of the sync classifier's latent draw (Diff-Foley's script seeds 0): Acc is reported with it.
+    seed: int = 0
+    # Clips per forward pass; raise it on a GPU.
+    batch_size: int = Field(8, ge=1)
+
+    @model_validator(mode="after")
+    def _acc_needs_features(self) -> ReferenceEvaluatorsConfig:
+        if self.sync_classifier and not self.cavp_features:
+            raise ValueError(
+                "cavp_features: the sync classifier (acc) reads Diff-Foley's CAVP features of the test videos"
+            )
+        return self
+
+
 class EvaluatorsConfig(Section):
     """The `evaluators` stage: proxy evaluators for FD/KL/IS, IB-VA and Acc (DESIGN §6), trained on the train split."""
 
@@ -215,6 +248,8 @@ class EvaluatorsConfig(Section):
     # over the default's train split; the batch is also InfoNCE's in-batch negatives. AdamW at 2e-3 without
     # warm-up, schedule, clipping or averaging (ema_decay 0 ships the trained weights); the seed also draws the
     # initial weights and the calibration's halves and shifts.
+    # The reference evaluators' weight files: each one given adds its metrics to every row (`fd_passt`, ...).
+    reference: ReferenceEvaluatorsConfig = ReferenceEvaluatorsConfig()
     trainer: TrainerConfig = TrainerConfig(
         steps=120,
         batch_size=32,

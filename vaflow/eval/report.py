@@ -12,7 +12,7 @@ from typing import Any
 
 from vaflow.eval.scoring import RowScore, finite_or_none
 
-__all__ = ["COLUMNS", "ROW_TITLES", "markdown_table", "provenance_lines", "table_rows"]
+__all__ = ["COLUMNS", "REFERENCE_COLUMNS", "ROW_TITLES", "markdown_table", "provenance_lines", "table_rows"]
 
 # Row key -> what the table calls it (the order of the table).
 ROW_TITLES = {
@@ -32,6 +32,48 @@ COLUMNS = (
     ("class_acc", "Class acc. (%) ↑<br>oracle, proxy classifier", "higher", "{:.1f}"),
     ("onset_f1", "Onset F1 (%) ↑<br>oracle", "higher", "{:.1f}"),
 )
+
+
+# The reference evaluators' columns (vaflow.eval.toolkits.METRICS, stored as `reference.<key>`): header, format.
+REFERENCE_COLUMNS = {
+    "fd_passt": ("FD ↓<br>PaSST", "{:.2f}"),
+    "fd_melception": ("FD ↓<br>Melception", "{:.2f}"),
+    "kl_passt": ("KL ↓<br>PaSST", "{:.3f}"),
+    "kl_melception": ("KL ↓<br>Melception", "{:.3f}"),
+    "is_passt": ("IS ↑<br>PaSST", "{:.2f}"),
+    "is_melception": ("IS ↑<br>Melception", "{:.2f}"),
+    "ib_va": ("IB-VA ↑<br>ImageBind ×100", "{:.1f}"),
+    "acc": ("Acc. (%) ↑<br>Diff-Foley", "{:.1f}"),
+    "desync": ("DeSync (s) ↓<br>Synchformer", "{:.3f}"),
+    "fd_panns": ("FD ↓<br>PANNs", "{:.2f}"),
+    "kl_panns": ("KL ↓<br>PANNs", "{:.3f}"),
+    "is_panns": ("IS ↑<br>PANNs", "{:.2f}"),
+}
+
+
+def _reference_section(rows: Sequence[RowScore], card: Mapping[str, Any]) -> list[str]:
+    """The table of the reference evaluators' metrics, with the protocol each one was run under."""
+    keys = [k for k in REFERENCE_COLUMNS if any(f"reference.{k}" in r.metrics for r in rows)]
+    lines = [
+        "",
+        "## The paper's evaluators",
+        "",
+        "The same clips scored with the reference evaluators' official weights, their toolkits' way",
+        "(comparable with published numbers that used the same protocol).",
+        "",
+        "| " + " | ".join(["Method", *(REFERENCE_COLUMNS[k][0] for k in keys)]) + " |",
+        "| " + " | ".join(["---"] + ["---:"] * len(keys)) + " |",
+    ]
+    for row in rows:
+        cells = [_cell(row.metrics.get(f"reference.{k}"), REFERENCE_COLUMNS[k][1]) for k in keys]
+        lines.append("| " + " | ".join([ROW_TITLES.get(row.name, row.name), *cells]) + " |")
+    lines += ["", f"Audio scored: {card['audio_seconds']:g} s per clip, one sample per video, resampled by "
+              f"{card['resampler']}; each evaluator pads or cuts it to its own window."]  # fmt: skip
+    for name, e in card["evaluators"].items():
+        p = e["protocol"]
+        shown = ", ".join(f"{k} {v}" for k, v in p.items() if isinstance(v, int | float | str))
+        lines.append(f"- `{name}` (weights `{e['weights_hash']}`, {e['file']}): {shown}.")
+    return lines
 
 
 def _cell(value: float | None, fmt: str) -> str:
@@ -109,6 +151,8 @@ def markdown_table(rows: Sequence[RowScore], provenance: Mapping[str, Any]) -> s
         method = f"**{cells['method']}**" if row.name == "vaflow" else cells["method"]
         lines.append("| " + " | ".join([method, feat, *values, cells["scored"], cells["excluded"]]) + " |")
     lines += ["", "## Provenance", "", *(f"- {line}" for line in provenance_lines(provenance))]
+    if provenance.get("reference"):
+        lines += _reference_section(rows, provenance["reference"])
     notes = [f"- {ROW_TITLES.get(r.name, r.name)}: {n}" for r in rows for n in r.notes]
     if notes:
         lines += ["", "## Notes", "", *notes]

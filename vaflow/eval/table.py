@@ -16,7 +16,7 @@ from vaflow import atomic
 from vaflow.data import pairs
 from vaflow.data.clips import load_split
 from vaflow.data.prepare import load_manifest
-from vaflow.eval import gallery, oracle, report, scoring
+from vaflow.eval import gallery, oracle, report, scoring, toolkits
 from vaflow.eval.evaluators import load_evaluators
 from vaflow.eval.references import reference_audio
 from vaflow.generate import default_device, load_models
@@ -78,10 +78,19 @@ def evaluate_split(cfg: Any, clip: Any, paths: Mapping[str, str | Path]) -> Eval
     )
     gen_ids, gen_audio = generated_audio(samples, rate)
 
+    truth = toolkits.load_truth(Path(paths["evaluators"]))  # the reference evaluators' ground truth, if any
+    suite = None if truth is None else toolkits.suite_from_card(truth.card, default_device())
+
     def score(name, ids, audio, **kw):
         keep = [k for k, i in enumerate(ids) if i in set(clips.ids)]  # clips the evaluators could decode
         row = scoring.score_row(name, [ids[k] for k in keep], audio[keep], rate, reference, evaluators,
                                 cfg.onset_tolerance, cfg.is_splits, cfg.silent_db, **kw)  # fmt: skip
+        if suite is not None:  # the same clips as the proxies score: left-out ones stay out
+            left_out = {i for out in row.excluded.values() for i in out}
+            use = [k for k in keep if ids[k] not in left_out]
+            row.metrics.update(
+                toolkits.score_row(suite, truth, [ids[k] for k in use], audio[use], rate, **kw)
+            )
         print(f"{report.ROW_TITLES[name]}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.metrics.items()
                                                         if isinstance(v, float)))  # fmt: skip
         return row
@@ -109,6 +118,8 @@ def evaluate_split(cfg: Any, clip: Any, paths: Mapping[str, str | Path]) -> Eval
         "is_splits": cfg.is_splits,
         "silent_db": cfg.silent_db,
     }  # fmt: skip
+    if truth is not None:
+        provenance["reference"] = truth.card
     out = Path(paths["reports"])
     out.mkdir(parents=True, exist_ok=True)
     atomic.write_text(out / "table.md", report.markdown_table(rows, provenance))

@@ -14,9 +14,20 @@ from pathlib import Path
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vaflow.errors import UserError
 from vaflow.models import artifacts
 
-__all__ = ["fit_length", "load_strict"]
+__all__ = ["MissingPackageError", "fit_length", "load_strict"]
+
+
+class MissingPackageError(ImportError, UserError):
+    """An evaluator whose package is not installed; the message names both and the pip line."""
+
+    def __init__(self, evaluator: str, requirement: str) -> None:
+        super().__init__(
+            f"the {evaluator} evaluator needs the package {requirement} (pip install {requirement}, pinned in "
+            "requirements.lock)"
+        )
 
 
 def load_strict(
