@@ -1,7 +1,8 @@
 """Stage `evaluate` (paper §4.1 "Metrics", DESIGN §6): the sampled test audio and the reference rows (ground truth,
-ground truth through the WaveVAE, the prior draw decoded without the flow) scored with the proxy evaluators and the
-synthetic world's oracle → metrics/eval.json, reports/table.md (paper Table 1 layout) and the gallery
-reports/index.html, all logged to the stage's MLflow run."""
+ground truth through the WaveVAE, the prior draw decoded without the flow) scored with the proxy evaluators, the
+synthetic world's oracle and the reference evaluators whose ground truth the evaluators stage computed →
+metrics/eval.json, reports/table.md (paper Table 1 layout) and the gallery reports/index.html, all logged to the
+stage's MLflow run."""
 
 from __future__ import annotations
 

@@ -41,6 +41,7 @@ def run(settings: Any, clip: config.ClipConfig, prepared: Path, out: Path, check
             f"evaluators.min_shift={settings.min_shift} s: a {clip.duration} s clip allows circular shifts of at "
             f"most {clip.duration / 2} s from alignment"
         )
+    toolkits.check_files(settings.reference)  # before any training
     if settings.mode == "train":
         loaded = training.train_all(settings, clip, prepared, out, checkpoints, stage_code(__file__), tracker)
     elif env_rank()[0] == 0:

@@ -164,3 +164,17 @@ def test_the_diffusion_objective_needs_the_gaussian_prior():
         config.validate({"flow": {"objective": "diffusion", "prior": "gaussian"}}).flow.objective
         == "diffusion"
     )
+
+
+@pytest.mark.parametrize("section", ["train_flow", "joint_tune"])
+def test_init_is_empty_by_default_and_names_a_model_folder(section):
+    assert getattr(config.Params(), section).init == ""  # train from scratch / from stage 2's model
+    assert getattr(config.validate({section: {"init": "runs/a/vaflow"}}), section).init == "runs/a/vaflow"
+    with pytest.raises(
+        config.ConfigError, match=rf"{section}: init: 'runs/a/vaflow/vaflow.json' is a file; give"
+    ):
+        config.validate({section: {"init": "runs/a/vaflow/vaflow.json"}})
+    with pytest.raises(config.ConfigError, match=rf"{section}: init: leading or trailing blanks"):
+        config.validate({section: {"init": "runs/a/vaflow "}})
+    with pytest.raises(config.ConfigError, match=rf"{section}\.init: Input should be a valid string"):
+        config.validate({section: {"init": 1}})

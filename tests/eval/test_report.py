@@ -72,3 +72,39 @@ def test_provenance_names_evaluators_sampler_models_and_counts():
         assert fact in text, fact
     no_truth = " ".join(provenance_lines({**PROVENANCE, "oracle": False}))
     assert "No ground truth" in no_truth
+
+
+def test_the_reference_evaluators_get_their_own_table_with_the_protocol():
+    rows = [
+        _row(
+            "ground_truth",
+            **{"reference.fd_passt": None, "reference.is_passt": 8.25, "reference.desync": 0.4},
+        ),
+        _row("vaflow", **{"reference.fd_passt": 101.5, "reference.is_passt": 6.5, "reference.desync": 0.62}),
+    ]
+    card = {
+        "audio_seconds": 8.0,
+        "resampler": "torchaudio sinc",
+        "evaluators": {
+            "passt": {
+                "weights_hash": "aa11",
+                "file": "passt.pt",
+                "protocol": {"sample_rate": 32000, "clip_seconds": 10.0},
+            },
+            "synchformer": {"weights_hash": "bb22", "file": "sync.pth", "protocol": {"fps": 25}},
+        },
+    }
+    assert "The paper's evaluators" not in markdown_table(rows, PROVENANCE)  # none given: the table as it was
+    text = markdown_table(rows, {**PROVENANCE, "reference": card})
+    lines = text.split("## The paper's evaluators", 1)[1].splitlines()
+    header = next(line for line in lines if line.startswith("| Method"))
+    assert (
+        header == "| Method | FD ↓<br>PaSST | IS ↑<br>PaSST | DeSync (s) ↓<br>Synchformer |"
+    )  # the paper's order
+    assert "| Ground truth (real test audio) | — | 8.25 | 0.400 |" in lines
+    assert "| VAFlow (ours) | 101.50 | 6.50 | 0.620 |" in lines
+    assert any("8 s per clip" in line and "torchaudio sinc" in line for line in lines)
+    assert any(
+        line.startswith("- `passt` (weights `aa11`, passt.pt): sample_rate 32000, clip_seconds 10.0")
+        for line in lines
+    )

@@ -16,6 +16,7 @@ from tests.models.reference.fixtures import synth_state_dict
 from vaflow import config
 from vaflow.eval import toolkits
 from vaflow.models.artifacts import MissingModelFileError, ModelFileError
+from vaflow.models.reference import MissingPackageError
 
 RATE, SECONDS = 16_000, 1.0
 
@@ -184,3 +185,111 @@ def test_the_sync_classifier_needs_its_cavp_features():
         config.ReferenceEvaluatorsConfig(sync_classifier="eval_classifier.ckpt")
     given = config.ReferenceEvaluatorsConfig(passt="p.pt", panns="c.pth")
     assert toolkits.given(given) == {"passt": "p.pt", "panns": "c.pth"}
+
+
+def _scaled_down(module, config) -> SimpleNamespace:
+    """`module` with its `from_file` building the small configuration the fixtures hold (same code, fewer weights)."""
+    names = {k: getattr(module, k) for k in dir(module) if not k.startswith("__")}
+    return SimpleNamespace(**{**names, "from_file": lambda path: module.from_file(path, config)})
+
+
+def test_ib_va_and_acc_are_scored_from_the_cached_video_side(monkeypatch, tmp_path):
+    from tests.models.reference.fixtures import FIXTURES
+    from vaflow.models.reference import difffoley, imagebind
+
+    torch.manual_seed(0)
+    small = difffoley.build(difffoley.SMALL)
+    for p in small.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    torch.save({"state_dict": small.state_dict(), "epoch": 3}, tmp_path / "eval_classifier.ckpt")
+    fakes = {
+        "imagebind": _scaled_down(imagebind, imagebind.TINY),
+        "sync_classifier": _scaled_down(difffoley, difffoley.SMALL),
+    }
+    monkeypatch.setattr(toolkits, "_module", lambda name: fakes[name])
+    ids = ["a", "b", "c"]
+    cavp = tmp_path / "cavp"
+    cavp.mkdir()
+    for k, clip_id in enumerate(ids):
+        np.savez(
+            cavp / f"{clip_id}.npz",
+            feat=np.random.default_rng(k).standard_normal((40, difffoley.SMALL.video_dim)).astype(np.float32),
+        )
+    reference = config.ReferenceEvaluatorsConfig(
+        imagebind=str(FIXTURES / "imagebind_tiny_state_dict.pt"),
+        sync_classifier=str(tmp_path / "eval_classifier.ckpt"),
+        cavp_features=str(cavp),
+        seed=7,
+    )
+    suite = toolkits.load_suite(reference)
+    assert (
+        suite.metric_names() == ["ib_va", "acc"]
+        and suite.card["evaluators"]["imagebind"]["ib_va_scale"] == 100
+    )
+    audio = np.random.default_rng(0).standard_normal((3, 3 * RATE)).astype(np.float32) * 0.1
+    mine = toolkits.audio_outputs(suite, "imagebind", audio, RATE)["audio_emb"]
+    truth = toolkits.Truth(ids, {"imagebind": {"video_emb": mine[[1, 2, 0]], "audio_emb": mine}})
+    m = toolkits.score(suite, truth, ids, audio, RATE)
+    cos = [float(np.dot(mine[k], mine[j]) / np.linalg.norm(mine[k]) / np.linalg.norm(mine[j])) for k, j in
+           ((0, 1), (1, 2), (2, 0))]  # fmt: skip
+    assert m["ib_va"] == pytest.approx(100 * np.mean(cos), rel=1e-5)
+    spec = toolkits.audio_outputs(suite, "sync_classifier", audio, RATE)["spec"]
+    p = suite.models["sync_classifier"].probability(
+        torch.from_numpy(spec),
+        torch.from_numpy(toolkits._cavp(suite, ids)),
+        generator=torch.Generator().manual_seed(7),
+    )
+    assert m["acc"] == pytest.approx(100 * float((p > 0.5).float().mean()))
+    (cavp / "b.npz").unlink()
+    with pytest.raises(config.ConfigError, match="b.npz: no CAVP features"):
+        toolkits.score(suite, truth, ids, audio, RATE)
+
+
+def test_missing_weight_files_are_named_before_any_work(tmp_path):
+    with pytest.raises(
+        MissingModelFileError, match="evaluators.reference.panns: .*Cnn14_16k.pth: no such file"
+    ):
+        toolkits.check_files(settings(panns=tmp_path / "Cnn14_16k.pth"))
+    with pytest.raises(MissingModelFileError, match="cavp_features: .*absent: no such folder"):
+        toolkits.check_files(config.ReferenceEvaluatorsConfig(cavp_features=str(tmp_path / "absent")))
+    toolkits.check_files(config.ReferenceEvaluatorsConfig())  # none given: nothing to check
+
+
+def test_a_missing_package_is_named_before_any_work(monkeypatch, tmp_path):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "hear21passt" else real(name, *a)
+    )
+    with pytest.raises(MissingPackageError, match="PaSST evaluator needs the package hear21passt==0.0.26"):
+        toolkits.check_files(settings(passt=tmp_path / "passt.pt"))  # the package first, then the file
+
+
+def test_the_evaluators_stage_writes_the_test_splits_ground_truth_once(monkeypatch, tmp_path, world):
+    from tests.eval.world import FAST, WORLD
+    from tests.stage_scripts import load_stage
+    from vaflow.tracking import Tracker
+
+    fake = SimpleNamespace(SAMPLE_RATE=8000, PROTOCOL={"sample_rate": 8000}, from_file=_tiny_from_file)
+    monkeypatch.setattr(toolkits, "_module", lambda name: fake)
+    torch.save(_TinyClassifier().state_dict(), tmp_path / "tiny.pt")
+    settings = FAST.model_copy(
+        update={
+            "trainer": FAST.trainer.model_copy(update={"steps": 2}),
+            "reference": config.ReferenceEvaluatorsConfig(passt=str(tmp_path / "tiny.pt")),
+        }
+    )
+    stage, clip = load_stage("evaluators"), config.validate(WORLD).clip
+    with Tracker("evaluators", metrics_dir=tmp_path / "metrics", mlflow=False, root=tmp_path) as tracker:
+        stage.run(settings, clip, world, tmp_path / "out", tmp_path / "checkpoints", tracker)
+    truth = toolkits.load_truth(tmp_path / "out")
+    test_ids = [r["id"] for r in toolkits.load_manifest(world / "manifest.csv", "test").to_dict("records")]
+    assert truth.ids == test_ids and truth.outputs["passt"]["embedding"].shape == (len(test_ids), 4)
+    assert truth.card["audio_seconds"] == clip.duration and truth.card["sample_rate"] == clip.sample_rate
+    missing = settings.model_copy(
+        update={"reference": config.ReferenceEvaluatorsConfig(passt=str(tmp_path / "x.pt"))}
+    )
+    with pytest.raises(MissingModelFileError, match="evaluators.reference.passt"):  # before any training
+        stage.run(missing, clip, world, tmp_path / "out2", tmp_path / "never", None)
+    assert not (tmp_path / "never").exists()

@@ -4,6 +4,7 @@ training stages, sampling, and evaluation. `vaflow.config` assembles them with t
 
 from __future__ import annotations
 
+from pathlib import PurePath
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -109,9 +110,34 @@ class FlowConfig(Section):
         return self
 
 
-class TrainFlowConfig(Section):
-    """Stage 2 `train_flow`: the velocity estimator with the alignment VAE frozen (Eq. 8)."""
+# Suffixes of weight and card files: an `init` ending in one names a file, not a model folder.
+_MODEL_FILE_SUFFIXES = (".safetensors", ".json", ".ckpt", ".pt", ".pth")
 
+
+def _model_folder(path: str, key: str) -> None:
+    # An `init` names an exported model folder; a file of one (the weights, the card) or stray blanks are slips
+    # that would otherwise surface as a missing card only once the stage runs.
+    if path != path.strip():
+        raise ValueError(f"{key}: leading or trailing blanks in {path!r}")
+    name = PurePath(path)
+    if name.suffix in _MODEL_FILE_SUFFIXES:
+        raise ValueError(
+            f"{key}: {path!r} is a file; give the exported model folder that holds vaflow.safetensors and "
+            f"vaflow.json ({str(name.parent)!r}?)"
+        )
+
+
+class TrainFlowConfig(Section):
+    """Stage 2 `train_flow`: the velocity estimator with the alignment VAE frozen (Eq. 8), trained from scratch
+    or (`init`) fine-tuned from an exported VAFlow model."""
+
+    # An exported VAFlow model folder (vaflow.safetensors + vaflow.json, as train_flow and joint_tune write them) to
+    # fine-tune on these data: the stage starts from its estimator, its alignment-VAE encoder (the prior, frozen
+    # as in stage 2) and its latent statistics, with a fresh optimiser for `trainer.steps`; train_align's model is
+    # then not read. Its card must name these features' visual encoder and this WaveVAE, and the `flow` section
+    # must describe it. "" (the default) builds a new estimator on train_align's prior: the paper's stage 2, and
+    # the only start a pipeline that trains everything itself has.
+    init: str = ""
     val: ValidationConfig = ValidationConfig(every=100)
     # 1200 steps of 32 clips: most of the embedded default's 10-minute budget, which its pretrained WaveVAE
     # leaves to VAFlow (the default run's stage times are in the README).
@@ -129,13 +155,20 @@ class TrainFlowConfig(Section):
     def _trains(self) -> TrainFlowConfig:
         needs_steps(self.trainer, "train_flow")
         _validation_fits(self.val, self.trainer)
+        if self.init:
+            _model_folder(self.init, "init")
         return self
 
 
 class JointTuneConfig(Section):
     """Stage 3 `joint_tune`: alignment-VAE encoder + estimator with Eq. 9; `trainer.steps: 0` passes stage 2's
-    model through untouched (Table 3's "not tuned" rows)."""
+    model (or `init`) through untouched (Table 3's "not tuned" rows)."""
 
+    # An exported VAFlow model folder to tune instead of train_flow's output (which is then not read), with a fresh
+    # optimiser for `trainer.steps` under its own training settings, as stage 2's model would be; its card must
+    # name these features' visual encoder and this WaveVAE. "" (the default) tunes what train_flow just trained:
+    # the paper's stage 3 follows its stage 2.
+    init: str = ""
     # Eq. 9's λ_KL: the paper's alignment-VAE value keeps the tuned prior close to N(0, I).
     kl_weight: float = Field(8e-4, ge=0)
     val: ValidationConfig = ValidationConfig(every=100)
@@ -147,6 +180,8 @@ class JointTuneConfig(Section):
     @model_validator(mode="after")
     def _fits(self) -> JointTuneConfig:
         _validation_fits(self.val, self.trainer)
+        if self.init:
+            _model_folder(self.init, "init")
         return self
 
 

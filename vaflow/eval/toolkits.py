@@ -8,6 +8,7 @@ resampler, the audio length scored, one sample per video, IB-VA ×100 and the sy
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -31,7 +32,16 @@ from vaflow.data.prepare import load_manifest
 from vaflow.eval import metrics
 from vaflow.generate.generator import read_wav
 from vaflow.hashing import weights_hash
-from vaflow.models.reference import difffoley, imagebind, melception, panns, passt, synchformer
+from vaflow.models.artifacts import MissingModelFileError
+from vaflow.models.reference import (
+    MissingPackageError,
+    difffoley,
+    imagebind,
+    melception,
+    panns,
+    passt,
+    synchformer,
+)
 
 __all__ = [
     "AUDIO_OUTPUTS",
@@ -45,6 +55,7 @@ __all__ = [
     "ground_truth",
     "load_suite",
     "load_truth",
+    "check_files",
     "score",
     "score_folder",
     "score_row",
@@ -124,6 +135,25 @@ def _metrics_of(name: str) -> tuple[str, ...]:
 def given(settings: Any) -> dict[str, str]:
     """The evaluators.reference weight files that are set: {name: path}."""
     return {name: getattr(settings, name) for name in EVALUATORS if getattr(settings, name)}
+
+
+def check_files(settings: Any) -> None:
+    """Before any work: every weight file (and the CAVP features folder) `settings` names exists, or a
+    MissingModelFileError naming the evaluators.reference key and the file; a package an evaluator's network comes
+    from is installed, or a MissingPackageError naming both."""
+    for name, path in given(settings).items():
+        requirement = getattr(_module(name), "REQUIREMENT", None)  # a package its network comes from
+        if requirement and importlib.util.find_spec(requirement.split("==")[0]) is None:
+            raise MissingPackageError(_module(name).EVALUATOR, requirement)
+        if not Path(path).is_file():
+            raise MissingModelFileError(
+                f"evaluators.reference.{name}: {path}: no such file; the official {name} checkpoint (README, "
+                "Reference evaluators) or '' to leave it out"
+            )
+    if settings.cavp_features and not Path(settings.cavp_features).is_dir():
+        raise MissingModelFileError(
+            f"evaluators.reference.cavp_features: {settings.cavp_features}: no such folder"
+        )
 
 
 def load_suite(settings: Any, device: torch.device | str = "cpu") -> Suite:
@@ -321,7 +351,8 @@ def load_truth(folder: Path) -> Truth | None:
 
 
 def _cavp(suite: Suite, ids: Sequence[str]) -> np.ndarray:
-    """Diff-Foley's CAVP features of each clip: (N, 32, 512), the first 32 frames at 4 fps."""
+    """Diff-Foley's CAVP features of each clip: (N, 32, D), the first 32 frames at 4 fps (D = 512)."""
+    dim = suite.models["sync_classifier"].config.video_dim
     feats = []
     for clip_id in ids:
         path = suite.cavp_features / f"{clip_id}.npz"
@@ -331,9 +362,9 @@ def _cavp(suite: Suite, ids: Sequence[str]) -> np.ndarray:
             )
         with np.load(path) as data:
             feat = data["feat"]
-        if feat.ndim != 2 or feat.shape[0] < SYNC_FRAMES or feat.shape[1] != 512:
+        if feat.ndim != 2 or feat.shape[0] < SYNC_FRAMES or feat.shape[1] != dim:
             raise ConfigError(
-                f"{path}: feat {feat.shape}, expected (>= {SYNC_FRAMES}, 512) at {SYNC_FPS:g} fps"
+                f"{path}: feat {feat.shape}, expected (>= {SYNC_FRAMES}, {dim}) at {SYNC_FPS:g} fps"
             )
         feats.append(feat[:SYNC_FRAMES])
     return np.stack(feats).astype(np.float32)
@@ -358,7 +389,7 @@ def score(suite: Suite, truth: Truth, ids: Sequence[str], audio: np.ndarray, rat
     m: dict[str, float] = {}
     for name in suite.models:
         gen = audio_outputs(suite, name, audio, rate)
-        gt = {k: v[at] for k, v in truth.outputs[name].items()}  # paired with the generated rows
+        gt = {k: v[at] for k, v in truth.outputs.get(name, {}).items()}  # paired with the generated rows
         if name in AUDIO_OUTPUTS:
             out = AUDIO_OUTPUTS[name]
             m[f"fd_{name}"] = metrics.frechet_distance(gen[out["fd"]], truth.outputs[name][out["fd"]]).value
@@ -375,12 +406,12 @@ def score(suite: Suite, truth: Truth, ids: Sequence[str], audio: np.ndarray, rat
                 m["desync"] = float(suite.models[name].desync(v, a).desync.float().mean())
         elif name == "sync_classifier":
             model = suite.models[name]
-            generator = torch.Generator(suite.device).manual_seed(suite.seed)
+            generator = torch.Generator().manual_seed(suite.seed)  # on the CPU, as align_acc.py draws it
             spec = torch.from_numpy(gen["spec"]).to(suite.device)
             video = torch.from_numpy(_cavp(suite, ids)).to(suite.device)
             with torch.inference_mode():
                 p = torch.cat([
-                    model.probability(spec[lo : lo + suite.batch_size], video[lo : lo + suite.batch_size], generator)
+                    model.probability(spec[lo : lo + suite.batch_size], video[lo : lo + suite.batch_size], generator=generator)
                     for lo in range(0, len(ids), suite.batch_size)
                 ])  # fmt: skip
             m["acc"] = 100 * metrics.sync_accuracy(p.float().cpu().numpy())

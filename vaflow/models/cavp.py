@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -319,24 +320,48 @@ class CAVP(nn.Module):
         a = self.encode_audio(crops, w).mean(1).reshape(b, k, -1)  # (B, K, D)
         return F.normalize(v, dim=-1), F.normalize(a, dim=-1)
 
+    def semantic_loss(self, video: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        """Semantic InfoNCE over clip embeddings video (N, D), audio (N, D): clip i's positive is its own audio, the
+        other N - 1 clips are its negatives. Under DDP, N is the global batch: pass the rows of every rank, gathered
+        with their gradients (vaflow.train.cavp.CAVPObjective)."""
+        # CLIP's cap keeps the softmax from saturating.
+        scale = self.logit_scale_semantic.exp().clamp(max=100.0)
+        return _info_nce(scale * video @ audio.T)  # logits (N, N)
+
+    def temporal_loss(self, video: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        """Temporal InfoNCE over window embeddings video (B, K, D), audio (B, K, D): each window's positive is the
+        audio at its own offset, the clip's other K - 1 windows its negatives. Negatives never cross clips, so the
+        loss is a mean of per-clip terms: the mean over ranks of local losses is the global one, with no gather."""
+        scale = self.logit_scale_temporal.exp().clamp(max=100.0)
+        return _info_nce(scale * torch.einsum("bkd,bjd->bkj", video, audio))  # logits (B, K, K)
+
     def loss(
-        self, frames: torch.Tensor, mel: torch.Tensor, generator: torch.Generator | None = None
+        self,
+        frames: torch.Tensor,
+        mel: torch.Tensor,
+        generator: torch.Generator | None = None,
+        *,
+        offsets: torch.Tensor | None = None,
+        gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Diff-Foley's CAVP objective on frames (B, T, H, W, 3) and log-mel (B, n_mels, F).
 
-        Returns (total, {"semantic": ..., "temporal": ...}); the parts are detached, for logging.
+        `offsets` (B, K): the temporal windows' starts (default: `sample_offsets` with `generator`). `gather`:
+        (B, D) -> (N, D), the clip embeddings of every rank with their gradients, so the semantic negatives are the
+        global batch under DDP (default: this batch only). Returns (total, {"semantic": ..., "temporal": ...}); the
+        parts are detached, for logging.
         """
         frames = torch.as_tensor(frames)
-        # Semantic contrast: whole clips, the other clips in the batch are the negatives.
+        # Semantic contrast: whole clips, the other clips in the (global) batch are the negatives.
         v, a = self.embed_clips(frames, mel)  # (B, D), (B, D)
-        # CLIP's cap keeps the softmax from saturating.
-        scale_s = self.logit_scale_semantic.exp().clamp(max=100.0)
-        semantic = _info_nce(scale_s * v @ a.T)  # logits (B, B)
+        if gather is not None:
+            v, a = gather(v), gather(a)  # (N, D), (N, D)
+        semantic = self.semantic_loss(v, a)
         # Temporal contrast: windows of the same clip at other offsets are the negatives.
-        offsets = self.sample_offsets(frames.shape[0], frames.shape[1], generator)  # (B, K)
+        if offsets is None:
+            offsets = self.sample_offsets(frames.shape[0], frames.shape[1], generator)  # (B, K)
         v_w, a_w = self.embed_windows(frames, mel, offsets)  # (B, K, D), (B, K, D)
-        scale_t = self.logit_scale_temporal.exp().clamp(max=100.0)
-        temporal = _info_nce(scale_t * torch.einsum("bkd,bjd->bkj", v_w, a_w))  # logits (B, K, K)
+        temporal = self.temporal_loss(v_w, a_w)
         total = self.config.semantic_weight * semantic + self.config.temporal_weight * temporal
         return total, {"semantic": semantic.detach(), "temporal": temporal.detach()}
 

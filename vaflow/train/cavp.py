@@ -28,6 +28,7 @@ from vaflow.data.features import export_encoder
 from vaflow.data.prepare import load_manifest
 from vaflow.models.cavp import CAVP, CAVPConfig, log_mel, retrieval_topk, temporal_discrimination
 from vaflow.train.checkpoint import run_dir
+from vaflow.train.distributed import all_gather_with_grad, broadcast_from_main, group_rank
 from vaflow.train.numerics import seed_everything
 from vaflow.train.trainer import Trainer
 
@@ -112,17 +113,48 @@ def load_clips(
 
 
 class CAVPObjective(nn.Module):
-    """CAVP's two-part loss as a module forward, so one DDP forward covers both towers and both temperatures."""
+    """CAVP's two-part loss as a module forward, so one DDP forward covers both towers and both temperatures.
 
-    def __init__(self, model: CAVP) -> None:
+    Under DDP (world W, each rank B = global/W clips) the semantic contrast runs over the GLOBAL batch: every rank
+    gathers all W·B clip embeddings with their gradients (open_clip's ClipLoss with `gather_with_grad=True`,
+    `local_loss=False`) and computes the same global loss L. The temporal windows are drawn for the global batch on
+    rank 0 and shared, so W processes draw what one process draws. A W-process run then follows the 1-process run
+    at the same global batch (tests/train/test_cavp_ranks.py). `global_negatives=False` contrasts each rank's own
+    clips only (negatives from B clips, not W·B): features then depend on the number of processes.
+
+    Why the gradient comes out exactly right (counted once, not W times):
+    - Tower weights θ (before the gather), rank r's embeddings e_r. `all_gather_with_grad`'s backward returns
+      Σ_s ∂L_s/∂e_r over the W ranks' losses L_s; all equal L, so rank r's local gradient is W·(∂L/∂e_r)(∂e_r/∂θ).
+      DDP all-reduces gradients as an AVERAGE (sum / W): (1/W)·Σ_r W·(∂L/∂e_r)(∂e_r/∂θ) = Σ_r (∂L/∂e_r)(∂e_r/∂θ)
+      = ∂L/∂θ, the 1-process gradient.
+    - The semantic temperature (used after the gather): each rank gets the whole ∂L/∂s; the average of W equal
+      values is ∂L/∂s.
+    - The temporal loss stays local (its negatives are windows of the same clip): rank r's L_t,r is the mean over
+      its B clips, the global L_t = (1/W)·Σ_r L_t,r, and DDP's average of the local gradients is ∂L_t/∂θ.
+    A gather whose backward kept only the local slice (no sum) would give the towers ∂L/∂θ / W while the
+    temperature kept ∂L/∂s — no single loss scale could fix both; the summing backward needs none. The logged loss
+    (the trainer's mean over ranks) is likewise the global one: L + mean_r L_t,r.
+    """
+
+    def __init__(self, model: CAVP, global_negatives: bool = True) -> None:
         super().__init__()
         self.model = model
+        self.global_negatives = global_negatives
 
     def forward(
         self, frames: torch.Tensor, mel: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Frames (B, T, H, W, 3), log-mel (B, n_mels, F) -> (total loss, {"semantic", "temporal"} detached)."""
-        return self.model.loss(frames, mel)
+        rank, world = group_rank()
+        if world == 1:  # one process: no gather, the windows drawn as they always were
+            return self.model.loss(frames, mel)
+        b = frames.shape[0]
+        # Every rank draws windows for the global batch (same shapes); rank 0's draw, the one a single process
+        # would make from the same seed, is shared and each rank takes its clips' rows.
+        offsets = self.model.sample_offsets(b * world, frames.shape[1]).to(frames.device)  # (W·B, K)
+        offsets = broadcast_from_main(offsets)[rank * b : (rank + 1) * b]  # (B, K)
+        gather = all_gather_with_grad if self.global_negatives else None
+        return self.model.loss(frames, mel, offsets=offsets, gather=gather)
 
 
 def cavp_loss(module: nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:

@@ -111,10 +111,66 @@ def all_gather_objects(obj: Any) -> list[Any]:
     return out
 
 
+def group_rank() -> tuple[int, int]:
+    """(rank, world_size) in the process group; (0, 1) when there is none (one process)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def broadcast_from_main(t: torch.Tensor) -> torch.Tensor:
+    """Rank 0's `t` copied in place into every rank's `t` (same shape and dtype everywhere; identity in one
+    process); returns `t`. NCCL needs `t` on the rank's GPU."""
+    if dist.is_initialized():
+        # The collective reads and writes raw memory: a strided view (a slice of columns) goes through a dense copy.
+        dense = t.contiguous()
+        dist.broadcast(dense, src=0)
+        if dense is not t:
+            t.copy_(dense)
+    return t
+
+
+class _GatherRows(torch.autograd.Function):
+    """Rows of every rank concatenated in rank order; backward hands each rank the gradient of its own rows summed
+    over every rank's loss (the adjoint of the gather: each rank's copy of the gathered tensor feeds its own loss)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        world = dist.get_world_size()
+        x = x.contiguous()  # the collective moves raw memory: dense rows in, dense rows out
+        parts = [torch.empty_like(x) for _ in range(world)]
+        dist.all_gather(parts, x)
+        return torch.cat(parts)  # (world·B, ...)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()  # (world·B, ...)
+        mine = torch.empty_like(grad[: grad.shape[0] // dist.get_world_size()])  # (B, ...)
+        # Rank r receives Σ_s (rank s's gradient of rows r): the sum over every rank's loss.
+        dist.reduce_scatter(mine, list(grad.chunk(dist.get_world_size())), op=dist.ReduceOp.SUM)
+        return mine
+
+
+def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """x (B, ...) on each rank -> (world·B, ...): every rank's rows in rank order, differentiable (open_clip's
+    `gather_with_grad=True`). Every rank must pass the same shape. One process: `x` itself, no copy.
+
+    Gradients: backward returns to each rank Σ_ranks ∂L_rank/∂x_mine — the sum over all ranks' losses of the
+    gradient they send to this rank's rows. When every rank computes the same loss L over the gathered batch that is
+    world·∂L/∂x_mine, and DDP's gradient AVERAGE over ranks divides the world back out (see CAVPObjective in
+    vaflow/train/cavp.py for the whole argument)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    return _GatherRows.apply(x)
+
+
 __all__ = [
     "DistInfo",
     "all_gather_objects",
+    "all_gather_with_grad",
     "all_reduce_sum",
+    "broadcast_from_main",
+    "group_rank",
     "barrier",
     "env_rank",
     "init_distributed",

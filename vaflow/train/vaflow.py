@@ -1,5 +1,6 @@
 """What the three VAFlow training stages share: their losses for the Trainer, latent statistics, fixed-draw
-validation on the `val` split, and building the flow model (paper §3.3).
+validation on the `val` split, and the model each flow stage starts from: a new one, the previous stage's, or an
+exported one to fine-tune (`train_flow.init`, `joint_tune.init`) (paper §3.3).
 
 Validation uses the same draws every time (a seeded generator for ε, the frame positions and the prior noise, and a
 fixed grid of t at the midpoints of equal bins), so a curve moves only when the weights do and two runs compare.
@@ -7,6 +8,7 @@ fixed grid of t at the midpoints of equal bins), so a curve moves only when the 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,29 +17,39 @@ from typing import Any
 import torch
 from torch import nn
 
+from vaflow.config.section import jsonable
 from vaflow.data import pairs
 from vaflow.data.pairs import SplitShards
+from vaflow.hashing import weights_hash
 from vaflow.models import artifacts
 from vaflow.models.align_vae import AlignEncoder, AlignLossWeights, AlignVAE, AlignVAEConfig
 from vaflow.models.dit import VelocityDiT, dit_config
 from vaflow.models.vaflow import FlowSettings, VAFlow, latent_statistics
 from vaflow.train.interface import TrainResult
+from vaflow.train.numerics import seed_everything
 from vaflow.train.trainer import Trainer
 
 __all__ = [
     "FlowData",
+    "FlowStart",
     "align_loss",
     "align_validation",
     "build_vaflow",
     "check_align_fits",
+    "check_describes",
     "export",
     "final_metrics",
     "fit",
     "flow_loss",
+    "flow_settings",
     "flow_validation",
+    "load_init",
     "load_validation",
     "open_flow_data",
     "split_statistics",
+    "stage2_start",
+    "stage3_start",
+    "tuning_settings",
     "validator",
 ]
 
@@ -157,6 +169,27 @@ def validator(
     raise ValueError(f"unknown validation objective {objective!r}: 'align' or 'flow'")
 
 
+def flow_settings(flow_cfg: Any, kl_weight: float = 0.0, tune_encoder: bool = False) -> FlowSettings:
+    """The training settings of the `flow` params section (stage 2: no KL, encoder frozen)."""
+    return FlowSettings(
+        prior=flow_cfg.prior,
+        objective=flow_cfg.objective,
+        cond_dropout=flow_cfg.cond_dropout,
+        time_sampling=flow_cfg.time_sampling,
+        time_loc=flow_cfg.time_loc,
+        time_scale=flow_cfg.time_scale,
+        kl_weight=kl_weight,
+        tune_encoder=tune_encoder,
+    )
+
+
+def tuning_settings(stored: FlowSettings, kl_weight: float) -> FlowSettings:
+    """Stage 3's settings for a model trained under `stored`: the video prior's encoder learns with Eq. 9's
+    λ_KL = `kl_weight`; a Gaussian-prior model has no encoder, so no KL."""
+    video = stored.prior == "video"
+    return dataclasses.replace(stored, kl_weight=kl_weight if video else 0.0, tune_encoder=video)
+
+
 def build_vaflow(
     flow_cfg: Any,
     align: AlignVAE | None,
@@ -169,16 +202,7 @@ def build_vaflow(
 ) -> VAFlow:
     """A fresh VAFlow for stage 2 from the `flow` params section and the trained alignment VAE (its encoder only;
     the decoder is dropped, §3.3). The Gaussian prior keeps no encoder."""
-    settings = FlowSettings(
-        prior=flow_cfg.prior,
-        objective=flow_cfg.objective,
-        cond_dropout=flow_cfg.cond_dropout,
-        time_sampling=flow_cfg.time_sampling,
-        time_loc=flow_cfg.time_loc,
-        time_scale=flow_cfg.time_scale,
-        kl_weight=kl_weight,
-        tune_encoder=tune_encoder,
-    )
+    settings = flow_settings(flow_cfg, kl_weight, tune_encoder)
     encoder: AlignEncoder | None = None
     if flow_cfg.prior == "video":
         if align is None:
@@ -227,6 +251,114 @@ def check_align_fits(align: AlignVAE, data: FlowData, where: Path) -> None:
             f"{where}: the alignment VAE maps (T_v, D_v) = {got[:2]} to (T_a, D_a) = {got[2:]}, but the shards hold "
             f"features {want[:2]} and latents {want[2:]}: rerun train_align on the current features (dvc repro)"
         )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Where stages 2 and 3 start: a new model, the previous stage's, or an exported one to fine-tune (`init`)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FlowStart:
+    """The model a flow stage trains from, the training history its export continues, and the identity of its
+    starting weights (a key of the stage's checkpoint run: other weights never resume this run)."""
+
+    model: VAFlow
+    trained: list[dict[str, Any]]  # the starting model's card's `trained` ([] for a new model)
+    origin: dict[str, str]  # {"align" | "flow_model" | "init": weights hash}
+
+
+def check_describes(card: Mapping[str, Any], flow_cfg: Any, data: FlowData, where: Path) -> None:
+    """The `flow` params section must describe the exported model of `card` (prior, objective, the DiT its size
+    and cross-attention build at the data's D_a and D_v): ModelMismatchError naming both sides and the keys to
+    set. The section is logged with the stage's run (the paper-style tables group runs by it) and names its
+    checkpoints, so it must not contradict the model."""
+    stored = card["settings"]
+    got = {"prior": stored["prior"], "objective": stored["objective"], "dit": card["dit"]}
+    dit = dit_config(flow_cfg.size, data.latent_dim, data.feature_dim, flow_cfg.cross_attention)
+    want = {"prior": flow_cfg.prior, "objective": flow_cfg.objective, "dit": dit.to_dict()}
+    got, want = jsonable(got), jsonable(want)
+    if got != want:
+        keys = sorted(k for k in got if got[k] != want[k])
+        raise artifacts.ModelMismatchError(
+            f"{where} is a model with {', '.join(f'{k} {got[k]}' for k in keys)} but the flow section builds "
+            f"{', '.join(f'{k} {want[k]}' for k in keys)}: set flow.prior / flow.objective / flow.size / "
+            f"flow.cross_attention to the exported model's (the preset it was trained with)"
+        )
+
+
+def load_init(
+    init: str | Path,
+    key: str,
+    data: FlowData,
+    flow_cfg: Any,
+    settings: Callable[[FlowSettings], FlowSettings],
+) -> tuple[VAFlow, dict[str, Any]]:
+    """The exported VAFlow folder `init` (the `key` param) to fine-tune on `data`, and its card; trained under
+    `settings(its stored settings)`. Checked before anything trains: its card names the data's visual encoder and
+    WaveVAE (else ModelMismatchError naming both identities) and `flow_cfg` describes it (`check_describes`).
+    It keeps its own latent statistics: its weights (estimator output, prior) live in that normalised space."""
+    where = Path(init)
+    if not (where / artifacts.FLOW.card).is_file():
+        raise artifacts.MissingModelFileError(
+            f"{key}: {where} holds no {artifacts.FLOW.card}; give a model folder that train_flow or joint_tune "
+            f"exported (vaflow.safetensors + vaflow.json, e.g. data/models/vaflow of a finished run)"
+        )
+    card = artifacts.read_card(where, artifacts.FLOW)
+    artifacts.check_identity("visual features", card["features"], data.features, where)
+    artifacts.check_identity("WaveVAE", card["wavevae"], data.wavevae, where)
+    check_describes(card, flow_cfg, data, where)
+    chosen = settings(FlowSettings(**card["settings"]))
+    return artifacts.load_vaflow(where, data.features, data.wavevae, chosen)
+
+
+def _origin(model_dir: str | Path, folder: artifacts.Folder, key: str) -> dict[str, str]:
+    return {key: weights_hash(Path(model_dir) / folder.weights)}
+
+
+def stage2_start(flow_cfg: Any, cfg: Any, data: FlowData, align_dir: str | Path) -> FlowStart:
+    """Stage 2's model, from a `train_flow` section `cfg`: `cfg.init`'s exported model (estimator, alignment-VAE
+    encoder and latent statistics; `align_dir` is not read) under the `flow` section's settings, or else a new
+    estimator (seeded by `cfg.trainer.seed`) on the frozen encoder of train_align's model in `align_dir`."""
+    if cfg.init:
+        model, card = load_init(
+            cfg.init, "train_flow.init", data, flow_cfg, lambda _: flow_settings(flow_cfg)
+        )
+        parts = "estimator, " + ("alignment-VAE encoder (frozen), " if model.encoder is not None else "")
+        print(f"train_flow.init: fine-tuning {cfg.init} (trained by {_stages(card)}): its {parts}latent "
+              f"statistics, under the flow section's settings with a fresh optimiser for {cfg.trainer.steps} steps; "
+              f"train_align's {align_dir} is not used")  # fmt: skip
+        return FlowStart(model, list(card["trained"]), _origin(cfg.init, artifacts.FLOW, "init"))
+    align, _ = artifacts.load_align_vae(align_dir, data.features)
+    check_align_fits(align, data, Path(align_dir))
+    mean, std = split_statistics(data.train)
+    seed_everything(cfg.trainer.seed)  # before building the model: the same initial weights every run
+    model = build_vaflow(flow_cfg, align, data.feature_dim, data.latent_dim, mean, std)
+    prior = f"the frozen encoder of train_align's {align_dir}" if model.encoder is not None else "N(0, I)"
+    print(f"train_flow: a new estimator (seed {cfg.trainer.seed}) from {prior}")
+    return FlowStart(model, [], _origin(align_dir, artifacts.ALIGN, "align"))
+
+
+def stage3_start(flow_cfg: Any, cfg: Any, data: FlowData, flow_dir: str | Path) -> FlowStart:
+    """Stage 3's model, from a `joint_tune` section `cfg`: `cfg.init`'s exported model (`flow_dir` is not read),
+    or else train_flow's model in `flow_dir`; each under its own stored settings with Eq. 9's KL added."""
+    if cfg.init:
+        model, card = load_init(cfg.init, "joint_tune.init", data, flow_cfg,
+                                lambda stored: tuning_settings(stored, cfg.kl_weight))  # fmt: skip
+        print(f"joint_tune.init: tuning {cfg.init} (trained by {_stages(card)}) with a fresh optimiser for "
+              f"{cfg.trainer.steps} steps instead of train_flow's {flow_dir}, which is not used")  # fmt: skip
+        return FlowStart(model, list(card["trained"]), _origin(cfg.init, artifacts.FLOW, "init"))
+    stored = FlowSettings(**artifacts.read_card(flow_dir, artifacts.FLOW)["settings"])
+    model, card = artifacts.load_vaflow(
+        flow_dir, data.features, data.wavevae, tuning_settings(stored, cfg.kl_weight)
+    )
+    return FlowStart(model, list(card["trained"]), _origin(flow_dir, artifacts.FLOW, "flow_model"))
+
+
+def _stages(card: Mapping[str, Any]) -> str:
+    """The training history of a VAFlow card in a few words: `train_flow 1200 steps, joint_tune 300 steps`."""
+    done = [f"{t.get('stage')} {t.get('steps')} steps" for t in card.get("trained", [])]
+    return ", ".join(done) or "no recorded stage"
 
 
 def fit(

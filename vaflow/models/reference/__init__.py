@@ -4,6 +4,8 @@ Diff-Foley's synchronisation classifier (Acc), Synchformer (DeSync) and PANNs Cn
 
 Each module holds one network whose parameter names equal the official file's keys, its exact input pipeline
 (waveform at the model's rate → what the network reads) and `from_file(path)`, which loads through `load_strict`.
+Three keep their network's building blocks in a companion module: `ldm` (difffoley), `synchformer_towers` and
+`imagebind_towers`.
 """
 
 from __future__ import annotations
