@@ -2,8 +2,11 @@
 changes rerun only the stages they feed."""
 
 import json
+import shutil
+from types import SimpleNamespace
 
 import mlflow
+import torch
 import yaml
 
 from vaflow.data import shards
@@ -83,6 +86,45 @@ def test_second_repro_is_a_noop(repo, first_repro):
     work, env = repo
     out = _run(["dvc", "repro"], work, env)
     assert "Running stage" not in out, out
+
+
+def test_the_evaluate_stages_rows_get_the_reference_evaluators_metrics(
+    repo, first_repro, monkeypatch, tmp_path
+):
+    """The evaluators stage's ground truth of a reference evaluator (a stand-in with PaSST's outputs) turns every row
+    of the evaluate stage's work into `reference.*` metrics and a second table, on the micro pipeline's outputs."""
+    from tests.eval.test_toolkits import _tiny_from_file, _TinyClassifier
+    from vaflow import config
+    from vaflow.eval import table, toolkits
+
+    work, _ = repo
+    monkeypatch.chdir(work)  # the manifest's media paths are relative to the repository
+    fake = SimpleNamespace(SAMPLE_RATE=8000, PROTOCOL={"sample_rate": 8000}, from_file=_tiny_from_file)
+    monkeypatch.setattr(toolkits, "_module", lambda name: fake)
+    torch.save(_TinyClassifier().state_dict(), tmp_path / "tiny.pt")
+    evaluators = tmp_path / "evaluators"
+    shutil.copytree(work / "data" / "models" / "evaluators", evaluators)
+    params = config.load(work / "params.yaml")
+    reference = config.ReferenceEvaluatorsConfig(passt=str(tmp_path / "tiny.pt"))
+    toolkits.test_split_truth(reference, params.clip, work / "data" / "prepared", evaluators, "cpu")
+    folders = {"prepared": "prepared", "samples": "samples", "features": "features", "latents": "latents",
+               "model": "models/vaflow", "vae": "models/audio_vae"}  # fmt: skip
+    paths = {k: work / "data" / v for k, v in folders.items()} | {
+        "evaluators": evaluators,
+        "reports": tmp_path / "r",
+    }
+    done = table.evaluate_split(params.evaluate, params.clip, paths)
+    rows = {r.name: r.metrics for r in done.rows}
+    assert (
+        rows["ground_truth"]["reference.fd_passt"] is None and rows["ground_truth"]["reference.is_passt"] >= 1
+    )
+    assert rows["vaflow"]["reference.fd_passt"] > 0 and rows["vaflow"]["reference.kl_passt"] >= 0
+    assert done.provenance["reference"]["evaluators"]["passt"]["protocol"] == {"sample_rate": 8000}
+    text = (tmp_path / "r" / "table.md").read_text()
+    assert (
+        "## The paper's evaluators" in text
+        and "| Method | FD ↓<br>PaSST | KL ↓<br>PaSST | IS ↑<br>PaSST |" in text
+    )
 
 
 def test_visual_params_rerun_only_the_visual_side(clone):

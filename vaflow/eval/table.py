@@ -88,9 +88,8 @@ def evaluate_split(cfg: Any, clip: Any, paths: Mapping[str, str | Path]) -> Eval
         if suite is not None:  # the same clips as the proxies score: left-out ones stay out
             left_out = {i for out in row.excluded.values() for i in out}
             use = [k for k in keep if ids[k] not in left_out]
-            row.metrics.update(
-                toolkits.score_row(suite, truth, [ids[k] for k in use], audio[use], rate, **kw)
-            )
+            got = toolkits.score_row(suite, truth, [ids[k] for k in use], audio[use], rate, **kw)
+            row.metrics.update({f"{toolkits.PREFIX}{k}": v for k, v in got.items()})
         print(f"{report.ROW_TITLES[name]}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.metrics.items()
                                                         if isinstance(v, float)))  # fmt: skip
         return row
