@@ -5,8 +5,6 @@ would not."""
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.train.launch import free_port, launch_env
 from tests.train.run_cavp import TINY, synthetic_tensors, train_cavp
 from vaflow.models.cavp import CAVP
 from vaflow.train.cavp import CAVPObjective
@@ -24,28 +23,6 @@ SCRIPT = Path(__file__).resolve().parent / "run_cavp.py"
 # The gathered rows are bitwise the 1-process rows; only the order of float sums differs (DDP's gradient all-reduce,
 # convolutions over 4 clips instead of 8).
 DDP_RTOL = 1e-5
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    return env
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def one_thread():
-    """The in-process reference run uses one thread, like the torchrun workers: comparable CPU maths."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # The stems' conv biases feed a GroupNorm with one channel per group (4 and 8 channels, min(8, C) groups), which
@@ -90,12 +67,14 @@ def test_two_processes_match_one_process_at_the_same_global_batch(tmp_path, one_
         "torch.distributed.run",  # torchrun, from this interpreter
         "--nproc-per-node=2",
         "--master-addr=127.0.0.1",
-        f"--master-port={_free_port()}",
+        f"--master-port={free_port()}",
         str(SCRIPT),
         "--out",
         str(tmp_path / "ddp"),
     ]
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        cmd, env=launch_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     single = train_cavp(tmp_path / "one")  # meanwhile, in this process
     out, _ = proc.communicate(timeout=180)
     assert proc.returncode == 0, out

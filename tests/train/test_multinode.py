@@ -5,8 +5,6 @@ one process trains at the same global batch, and only global rank 0 writes — b
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.train.launch import free_port, launch_env
 from tests.train.run_toy import train_toy
 from vaflow.train.checkpoint import read_checkpoint
 
@@ -21,28 +20,6 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).resolve().parent / "run_toy.py"
 # As in test_trainer.py: DDP sums gradients in another order than one process (observed: ≤ 2e-7 relative).
 DDP_RTOL = 1e-5
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    return env
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def one_thread():
-    """The in-process reference run uses one thread, like the torchrun workers: comparable CPU maths."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _node_command(node: int, rendezvous: str, port: int, out: Path) -> list[str]:
@@ -77,12 +54,12 @@ def _node_command(node: int, rendezvous: str, port: int, out: Path) -> list[str]
 def test_two_nodes_match_one_process(tmp_path, one_thread, rendezvous):
     """Two one-process nodes (per-rank batch 4) follow the 1-process loss trajectory (batch 8); exactly one node —
     the one holding global rank 0 — writes the history, the final weights and the checkpoint."""
-    port = _free_port()
+    port = free_port()
     outs = [tmp_path / f"node{node}" for node in (0, 1)]
     procs = [
         subprocess.Popen(
             _node_command(node, rendezvous, port, outs[node]),
-            env=_env(),
+            env=launch_env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

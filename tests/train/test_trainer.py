@@ -10,7 +10,6 @@ import os
 import random
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests.train.launch import free_port, launch_env
 from tests.train.run_toy import train_toy
 from tests.train.toy import (
     Crash,
@@ -65,28 +65,6 @@ def _train(tmp: Path, cfg: TrainerConfig, stream_cls=ToyStream, loss=None, stage
     return trainer, trainer.fit()
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    return env
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def one_thread():
-    """In-process reference runs use one thread, like the helper processes: bitwise-comparable CPU maths."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _states_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -99,10 +77,10 @@ def _states_equal(a: dict, b: dict) -> bool:
 def test_ddp_two_processes_match_one_process(tmp_path, one_thread):
     """torchrun with 2 gloo ranks (per-rank batch 4) follows the 1-process loss trajectory (batch 8).
     The command is built the way dvc.yaml builds it: `${stage.trainer.launcher} script.py …`."""
-    launcher = f"torchrun --nproc-per-node=2 --master-addr=127.0.0.1 --master-port={_free_port()}"
+    launcher = f"torchrun --nproc-per-node=2 --master-addr=127.0.0.1 --master-port={free_port()}"
     cmd = shlex.split(TrainerConfig(launcher=launcher).launcher)
     cmd += [str(SCRIPT), "--out", str(tmp_path / "ddp"), "--steps", "12"]
-    env = _env()
+    env = launch_env()
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # the venv's torchrun
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     single = train_toy(tmp_path / "one", steps=12)  # meanwhile, in this process
@@ -206,7 +184,7 @@ def test_checkpoint_without_stream_positions_still_resumes_exactly(tmp_path):
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path, one_thread):
     """A run SIGKILLed after its step-5 checkpoint, then rerun, ends bitwise equal to an uninterrupted run."""
     cmd = [sys.executable, str(SCRIPT), "--out", str(tmp_path / "victim"), "--steps", "24", "--noisy"]
-    victim = subprocess.Popen([*cmd, "--sleep", "0.1"], env=_env(), stderr=subprocess.DEVNULL)
+    victim = subprocess.Popen([*cmd, "--sleep", "0.1"], env=launch_env(), stderr=subprocess.DEVNULL)
     try:
         ref = train_toy(tmp_path / "ref", steps=24, noisy=True)  # meanwhile, in this process
         last = tmp_path / "victim" / "ckpt" / "last.pt"
@@ -220,7 +198,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, one_thread):
     killed_at = read_checkpoint(last)["step"]
     assert 5 <= killed_at < 24 and not (tmp_path / "victim" / "final.pt").exists()
 
-    resumed = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
+    resumed = subprocess.run(cmd, env=launch_env(), capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr
     assert f"at step {killed_at}" in resumed.stderr
     b = torch.load(tmp_path / "victim" / "final.pt", weights_only=True)
@@ -239,7 +217,7 @@ def test_sigterm_writes_a_final_checkpoint(tmp_path):
         "--checkpoint-every",
         "1000",
     ]
-    proc = subprocess.Popen([*cmd, "--sleep", "0.02"], env=_env(), stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([*cmd, "--sleep", "0.02"], env=launch_env(), stderr=subprocess.PIPE, text=True)
     lines = []
     for line in proc.stderr:
         lines.append(line)
