@@ -7,6 +7,8 @@ stage's MLflow run."""
 from __future__ import annotations
 
 import argparse
+import tempfile
+from pathlib import Path
 
 from vaflow import config
 from vaflow.eval import table
@@ -40,6 +42,8 @@ def evaluate(params: config.Params, args: argparse.Namespace, tracker: Tracker) 
     tracker.log_provenance(done.provenance)
     tracker.log_artifact(out / "table.md")
     tracker.log_artifact(out, "gallery")
+    with tempfile.TemporaryDirectory() as tmp:  # for comparisons across runs at equal clips (vaflow tables)
+        tracker.log_artifact(done.write_embeddings(Path(tmp) / table.EMBEDDINGS))
     print(f"{out / 'table.md'}, {out / 'index.html'} ({len(done.gallery_clips)} clips)")
 
 

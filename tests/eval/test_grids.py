@@ -40,7 +40,7 @@ def test_the_shipped_tables_load_with_the_papers_rows():
 
 def test_a_row_at_a_seed_is_its_overrides_plus_every_stage_seed(tmp_path):
     grid = grids.load_grid(_write(tmp_path, GOOD))
-    values = grids.overrides(grid.rows["gauss"], 3)
+    values = grids.overrides(grid, grid.rows["gauss"], 3)
     assert values == {"flow.prior": "gaussian", **dict.fromkeys(grids.SEED_KEYS, 3)}
     assert grids.exp_args({"flow.prior": "gaussian", "sample.cfg": 0.0, "flow.cross_attention": False}) == [
         "-S", "flow.prior=gaussian", "-S", "sample.cfg=0.0", "-S", "flow.cross_attention=false"
@@ -50,6 +50,34 @@ def test_a_row_at_a_seed_is_its_overrides_plus_every_stage_seed(tmp_path):
     for key in values:
         section, *rest = key.split(".")
         assert section in config.Params.model_fields, key
+
+
+def test_a_table_that_keeps_a_total_moves_a_rows_unspent_steps_to_the_first_free_key(tmp_path):
+    keys = ["train_flow.trainer.steps", "joint_tune.trainer.steps"]
+    data = {**GOOD, "equal_total": keys}
+    data["rows"] = {**GOOD["rows"], "untuned": {"set": {"joint_tune.trainer.steps": 0}}}
+    grid = grids.load_grid(_write(tmp_path, data))
+    params = config.preset("bench").model_dump(mode="json")
+    flow, tune = params["train_flow"]["trainer"]["steps"], params["joint_tune"]["trainer"]["steps"]
+    assert tune > 0
+    untuned = grids.overrides(grid, grid.rows["untuned"], 1, params)
+    assert untuned["train_flow.trainer.steps"] == flow + tune and untuned["joint_tune.trainer.steps"] == 0
+    assert "train_flow.trainer.steps" not in grids.overrides(grid, grid.rows["base"], 1, params)
+    # The shipped Table 3 gives its "not tuned" row the tuned row's total.
+    t3 = grids.load_grid("table3")
+    assert t3.equal_total == tuple(keys)
+    assert grids.overrides(t3, t3.rows["untuned"], 2, params)["train_flow.trainer.steps"] == flow + tune
+    # A row that spends more than the total, or sets every key short of it, is refused at load.
+    data["rows"]["long"] = {"set": {"joint_tune.trainer.steps": 10**6}}
+    with pytest.raises(config.ConfigError, match=r"row 'long': train_flow.trainer.steps \+ joint_tune"):
+        grids.load_grid(_write(tmp_path, data))
+    data["rows"]["long"] = {"set": {"joint_tune.trainer.steps": 0, "train_flow.trainer.steps": 1}}
+    with pytest.raises(config.ConfigError, match="leave one of them unset"):
+        grids.load_grid(_write(tmp_path, data))
+    data["rows"].pop("long")
+    data["equal_total"] = ["flow.prior"]
+    with pytest.raises(config.ConfigError, match="'flow.prior' is not an integer parameter"):
+        grids.load_grid(_write(tmp_path, data))
 
 
 @pytest.mark.parametrize(

@@ -70,6 +70,7 @@ class Grid:
     metrics: dict[str, str]
     rows: dict[str, Row]
     claims: tuple[Claim, ...]
+    equal_total: tuple[str, ...] = ()  # params whose sum every row keeps at the params file's (a step budget)
 
 
 def grid_names() -> list[str]:
@@ -133,7 +134,7 @@ def load_grid(name_or_path: str | Path) -> Grid:
         data = _mapping(yaml.safe_load(path.read_text()), str(path))
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    _check_keys(data, ("title", "metrics", "rows", "claims"), str(path))
+    _check_keys(data, ("title", "metrics", "rows", "claims", "equal_total"), str(path))
     metrics = {str(k): str(v) for k, v in _mapping(data.get("metrics"), f"{path}: metrics").items()}
     for metric, better in metrics.items():
         if better not in DIRECTIONS:
@@ -141,18 +142,24 @@ def load_grid(name_or_path: str | Path) -> Grid:
                 f"{path}: metrics: {metric}: {better!r}, expected one of {', '.join(DIRECTIONS)}"
             )
     defaults = config.Params().model_dump(mode="json")
+    equal_total = data.get("equal_total") or []
+    equal_total = (equal_total,) if isinstance(equal_total, str) else tuple(map(str, equal_total))
+    for key in equal_total:
+        _check_override(key, defaults, f"{path}: equal_total")
+        if not isinstance(_lookup(defaults, key), int):
+            raise ConfigError(f"{path}: equal_total: {key!r} is not an integer parameter")
     rows: dict[str, Row] = {}
     for name, spec in _mapping(data.get("rows"), f"{path}: rows").items():
         where = f"{path}: row {name!r}"
         spec = _mapping(spec, where)
         _check_keys(spec, ("label", "set", "paper"), where)
-        overrides = _mapping(spec.get("set") or {}, f"{where}: set")
-        for key in overrides:
+        settings = _mapping(spec.get("set") or {}, f"{where}: set")
+        for key in settings:
             _check_override(key, defaults, where)
             if key in SEED_KEYS:
                 raise ConfigError(f"{where}: {key!r} is set per seed by the grid, not by a row")
         try:
-            config.validate(config.deep_merge(defaults, _nested(overrides)), where)
+            config.validate(config.deep_merge(defaults, _nested(settings)), where)
         except ConfigError as err:
             raise ConfigError(str(err)) from None
         paper = _mapping(spec.get("paper") or {}, f"{where}: paper")
@@ -162,7 +169,7 @@ def load_grid(name_or_path: str | Path) -> Grid:
                     f"{where}: paper: {metric!r} is not a metric of the table ({', '.join(metrics)})"
                 )
         rows[str(name)] = Row(
-            str(name), str(spec.get("label", name)), overrides, {k: float(v) for k, v in paper.items()}
+            str(name), str(spec.get("label", name)), settings, {k: float(v) for k, v in paper.items()}
         )
     if not rows:
         raise ConfigError(f"{path}: rows: a table needs at least one row")
@@ -182,12 +189,38 @@ def load_grid(name_or_path: str | Path) -> Grid:
                     f"{where}: metrics: {metric!r} is not a metric of the table ({', '.join(metrics)})"
                 )
         claims.append(Claim(spec["row"], spec["than"], on))
-    return Grid(path.stem, str(data.get("title", path.stem)), metrics, rows, tuple(claims))
+    grid = Grid(path.stem, str(data.get("title", path.stem)), metrics, rows, tuple(claims), equal_total)
+    for row in rows.values():
+        overrides(grid, row, 0, defaults)  # a row that overspends the budget fails here, before any run
+    return grid
 
 
-def overrides(row: Row, seed: int) -> dict[str, Any]:
-    """Every params override of `row` at `seed`: its own settings and the seed of each stage a seed reaches."""
-    return {**row.set, **dict.fromkeys(SEED_KEYS, seed)}
+def _lookup(params: Mapping[str, Any], key: str) -> Any:
+    node: Any = params
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def overrides(grid: Grid, row: Row, seed: int, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Every params override of `row` at `seed`: its own settings, the seed of each stage a seed reaches and, when
+    the table keeps a total (`equal_total`), the budget a row's settings leave unspent moved to the first of those
+    params the row does not set. `params`: the params the rows start from (the schema's defaults if None), so a
+    "not tuned" row (`joint_tune.trainer.steps: 0`) trains the flow for the steps the tuned row spends on both."""
+    values = dict(row.set)
+    if grid.equal_total:
+        params = config.Params().model_dump(mode="json") if params is None else params
+        budget = sum(_lookup(params, k) for k in grid.equal_total)
+        spent = sum(values.get(k, _lookup(params, k)) for k in grid.equal_total)
+        free = [k for k in grid.equal_total if k not in values]
+        if spent > budget or (spent < budget and not free):
+            raise ConfigError(
+                f"{grid.name}: row {row.name!r}: {' + '.join(grid.equal_total)} = {spent}, the table keeps it at "
+                f"the params file's {budget}" + ("" if spent > budget else "; leave one of them unset")
+            )
+        if spent < budget:
+            values[free[0]] = _lookup(params, free[0]) + budget - spent
+    return {**values, **dict.fromkeys(SEED_KEYS, seed)}
 
 
 def exp_args(values: Mapping[str, Any]) -> list[str]:
@@ -373,6 +406,8 @@ def run_grid(grid: Grid, seeds: int, cwd: str | Path = ".", dvc: str = "dvc") ->
     if listed.returncode != 0:
         raise GridError(f"dvc exp list failed in {cwd}: {listed.stderr.strip() or listed.stdout.strip()}")
     held = set(listed.stdout.split())
+    defaults = config.Params().model_dump(mode="json")
+    committed = config.deep_merge(defaults, yaml.safe_load(_git(["show", "HEAD:params.yaml"], cwd)) or {})
     outcome: dict[str, str] = {}
     try:
         for seed in range(1, seeds + 1):
@@ -387,7 +422,7 @@ def run_grid(grid: Grid, seeds: int, cwd: str | Path = ".", dvc: str = "dvc") ->
                     ["checkout", "HEAD", "--", "params.yaml"], cwd
                 )  # the row's overrides on the committed params
                 done = subprocess.run(
-                    [dvc, "exp", "run", "-n", name, *exp_args(overrides(row, seed))], cwd=cwd
+                    [dvc, "exp", "run", "-n", name, *exp_args(overrides(grid, row, seed, committed))], cwd=cwd
                 )
                 outcome[name] = "ran" if done.returncode == 0 else f"failed (exit {done.returncode})"
                 if done.returncode != 0:

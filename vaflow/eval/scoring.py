@@ -80,6 +80,7 @@ class RowScore:
     clips: dict[str, dict[str, Any]]  # clip id -> per-clip figures
     excluded: dict[str, list[str]] = field(default_factory=dict)  # reason -> clip ids left out
     notes: list[str] = field(default_factory=list)
+    emb: dict[str, np.ndarray] = field(default_factory=dict)  # scored clip id -> its FD embedding
 
 
 def score_row(
@@ -141,6 +142,7 @@ def score_row(
     at = [reference.index(i) for i in used]
 
     emb, logits = audio_embed_and_logits(evaluators["audio_classifier"], x, sample_rate)
+    score.emb = dict(zip(used, emb, strict=True))  # so a comparison of rows can recompute FD on shared clips
     if is_reference:
         m["fd"] = m["kl"] = None
         score.notes.append("FD and KL of the real audio against itself are 0 by construction: not shown")

@@ -24,9 +24,10 @@ from vaflow.generate.generator import read_wav
 from vaflow.generate.samples import INDEX_FILE, SPEC_FILE
 from vaflow.models import artifacts
 
-__all__ = ["SPLIT", "Evaluation", "evaluate_split", "generated_audio"]
+__all__ = ["EMBEDDINGS", "SPLIT", "Evaluation", "evaluate_split", "generated_audio"]
 
 SPLIT = "test"
+EMBEDDINGS = "fd_embeddings.npz"  # the VAFlow row's FD embeddings, an artifact of the evaluate stage's run
 
 
 def generated_audio(samples: Path, rate: int) -> tuple[list[str], np.ndarray]:
@@ -50,6 +51,17 @@ class Evaluation:
     provenance: dict[str, Any]
     out: Path
     gallery_clips: list[Any]
+    reference_emb: np.ndarray  # (N, E) the real test clips' FD embeddings, the reference of every row's FD
+
+    def write_embeddings(self, path: Path, row: str = "vaflow") -> Path:
+        """`row`'s FD embeddings (`ids`, `emb`) and the reference's (`reference`) as one .npz, from which a
+        comparison of runs recomputes FD on the clips every run kept (vaflow.eval.grids)."""
+        scored = next(r for r in self.rows if r.name == row).emb
+        ids = list(scored)
+        dim = self.reference_emb.shape[1]
+        emb = np.stack([scored[i] for i in ids]) if ids else np.zeros((0, dim), np.float32)
+        np.savez(path, ids=np.array(ids, dtype=str), emb=emb, reference=self.reference_emb)
+        return path
 
 
 def evaluate_split(cfg: Any, clip: Any, paths: Mapping[str, str | Path]) -> Evaluation:
@@ -129,4 +141,4 @@ def evaluate_split(cfg: Any, clip: Any, paths: Mapping[str, str | Path]) -> Eval
         out, rows, report.table_rows(rows), gallery_clips, report.provenance_lines(provenance)
     )
 
-    return Evaluation(rows, provenance, out, gallery_clips)
+    return Evaluation(rows, provenance, out, gallery_clips, reference.emb)
