@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from vaflow.code import import_closure
+from vaflow.eval import grid_report, grids
 
 from .pipeline import _run, _set_param, _stages_run
 
@@ -141,10 +142,20 @@ def test_a_table_runs_as_dvc_experiments_and_reports_from_mlflow(clone):
     assert _run(["git", "status", "--porcelain", "params.yaml", "dvc.lock"], work, env) == ""
     assert "table run" in _run([*tables, "report", "mini"], work, env)
     text = (work / "reports" / "mini.md").read_text()
+    clips = r"\| \d+(–\d+ of \d+)? \| 2/2 \|"  # clips scored (of the 8 test clips), finished seeds
     assert re.search(
-        r"\| VAFlow \| [\d.]+ ± [\d.]+ \(87\.7\) \| [\d.]+ ± [\d.]+ \(88\.1\) \| 2/2 \|", text
+        r"\| VAFlow \| [\d.]+ ± [\d.]+ \(87\.7\) \| [\d.]+ ± [\d.]+ \(88\.1\) .*" + clips, text
     ), text
-    assert re.search(r"\| no CFG \| [\d.]+ ± [\d.]+ \(133\.8\) \| [\d.]+ ± [\d.]+ \| 2/2 \|", text), text
+    assert re.search(r"\| no CFG \| [\d.]+ ± [\d.]+ \(133\.8\) \| [\d.]+ ± [\d.]+ .*" + clips, text), text
+    assert not (work / "reports" / "mini.png").exists()  # a table, not a figure
+    # Each evaluate run carries its FD embeddings, from which rows are compared on the clips all runs kept.
+    runs = grid_report.collect(
+        grids.load_grid(work / "configs" / "tables" / "mini.yaml"), env["MLFLOW_TRACKING_URI"], "vaflow"
+    )
+    assert {len(run.emb) for by_seed in runs.values() for run in by_seed.values()} <= set(range(2, 9))
+    assert all(
+        run.scored == len(run.emb) and run.clips == 8 for by_seed in runs.values() for run in by_seed.values()
+    )
     assert re.search(r"- VAFlow beats no CFG on fd: \*\*(supports|refutes|cannot tell)\*\*", text), text
     again = _run([*tables, "run", "mini", "--seeds", "2"], work, env)
     assert again.count(": kept") == 4 and "Running stage" not in again

@@ -136,6 +136,7 @@ def _cmd_tables(args: argparse.Namespace) -> None:
               + (f"; failed: {', '.join(failed)}" if failed else "") + f"; `vaflow tables report {grid.name}`")  # fmt: skip
         return
     from vaflow import tracking
+    from vaflow.eval import grid_report
 
     root = tracking.repo_root()
     uri = tracking.default_tracking_uri(root)
@@ -143,13 +144,15 @@ def _cmd_tables(args: argparse.Namespace) -> None:
         args.experiment or os.environ.get("VAFLOW_EXPERIMENT") or os.environ.get("MLFLOW_EXPERIMENT_NAME")
     )
     experiment = experiment or tracking.DEFAULT_EXPERIMENT
-    runs = grids.collect(grid, uri, experiment)
-    text = grids.report(grid, runs, args.alpha)
+    runs = grid_report.collect(grid, uri, experiment)
+    text = grid_report.report(grid, runs, args.alpha)
     out = Path(args.out or root / "reports" / f"{grid.name}.md")
     atomic.write_text(out, text)
-    parent = grids.publish(grid, text, uri, experiment, runs)
+    files = [grid_report.plot(grid, runs, out.with_suffix(".png"))] if grid.sweep else []
+    parent = grid_report.publish(grid, text, uri, experiment, runs, files)
     print(
-        f"{out}: {grid.title}; MLflow {uri}, experiment {experiment!r}, table run {parent} (its rows' runs nested)"
+        f"{', '.join(map(str, [out, *files]))}: {grid.title}; MLflow {uri}, experiment {experiment!r}, table run "
+        f"{parent} (its rows' runs nested)"
     )
 
 
@@ -235,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="The paper's tables (configs/tables/NAME.yaml) as grids of DVC experiments: `run` "
                        "runs each row at seeds 1..N (`dvc exp run`, named NAME-ROW-sSEED; held ones are kept; the workspace is put "
                        "back to the commit), "
-                       "`report` writes reports/NAME.md from the finished runs tracked in MLflow.")  # fmt: skip
+                       "`report` writes reports/NAME.md (and, for a figure, reports/NAME.png) from the finished runs tracked in MLflow.")  # fmt: skip
     t.add_argument("action", choices=["list", "run", "report"])
     t.add_argument("name", nargs="?", help="the table (configs/tables/NAME.yaml)")
     t.add_argument("--seeds", type=int, default=3, help="run: seeds 1..N of every row (default: %(default)s)")

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 
 import pytest
 import yaml
 
 from vaflow import config
 from vaflow.eval import grids
-from vaflow.tracking import Tracker
 
 GOOD = {
     "title": "t",
@@ -23,7 +21,7 @@ GOOD = {
 }
 
 
-def _write(tmp_path, data) -> str:
+def write_table(tmp_path, data) -> str:
     path = tmp_path / "t.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return str(path)
@@ -39,7 +37,7 @@ def test_the_shipped_tables_load_with_the_papers_rows():
 
 
 def test_a_row_at_a_seed_is_its_overrides_plus_every_stage_seed(tmp_path):
-    grid = grids.load_grid(_write(tmp_path, GOOD))
+    grid = grids.load_grid(write_table(tmp_path, GOOD))
     values = grids.overrides(grid, grid.rows["gauss"], 3)
     assert values == {"flow.prior": "gaussian", **dict.fromkeys(grids.SEED_KEYS, 3)}
     assert grids.exp_args({"flow.prior": "gaussian", "sample.cfg": 0.0, "flow.cross_attention": False}) == [
@@ -56,7 +54,7 @@ def test_a_table_that_keeps_a_total_moves_a_rows_unspent_steps_to_the_first_free
     keys = ["train_flow.trainer.steps", "joint_tune.trainer.steps"]
     data = {**GOOD, "equal_total": keys}
     data["rows"] = {**GOOD["rows"], "untuned": {"set": {"joint_tune.trainer.steps": 0}}}
-    grid = grids.load_grid(_write(tmp_path, data))
+    grid = grids.load_grid(write_table(tmp_path, data))
     params = config.preset("bench").model_dump(mode="json")
     flow, tune = params["train_flow"]["trainer"]["steps"], params["joint_tune"]["trainer"]["steps"]
     assert tune > 0
@@ -70,14 +68,14 @@ def test_a_table_that_keeps_a_total_moves_a_rows_unspent_steps_to_the_first_free
     # A row that spends more than the total, or sets every key short of it, is refused at load.
     data["rows"]["long"] = {"set": {"joint_tune.trainer.steps": 10**6}}
     with pytest.raises(config.ConfigError, match=r"row 'long': train_flow.trainer.steps \+ joint_tune"):
-        grids.load_grid(_write(tmp_path, data))
+        grids.load_grid(write_table(tmp_path, data))
     data["rows"]["long"] = {"set": {"joint_tune.trainer.steps": 0, "train_flow.trainer.steps": 1}}
     with pytest.raises(config.ConfigError, match="leave one of them unset"):
-        grids.load_grid(_write(tmp_path, data))
+        grids.load_grid(write_table(tmp_path, data))
     data["rows"].pop("long")
     data["equal_total"] = ["flow.prior"]
     with pytest.raises(config.ConfigError, match="'flow.prior' is not an integer parameter"):
-        grids.load_grid(_write(tmp_path, data))
+        grids.load_grid(write_table(tmp_path, data))
 
 
 @pytest.mark.parametrize(
@@ -105,7 +103,7 @@ def test_a_table_that_keeps_a_total_moves_a_rows_unspent_steps_to_the_first_free
     ],
 )
 def test_a_bad_table_names_the_file_the_row_and_the_key(tmp_path, change, message):
-    path = _write(tmp_path, {**GOOD, **change})
+    path = write_table(tmp_path, {**GOOD, **change})
     with pytest.raises(config.ConfigError, match=message) as err:
         grids.load_grid(path)
     assert path in str(err.value)
@@ -114,93 +112,6 @@ def test_a_bad_table_names_the_file_the_row_and_the_key(tmp_path, change, messag
 def test_an_unknown_table_name_lists_the_tables():
     with pytest.raises(config.ConfigError, match=r"unknown table 'table5'.*tables: .*table3, table4"):
         grids.load_grid("table5")
-
-
-def _runs(fd_base, fd_gauss, evaluators="ev1"):
-    def row(fds):
-        return {s: grids.SeedRun({"fd": fd, "acc": 0.5}, evaluators) for s, fd in enumerate(fds)}
-
-    return {"base": row(fd_base), "gauss": row(fd_gauss)}
-
-
-def test_the_report_has_every_row_the_paper_column_and_a_verdict_per_claim(tmp_path):
-    grid = grids.load_grid(_write(tmp_path, GOOD))
-    runs = _runs([10.0, 11.0, 10.5], [12.0, 13.5, 12.4])
-    runs["gauss"][3] = grids.SeedRun(None, error="train_flow: loss is nan at step 7")
-    text = grids.report(grid, runs)
-    assert "| VAFlow | 10.50 ± 1.24 (87.7) | 0.50 ± 0.00 | 3/3 |" in text
-    assert "| gauss | 12.63 ± 1.93 | 0.50 ± 0.00 | 3/4 |" in text  # the failed seed is counted, not averaged
-    assert "- gauss, seed 3: failed: train_flow: loss is nan at step 7" in text
-    assert "- VAFlow beats gauss on fd: **supports** (p = " in text
-    assert "- VAFlow beats gauss on acc: **cannot tell** (the rows are equal on every seed" in text
-    assert "paired t-test over seeds" in text and "Evaluators: ev1." in text
-
-
-def test_a_report_needs_a_finished_run_and_one_set_of_evaluators(tmp_path):
-    grid = grids.load_grid(_write(tmp_path, GOOD))
-    failed = {"base": {0: grids.SeedRun(None, error="boom")}}
-    with pytest.raises(grids.GridError, match="no row has a finished run yet"):
-        grids.report(grid, failed)
-    runs = _runs([10.0, 11.0], [12.0, 13.0])
-    runs["gauss"][1] = grids.SeedRun({"fd": 13.0, "acc": 0.5}, "ev2")
-    with pytest.raises(
-        grids.GridError, match=r"different evaluators \(ev1 in base seed 0, ev2 in gauss seed 1\)"
-    ):
-        grids.report(grid, runs)
-
-
-def _tracked(
-    tmp_path, monkeypatch, exp: str, stage: str, metrics=None, hashes=("a1", "b2", "c3"), fail=False
-):
-    """One stage run as the stage skeleton tracks it, inside the DVC experiment `exp`."""
-    monkeypatch.setenv("DVC_EXP_NAME", exp)
-    tracker = Tracker(stage, metrics_dir=tmp_path / "metrics", root=tmp_path)
-    if metrics is not None:
-        tracker.log_final(metrics)
-        names = ("audio_classifier", "av_embedder", "sync_classifier")
-        tracker.log_provenance(
-            {"evaluators": {n: {"weights_hash": h} for n, h in zip(names, hashes, strict=True)}}
-        )
-    tracker.close("FAILED" if fail else "FINISHED")
-
-
-def test_runs_are_collected_from_mlflow_by_experiment_name(tmp_path, monkeypatch, mlflow_store):
-    monkeypatch.setenv("VAFLOW_EXPERIMENT", "grid")
-    grid = grids.load_grid(_write(tmp_path, GOOD))
-    assert grids.exp_name(grid, "base", 2) == "t-base-s2"
-    _tracked(
-        tmp_path,
-        monkeypatch,
-        "t-base-s0",
-        "evaluate",
-        {"vaflow.fd": 9.0, "vaflow.acc": 0.6, "vaflow.kl": 1.0},
-    )
-    _tracked(tmp_path, monkeypatch, "t-base-s1", "evaluate", {"vaflow.fd": 8.0, "vaflow.acc": 0.7})
-    _tracked(tmp_path, monkeypatch, "t-gauss-s0", "train_flow", fail=True)
-    _tracked(tmp_path, monkeypatch, "t-gauss-s1", "train_flow", fail=True)
-    _tracked(
-        tmp_path, monkeypatch, "t-gauss-s1", "evaluate", {"vaflow.fd": 12.0, "vaflow.acc": 0.5}
-    )  # rerun, fixed
-    _tracked(tmp_path, monkeypatch, "other-base-s0", "evaluate", {"vaflow.fd": 1.0})  # another table
-    runs = grids.collect(grid, mlflow_store["MLFLOW_TRACKING_URI"], "grid")
-    assert runs["base"][0] == grids.SeedRun(
-        {"fd": 9.0, "acc": 0.6}, "a1,b2,c3", run_id=runs["base"][0].run_id
-    )
-    assert runs["base"][1].metrics == {"fd": 8.0, "acc": 0.7}
-    assert runs["gauss"][0].metrics is None and runs["gauss"][0].error.startswith("stage train_flow failed")
-    assert runs["gauss"][1].metrics == {"fd": 12.0, "acc": 0.5}
-    assert "- gauss, seed 0: failed: stage train_flow failed" in grids.report(grid, runs)
-    assert grids.collect(grid, mlflow_store["MLFLOW_TRACKING_URI"], "no such experiment") == {}
-    uri = mlflow_store["MLFLOW_TRACKING_URI"]
-    parent = grids.publish(grid, "# report", uri, "grid", runs)
-    assert grids.publish(grid, "# report, again", uri, "grid", runs) == parent  # one parent run per table
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
-    assert client.get_run(runs["base"][0].run_id).data.tags["mlflow.parentRunId"] == parent
-    assert client.get_run(parent).data.tags["vaflow.table"] == "t"
-    text = Path(client.download_artifacts(parent, "t.md", str(tmp_path))).read_text()
-    assert text == "# report, again"
 
 
 def _fake_dvc(tmp_path, held: str, failing: str):
@@ -217,7 +128,7 @@ exit 0
 
 
 def test_a_grid_runs_each_row_at_each_seed_and_keeps_what_the_repository_holds(tmp_path, capsys):
-    grid = grids.load_grid(_write(tmp_path, GOOD))
+    grid = grids.load_grid(write_table(tmp_path, GOOD))
     dvc = _fake_dvc(tmp_path, "t-base-s1", "t-gauss-s2")
     repo = tmp_path / "repo"
     repo.mkdir()

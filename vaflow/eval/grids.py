@@ -5,12 +5,12 @@ runs (an unknown parameter names the file, the row and the key).
 One row at one seed is one DVC experiment: the row's overrides plus the seed of every stage a seed reaches
 (`SEED_KEYS`: the alignment VAE, the flow, the joint tuning and the sampling draws). The data, the codec, the visual
 encoder and the evaluators are left at the params file's values, so every row is judged by the same instrument and
-DVC's cache serves their stages to every row.
+DVC's cache serves their stages to every row. A figure is a grid with a `sweep`: each row at every value of one
+parameter (Figure 3: the flow's training steps). The report of a grid's runs: vaflow.eval.grid_report.
 """
 
 from __future__ import annotations
 
-import re
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,7 +22,6 @@ import yaml
 from vaflow import config
 from vaflow.config.section import ConfigError
 from vaflow.errors import UserError, did_you_mean
-from vaflow.eval import verdicts
 from vaflow.eval.verdicts import DIRECTIONS
 
 __all__ = [
@@ -30,11 +29,14 @@ __all__ = [
     "SEED_KEYS",
     "Claim",
     "Grid",
+    "GridError",
     "Row",
     "exp_args",
+    "exp_name",
     "grid_names",
     "load_grid",
     "overrides",
+    "run_grid",
 ]
 
 GRID_DIR = Path(__file__).resolve().parents[2] / "configs" / "tables"
@@ -49,6 +51,10 @@ class Row:
     label: str
     set: dict[str, Any]
     paper: dict[str, float]
+    series: str = (
+        ""  # in a sweep: the row of the table file this point belongs to (its name is `<series>-<x>`)
+    )
+    x: Any = None  # in a sweep: the swept parameter's value at this point
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,9 @@ class Grid:
     rows: dict[str, Row]
     claims: tuple[Claim, ...]
     equal_total: tuple[str, ...] = ()  # params whose sum every row keeps at the params file's (a step budget)
+    sweep: str = (
+        ""  # a figure's x axis: the parameter every row is run at each value of (rows `<row>-<value>`)
+    )
 
 
 def grid_names() -> list[str]:
@@ -134,7 +143,7 @@ def load_grid(name_or_path: str | Path) -> Grid:
         data = _mapping(yaml.safe_load(path.read_text()), str(path))
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    _check_keys(data, ("title", "metrics", "rows", "claims", "equal_total"), str(path))
+    _check_keys(data, ("title", "metrics", "rows", "claims", "equal_total", "sweep"), str(path))
     metrics = {str(k): str(v) for k, v in _mapping(data.get("metrics"), f"{path}: metrics").items()}
     for metric, better in metrics.items():
         if better not in DIRECTIONS:
@@ -173,6 +182,7 @@ def load_grid(name_or_path: str | Path) -> Grid:
         )
     if not rows:
         raise ConfigError(f"{path}: rows: a table needs at least one row")
+    sweep_key, rows, finals = _sweep(data.get("sweep"), rows, defaults, path)
     claims = []
     for i, spec in enumerate(data.get("claims") or []):
         where = f"{path}: claims[{i}]"
@@ -180,6 +190,7 @@ def load_grid(name_or_path: str | Path) -> Grid:
         _check_keys(spec, ("row", "than", "metrics"), where)
         on = spec.get("metrics", list(metrics))
         on = (on,) if isinstance(on, str) else tuple(on)
+        spec = {**spec, **{k: finals.get(spec.get(k), spec.get(k)) for k in ("row", "than")}}
         for key in ("row", "than"):
             if spec.get(key) not in rows:
                 raise ConfigError(f"{where}: {key}: {spec.get(key)!r} is not a row ({', '.join(rows)})")
@@ -189,10 +200,38 @@ def load_grid(name_or_path: str | Path) -> Grid:
                     f"{where}: metrics: {metric!r} is not a metric of the table ({', '.join(metrics)})"
                 )
         claims.append(Claim(spec["row"], spec["than"], on))
-    grid = Grid(path.stem, str(data.get("title", path.stem)), metrics, rows, tuple(claims), equal_total)
+    title = str(data.get("title", path.stem))
+    grid = Grid(path.stem, title, metrics, rows, tuple(claims), equal_total, sweep_key)
     for row in rows.values():
         overrides(grid, row, 0, defaults)  # a row that overspends the budget fails here, before any run
     return grid
+
+
+def _sweep(
+    spec: Any, rows: dict[str, Row], defaults: Mapping[str, Any], path: Path
+) -> tuple[str, dict[str, Row], dict[str, str]]:
+    """A figure's `sweep: {key, values}`: every row at each value, as rows `<row>-<value>` in that order (a longer
+    training run after a shorter one resumes its checkpoints, so a curve costs one run of its longest point).
+    Returns the key, the rows, and each row of the file -> its last point (what a claim about the row compares)."""
+    if spec is None:
+        return "", rows, {}
+    where = f"{path}: sweep"
+    spec = _mapping(spec, where)
+    _check_keys(spec, ("key", "values"), where)
+    key, values = str(spec.get("key")), spec.get("values")
+    _check_override(key, defaults, where)
+    if not isinstance(values, list) or not values:
+        raise ConfigError(f"{where}: values: expected a non-empty list, got {values!r}")
+    out: dict[str, Row] = {}
+    for row in rows.values():
+        if key in row.set:
+            raise ConfigError(f"{path}: row {row.name!r}: sets the swept {key!r}; the sweep gives its values")
+        for value in values:
+            settings = {**row.set, key: value}
+            config.validate(config.deep_merge(defaults, _nested(settings)), f"{where}: row {row.name!r}")
+            name = f"{row.name}-{value}"
+            out[name] = Row(name, f"{row.label}, {value}", settings, row.paper, row.name, value)
+    return key, out, {row: f"{row}-{values[-1]}" for row in rows}
 
 
 def _lookup(params: Mapping[str, Any], key: str) -> Any:
@@ -232,147 +271,13 @@ def exp_args(values: Mapping[str, Any]) -> list[str]:
     return args
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# The report of a finished grid
-# ----------------------------------------------------------------------------------------------------------------
-
-
 class GridError(RuntimeError, UserError):
     """A grid's runs cannot make a report: none finished, or they were scored by different evaluators."""
-
-
-@dataclass(frozen=True)
-class SeedRun:
-    """One row at one seed as tracked: its metrics (None when the run failed, `error` says why) and the identity
-    of the evaluators that scored it."""
-
-    metrics: dict[str, float] | None
-    evaluators: str = ""
-    error: str = ""
-    run_id: str = ""  # the MLflow run it was read from
-
-
-def _cell(values: list[float], paper: float | None) -> str:
-    text = verdicts.summarize(values).text() if values else "—"
-    return text if paper is None else f"{text} ({paper:g})"
-
-
-def report(grid: Grid, runs: Mapping[str, Mapping[int, SeedRun]], alpha: float = 0.05) -> str:
-    """The markdown report of `grid` from its runs (row -> seed -> SeedRun): mean ± 95 % interval per row and metric
-    with the paper's figure beside it, the failed seeds, and each claim's verdict per metric (paired by seed)."""
-    finished = {
-        (r, s): run for r, by_seed in runs.items() for s, run in by_seed.items() if run.metrics is not None
-    }
-    if not finished:
-        raise GridError(f"{grid.name}: no row has a finished run yet; run the table's experiments first")
-    identities = {run.evaluators for run in finished.values()}
-    if len(identities) > 1:
-        first, second = sorted(identities)[:2]
-        where = {i: next(f"{r} seed {s}" for (r, s), run in finished.items() if run.evaluators == i) for i in (first, second)}  # fmt: skip
-        raise GridError(
-            f"{grid.name}: rows were scored by different evaluators ({first} in {where[first]}, {second} in "
-            f"{where[second]}): rerun them with one evaluators stage so every row is judged by the same instrument"
-        )
-
-    def values(row: str, metric: str) -> dict[int, float]:
-        return {s: r.metrics[metric] for s, r in runs.get(row, {}).items() if r.metrics is not None and metric in r.metrics}  # fmt: skip
-
-    head = ["row", *(f"{m} {'↓' if b == 'lower' else '↑'}" for m, b in grid.metrics.items()), "seeds"]
-    lines = [f"# {grid.title}", "", "Mean ± 95 % confidence interval over seeds (Student t); the paper's figure in",
-             "parentheses.", "", "| " + " | ".join(head) + " |", "| " + " | ".join(["---"] + ["---:"] * (len(head) - 1)) + " |"]  # fmt: skip
-    failures = []
-    for name, row in grid.rows.items():
-        by_seed = runs.get(name, {})
-        cells = [_cell(list(values(name, m).values()), row.paper.get(m)) for m in grid.metrics]
-        done = sum(r.metrics is not None for r in by_seed.values())
-        lines.append(f"| {row.label} | " + " | ".join(cells) + f" | {done}/{len(by_seed)} |")
-        failures += [f"- {row.label}, seed {s}: failed: {r.error}" for s, r in sorted(by_seed.items()) if r.metrics is None]  # fmt: skip
-    if failures:
-        lines += ["", "## Failed runs", "", *failures]
-    lines += ["", "## The paper's claims", ""]
-    for claim in grid.claims:
-        a, b = grid.rows[claim.row], grid.rows[claim.than]
-        for metric in claim.on:
-            v = verdicts.judge(values(a.name, metric), values(b.name, metric), grid.metrics[metric], alpha)
-            pa, pb = a.paper.get(metric), b.paper.get(metric)
-            paper = ""
-            if pa is not None and pb is not None:
-                holds = pa < pb if grid.metrics[metric] == "lower" else pa > pb
-                paper = f"; the paper: {pa:g} vs {pb:g}, {'as claimed' if holds else 'not as claimed'}"
-            lines.append(f"- {a.label} beats {b.label} on {metric}: **{v.outcome}** ({v.reason}, mean difference "
-                         f"{v.mean_difference:.4g}{paper})")  # fmt: skip
-    lines += ["", f"Test: {verdicts.TEST} at α = {alpha}, pairing each row's seed s with the other row's seed s. "
-              f"Evaluators: {identities.pop() or 'unnamed'}.", ""]  # fmt: skip
-    return "\n".join(lines)
 
 
 def exp_name(grid: Grid, row: str, seed: int) -> str:
     """The DVC experiment (and MLflow `dvc_experiment` tag) of one row at one seed: `<table>-<row>-s<seed>`."""
     return f"{grid.name}-{row}-s{seed}"
-
-
-def collect(grid: Grid, tracking_uri: str, experiment: str) -> dict[str, dict[int, SeedRun]]:
-    """The grid's runs in the MLflow experiment `experiment` at `tracking_uri` (row -> seed -> SeedRun): per row and
-    seed, the newest finished `evaluate` run gives the metrics (`vaflow.<metric>`) and the evaluators' identity (their
-    weights hashes in its provenance tags); a seed whose newest run of any stage failed, with no evaluate run after
-    it, is failed at that stage."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        return {}
-    pattern = re.compile(rf"{re.escape(grid.name)}-(?P<row>.+)-s(?P<seed>\d+)")
-    runs: dict[str, dict[int, SeedRun]] = {}
-    latest: dict[tuple[str, int], SeedRun] = {}
-    query = f"tags.dvc_experiment LIKE '{grid.name}-%'"
-    found_runs = client.search_runs([found.experiment_id], query, max_results=50000)
-    for run in sorted(found_runs, key=lambda r: r.info.start_time or 0):  # oldest first: the newest wins
-        named = pattern.fullmatch(run.data.tags.get("dvc_experiment", ""))
-        if named is None or named["row"] not in grid.rows:
-            continue
-        key = (named["row"], int(named["seed"]))
-        stage, status = run.data.tags.get("stage", "?"), run.info.status
-        if stage == "evaluate" and status == "FINISHED":
-            m = run.data.metrics
-            metrics = {k: m[f"vaflow.{k}"] for k in grid.metrics if f"vaflow.{k}" in m}
-            hashes = sorted(v for k, v in run.data.tags.items() if k.startswith("provenance.evaluators.") and k.endswith(".weights_hash"))  # fmt: skip
-            seen = SeedRun(metrics, ",".join(hashes), run_id=run.info.run_id)
-        elif status in ("FAILED", "KILLED"):
-            error = f"stage {stage} {status.lower()} (MLflow run {run.info.run_id})"
-            seen = SeedRun(None, error=error, run_id=run.info.run_id)
-        else:
-            continue
-        latest[key] = seen
-    for (row, seed), seen in latest.items():
-        runs.setdefault(row, {})[seed] = seen
-    return runs
-
-
-def publish(
-    grid: Grid, text: str, tracking_uri: str, experiment: str, runs: Mapping[str, Mapping[int, SeedRun]]
-) -> str:
-    """The table's parent run in MLflow (`vaflow.table` = the grid's name; one per table, reused): the report as its
-    artifact `<name>.md`, and every run the report read nested under it (`mlflow.parentRunId`), so the UI shows a
-    table as one run with its rows' runs inside. Returns the parent's run id."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri)
-    found = client.get_experiment_by_name(experiment)
-    exp_id = found.experiment_id if found is not None else client.create_experiment(experiment)
-    old = client.search_runs([exp_id], f"tags.`vaflow.table` = '{grid.name}'", max_results=1)
-    if old:
-        parent = old[0].info.run_id
-    else:
-        tags = {"vaflow.table": grid.name, "stage": "table", "mlflow.runName": f"table {grid.name}"}
-        parent = client.create_run(exp_id, tags=tags, run_name=f"table {grid.name}").info.run_id
-        client.set_terminated(parent, "FINISHED")
-    client.log_text(parent, text, f"{grid.name}.md")
-    for by_seed in runs.values():
-        for run in by_seed.values():
-            if run.run_id:
-                client.set_tag(run.run_id, "mlflow.parentRunId", parent)
-    return parent
 
 
 # ----------------------------------------------------------------------------------------------------------------
