@@ -30,6 +30,7 @@ from vaflow.errors import UserError
 log = logging.getLogger("vaflow.tracking")
 
 DEFAULT_EXPERIMENT = "vaflow"
+ERROR_TAG = "vaflow.error"  # a failed or killed run's exception, as `Type: message`
 PROBE_TIMEOUT_S = 5.0
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 MAX_FAILURES = 3
@@ -405,11 +406,19 @@ class Tracker:
             status = "KILLED"
         else:
             status = "FAILED"
+        if status != "FINISHED" and exc is not None and self.client is not None:
+            try:  # what stopped the run, for whoever reads it later (`vaflow tables report` names it)
+                self.client.set_tag(self.run_id, ERROR_TAG, f"{exc_type.__name__}: {exc}"[:2000])
+            except Exception as err:
+                log.warning(
+                    "MLflow at %s: could not tag run %s with its error (%s)", self.uri, self.run_id, err
+                )
         self.close(status)
 
 
 __all__ = [
     "DEFAULT_EXPERIMENT",
+    "ERROR_TAG",
     "Tracker",
     "TrackingError",
     "check_reachable",

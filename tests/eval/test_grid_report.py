@@ -127,7 +127,10 @@ def _tracked(
         path.parent.mkdir(exist_ok=True)
         np.savez(path, ids=np.array(emb[0]), emb=emb[1], reference=emb[2])
         tracker.log_artifact(path)
-    tracker.close("FAILED" if fail else "FINISHED")
+    if fail:  # the stage skeleton's `with tracker:` around a stage that raises
+        with pytest.raises(FloatingPointError), tracker:
+            raise FloatingPointError("loss is nan at step 7")
+    tracker.close()
 
 
 def test_runs_are_collected_from_mlflow_by_experiment_name(tmp_path, monkeypatch, mlflow_store):
@@ -158,6 +161,7 @@ def test_runs_are_collected_from_mlflow_by_experiment_name(tmp_path, monkeypatch
     assert runs["base"][0].reference.shape == (3, 3)
     assert runs["base"][1].metrics == {"fd": 8.0, "acc": 0.7}
     assert runs["gauss"][0].metrics is None and runs["gauss"][0].error.startswith("stage train_flow failed")
+    assert runs["gauss"][0].error.endswith(": FloatingPointError: loss is nan at step 7")  # what stopped it
     assert runs["gauss"][1].metrics == {"fd": 12.0, "acc": 0.5}
     assert "- gauss, seed 0: failed: stage train_flow failed" in grid_report.report(grid, runs)
     assert grid_report.collect(grid, mlflow_store["MLFLOW_TRACKING_URI"], "no such experiment") == {}

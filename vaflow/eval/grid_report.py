@@ -24,6 +24,7 @@ from vaflow import atomic
 from vaflow.eval import metrics as fd_metrics
 from vaflow.eval import verdicts
 from vaflow.eval.grids import Grid, GridError
+from vaflow.tracking import ERROR_TAG
 
 __all__ = ["Runs", "SeedRun", "collect", "plot", "publish", "report", "shared_fd"]
 
@@ -243,6 +244,7 @@ def collect(grid: Grid, tracking_uri: str, experiment: str) -> dict[str, dict[in
     for (row, seed), run in latest.items():
         if run.info.status != "FINISHED":
             error = f"stage {run.data.tags.get('stage', '?')} {run.info.status.lower()} (MLflow run {run.info.run_id})"
+            error += f": {run.data.tags[ERROR_TAG]}" if ERROR_TAG in run.data.tags else ""
             runs.setdefault(row, {})[seed] = SeedRun(None, error=error, run_id=run.info.run_id)
             continue
         m = run.data.metrics
