@@ -8,6 +8,8 @@ import pytest
 import yaml
 
 from vaflow import cli, config, errors
+from vaflow.config import params
+from vaflow.config.sizes import PAPER_PARAMETERS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -76,6 +78,39 @@ def test_presets_validate_and_differ():
     assert config.Params().visual_encoder.frame_rate == 20.0 and vgg.visual_encoder.frame_rate == 10.0
     with pytest.raises(config.ConfigError, match="did you mean 'micro'"):
         config.preset("mikro")
+
+
+def test_the_paper_preset_is_the_vggsound_data_with_the_papers_training(monkeypatch, tmp_path):
+    paper, vgg = config.preset("paper"), config.preset("vggsound")
+    for section in (
+        "clip",
+        "prepare",
+        "audio_vae",
+        "visual_encoder",
+        "evaluators",
+    ):  # the data preset, untouched
+        assert getattr(paper, section) == getattr(vgg, section), section
+    assert paper.flow.size == "dit_s" and PAPER_PARAMETERS["dit_s"] == 142e6  # VAFlow-CLIP-142M
+    flow, tune = paper.train_flow.trainer, paper.joint_tune.trainer
+    assert (flow.steps, tune.steps) == (170_000, 130_000)  # 300K in all, 170K + 130K with joint tuning
+    for stage in ("train_align", "train_flow", "joint_tune"):
+        trainer = getattr(paper, stage).trainer
+        assert trainer.precision == "bf16" and trainer.launcher.startswith("torchrun --nproc-per-node=8")
+        assert (trainer.batch_size, trainer.lr, trainer.ema_decay) == (512, 1e-4, 0.9999)
+    # `extends`: a preset names the one it starts from; an unknown or circular one is refused, naming the files.
+    monkeypatch.setattr(params, "PRESET_DIR", tmp_path)
+    (tmp_path / "a.yaml").write_text("extends: b\nsample: {steps: 7}\n")
+    (tmp_path / "b.yaml").write_text("extends: default\nsample: {steps: 3, cfg: 2.0}\n")
+    got = config.preset("a")
+    assert (got.sample.steps, got.sample.cfg) == (7, 2.0)
+    (tmp_path / "b.yaml").write_text("extends: a\n")
+    with pytest.raises(
+        config.ConfigError, match=r"a.yaml: presets extend each other in a circle: a -> b -> a"
+    ):
+        config.preset("a")
+    (tmp_path / "b.yaml").write_text("extends: vgsound\n")
+    with pytest.raises(config.ConfigError, match=r"unknown preset 'vgsound' \(extended by b\)"):
+        config.preset("a")
 
 
 def test_load_errors(tmp_path):

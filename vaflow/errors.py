@@ -14,7 +14,11 @@ import sys
 import threading
 from collections.abc import Callable, Iterable
 
-__all__ = ["UserError", "did_you_mean", "exit_on_user_error", "is_user_error"]
+__all__ = ["ERROR_TAG", "UserError", "did_you_mean", "exit_on_user_error", "is_user_error"]
+
+ERROR_TAG = (
+    "vaflow.error"  # the MLflow tag of a failed or killed stage run: its exception, as `Type: message`
+)
 
 
 class UserError(Exception):

@@ -25,12 +25,11 @@ from typing import Any
 
 from vaflow import atomic, cpu
 from vaflow.config.section import flatten, jsonable
-from vaflow.errors import UserError
+from vaflow.errors import ERROR_TAG, UserError
 
 log = logging.getLogger("vaflow.tracking")
 
 DEFAULT_EXPERIMENT = "vaflow"
-ERROR_TAG = "vaflow.error"  # a failed or killed run's exception, as `Type: message`
 PROBE_TIMEOUT_S = 5.0
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 MAX_FAILURES = 3
@@ -418,7 +417,6 @@ class Tracker:
 
 __all__ = [
     "DEFAULT_EXPERIMENT",
-    "ERROR_TAG",
     "Tracker",
     "TrackingError",
     "check_reachable",

@@ -34,6 +34,12 @@ def test_the_shipped_tables_load_with_the_papers_rows():
     assert t3.metrics == {"fd": "lower", "is": "higher", "acc": "higher", "ib_va": "higher"}
     t4 = grids.load_grid("table4")
     assert t4.claims[-1] == grids.Claim("cond", "no_ca", ("acc", "ib_va"))
+    f3 = grids.load_grid("figure3")
+    assert f3.sweep == "train_flow.trainer.steps" and {r.series for r in f3.rows.values()} == {"diffusion", "flow", "vaflow"}  # fmt: skip
+    assert {"table1", "figure4", "cfg", "nfe"} <= set(grids.grid_names())
+    for name in grids.grid_names():  # every shipped table loads, and each claim compares two of its rows
+        grid = grids.load_grid(name)
+        assert grid.claims and all({c.row, c.than} <= set(grid.rows) for c in grid.claims), name
 
 
 def test_a_row_at_a_seed_is_its_overrides_plus_every_stage_seed(tmp_path):

@@ -165,17 +165,29 @@ def presets() -> list[str]:
 
 
 def preset(name: str) -> Params:
-    """The defaults with the overlay `configs/<name>.yaml` applied (`default` applies none)."""
-    base = Params().model_dump(mode="json")
+    """The defaults with the overlay `configs/<name>.yaml` applied (`default` applies none). An overlay may start
+    from another preset (`extends: vggsound`): that one is applied first, so a preset lists only what it adds."""
+    return validate(
+        _overlaid(name, ()), "defaults" if name == "default" else str(PRESET_DIR / f"{name}.yaml")
+    )
+
+
+def _overlaid(name: str, seen: tuple[str, ...]) -> dict[str, Any]:
     if name == "default":
-        return validate(base, "defaults")
+        return Params().model_dump(mode="json")
     path = PRESET_DIR / f"{name}.yaml"
     if not path.is_file():
+        where = f" (extended by {seen[-1]})" if seen else ""
         raise ConfigError(
-            f"unknown preset '{name}'{did_you_mean(name, presets())}; available: {', '.join(presets())}"
+            f"unknown preset '{name}'{where}{did_you_mean(name, presets())}; available: {', '.join(presets())}"
         )
+    if name in seen:
+        raise ConfigError(f"{path}: presets extend each other in a circle: {' -> '.join([*seen, name])}")
     overlay = yaml.safe_load(path.read_text()) or {}
-    return validate(deep_merge(base, overlay), str(path))
+    if not isinstance(overlay, dict):
+        raise ConfigError(f"{path}: expected a mapping of params sections, got {type(overlay).__name__}")
+    base = overlay.pop("extends", "default")
+    return deep_merge(_overlaid(str(base), (*seen, name)), overlay)
 
 
 def dump(params: Params) -> str:

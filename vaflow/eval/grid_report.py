@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 
 from vaflow import atomic
+from vaflow.errors import ERROR_TAG
 from vaflow.eval import metrics as fd_metrics
 from vaflow.eval import verdicts
 from vaflow.eval.grids import Grid, GridError
-from vaflow.tracking import ERROR_TAG
 
 __all__ = ["Runs", "SeedRun", "collect", "plot", "publish", "report", "shared_fd"]
 
