@@ -130,7 +130,11 @@ def _cmd_tables(args: argparse.Namespace) -> None:
         raise ArgumentError(f"vaflow tables {args.action}: name a table ({', '.join(grids.grid_names())})")
     grid = grids.load_grid(args.name)
     if args.action == "run":
-        outcome = grids.run_grid(grid, args.seeds)
+        from vaflow import tracking
+
+        root = tracking.repo_root()  # queued experiments run in temporary copies: they log to this store
+        env = {**os.environ, "MLFLOW_TRACKING_URI": tracking.default_tracking_uri(root)}
+        outcome = grids.run_grid(grid, args.seeds, jobs=args.jobs, env=env)
         failed = [name for name, what in outcome.items() if what.startswith("failed")]
         print(f"{grid.name}: {len(outcome) - len(failed)} of {len(outcome)} experiments done"
               + (f"; failed: {', '.join(failed)}" if failed else "") + f"; `vaflow tables report {grid.name}`")  # fmt: skip
@@ -242,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("action", choices=["list", "run", "report"])
     t.add_argument("name", nargs="?", help="the table (configs/tables/NAME.yaml)")
     t.add_argument("--seeds", type=int, default=3, help="run: seeds 1..N of every row (default: %(default)s)")
+    t.add_argument("--jobs", type=int, default=1,
+                   help="run: experiments at a time; above 1 they are queued and each runs in a temporary copy, "
+                   "so a sweep's points train from scratch (default: %(default)s)")  # fmt: skip
     t.add_argument("--experiment", help="report: the MLflow experiment (default: the stages' own)")
     t.add_argument(
         "--alpha", type=float, default=0.05, help="report: the paired test's level (default: %(default)s)"

@@ -165,3 +165,41 @@ def test_a_grid_runs_each_row_at_each_seed_and_keeps_what_the_repository_holds(t
     assert "t-gauss-s2: failed (exit 3); the grid goes on" in capsys.readouterr().out
     with pytest.raises(config.ConfigError, match="--seeds 0"):
         grids.run_grid(grid, 0, cwd=repo, dvc=dvc)
+    with pytest.raises(config.ConfigError, match="--jobs 0"):
+        grids.run_grid(grid, 1, cwd=repo, dvc=dvc, jobs=0)
+
+
+def test_with_jobs_a_grid_queues_its_experiments_and_runs_the_queue_in_parallel(tmp_path):
+    """A `dvc` whose queue finishes every queued experiment but `t-gauss-s2` (its queued task fails)."""
+    grid = grids.load_grid(write_table(tmp_path, GOOD))
+    script = tmp_path / "dvc"
+    script.write_text(f"""#!/bin/sh
+echo "$@" >> {tmp_path}/calls
+touch {tmp_path}/held {tmp_path}/queued
+if [ "$1 $2" = "exp list" ]; then cat {tmp_path}/held; exit 0; fi
+if [ "$3" = "--queue" ]; then echo "$5" >> {tmp_path}/queued; exit 0; fi
+if [ "$3" = "--run-all" ]; then grep -v t-gauss-s2 {tmp_path}/queued >> {tmp_path}/held; exit 0; fi
+exit 0
+""")
+    script.chmod(0o755)
+    (tmp_path / "held").write_text("t-base-s1\n")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "params.yaml").write_text("sample: {seed: 0}\n")
+    (repo / "dvc.lock").write_text("schema: '2.0'\n")
+    for cmd in (
+        ["init", "-q"],
+        ["add", "-A"],
+        ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"],
+    ):
+        subprocess.run(["git", *cmd], cwd=repo, check=True)
+    outcome = grids.run_grid(grid, 2, cwd=repo, dvc=str(script), jobs=2)
+    assert outcome == {
+        "t-base-s1": "kept",
+        "t-gauss-s1": "ran",
+        "t-base-s2": "ran",
+        "t-gauss-s2": f"failed (`{script} queue logs t-gauss-s2`)",
+    }
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert [c.split(" -S")[0] for c in calls[1:4]] == [f"exp run --queue -n t-{n}" for n in ("gauss-s1", "base-s2", "gauss-s2")]  # fmt: skip
+    assert calls[4:] == ["exp run --run-all --jobs 2", "exp list --name-only", "checkout --quiet"]

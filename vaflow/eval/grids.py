@@ -292,16 +292,28 @@ def _git(args: list[str], cwd: str | Path) -> str:
     return done.stdout
 
 
-def run_grid(grid: Grid, seeds: int, cwd: str | Path = ".", dvc: str = "dvc") -> dict[str, str]:
-    """Run every row at seeds 1..seeds as a named DVC experiment (`dvc exp run -n <table>-<row>-s<seed> -S …`,
-    one after the other, each from the committed params.yaml); the workspace is put back to the commit at the end.
-    An experiment the repository already holds is kept, so a killed grid resumes where it stopped; a failed one is
-    reported and the others still run. Seed 0 is left to the params file's own run: every experiment then differs from
-    it in every stage a seed reaches, so each one runs (and tracks) those stages, while the stages before them and
-    the evaluators keep their outputs. Returns
-    experiment name -> `ran`, `kept` or `failed (exit N)`."""
+def run_grid(
+    grid: Grid,
+    seeds: int,
+    cwd: str | Path = ".",
+    dvc: str = "dvc",
+    jobs: int = 1,
+    env: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """Run every row at seeds 1..seeds as a named DVC experiment (`dvc exp run -n <table>-<row>-s<seed> -S …`, each
+    from the committed params.yaml); the workspace is put back to the commit at the end. `jobs` 1 runs them one after
+    the other in the workspace; more queues them all (`dvc exp run --queue`) and runs the queue `jobs` at a time
+    (`--run-all --jobs`), each in a temporary copy of the repository, so a sweep's points then train from scratch
+    instead of resuming the previous point's checkpoints. `env`: the experiments' environment (the CLI pins
+    MLFLOW_TRACKING_URI to the repository's store, which a temporary copy would not find). An experiment the
+    repository already holds is kept, so a killed grid resumes where it stopped; a failed one is reported and the
+    others still run. Seed 0 is left to the params file's own run: every experiment then differs from it in every
+    stage a seed reaches, so each one runs (and tracks) those stages, while the stages before them and the
+    evaluators keep their outputs. Returns experiment name -> `ran`, `kept` or `failed (…)`."""
     if seeds < 1:
         raise ConfigError(f"--seeds {seeds}: a grid needs at least 1 seed")
+    if jobs < 1:
+        raise ConfigError(f"--jobs {jobs}: at least 1")
     if _git(["status", "--porcelain", "--", "params.yaml", "dvc.lock"], cwd).strip():
         raise GridError(
             f"{cwd}: params.yaml or dvc.lock has uncommitted changes; commit them first (every row starts from the "
@@ -314,24 +326,39 @@ def run_grid(grid: Grid, seeds: int, cwd: str | Path = ".", dvc: str = "dvc") ->
     defaults = config.Params().model_dump(mode="json")
     committed = config.deep_merge(defaults, yaml.safe_load(_git(["show", "HEAD:params.yaml"], cwd)) or {})
     outcome: dict[str, str] = {}
+    pending: list[tuple[str, list[str]]] = []
+    for seed in range(1, seeds + 1):
+        for row in grid.rows.values():
+            name = exp_name(grid, row.name, seed)
+            if name in held:
+                outcome[name] = "kept"
+                print(f"{name}: kept (the repository holds it)", flush=True)
+            else:
+                pending.append((name, exp_args(overrides(grid, row, seed, committed))))
+    queued = []
     try:
-        for seed in range(1, seeds + 1):
-            for row in grid.rows.values():
-                name = exp_name(grid, row.name, seed)
-                if name in held:
-                    outcome[name] = "kept"
-                    print(f"{name}: kept (the repository holds it)", flush=True)
-                    continue
-                print(f"{name}: running", flush=True)
-                _git(
-                    ["checkout", "HEAD", "--", "params.yaml"], cwd
-                )  # the row's overrides on the committed params
-                done = subprocess.run(
-                    [dvc, "exp", "run", "-n", name, *exp_args(overrides(grid, row, seed, committed))], cwd=cwd
-                )
-                outcome[name] = "ran" if done.returncode == 0 else f"failed (exit {done.returncode})"
-                if done.returncode != 0:
-                    print(f"{name}: failed (exit {done.returncode}); the grid goes on", flush=True)
+        for name, args in pending:
+            _git(
+                ["checkout", "HEAD", "--", "params.yaml"], cwd
+            )  # the row's overrides on the committed params
+            print(f"{name}: {'running' if jobs == 1 else 'queued'}", flush=True)
+            command = [dvc, "exp", "run", *([] if jobs == 1 else ["--queue"]), "-n", name, *args]
+            done = subprocess.run(command, cwd=cwd, env=env)
+            if done.returncode != 0:
+                outcome[name] = f"failed (exit {done.returncode})"
+                print(f"{name}: failed (exit {done.returncode}); the grid goes on", flush=True)
+            elif jobs == 1:
+                outcome[name] = "ran"
+            else:
+                queued.append(name)
+        if queued:
+            subprocess.run([dvc, "exp", "run", "--run-all", "--jobs", str(jobs)], cwd=cwd, env=env)
+            listed = subprocess.run(
+                [dvc, "exp", "list", "--name-only"], cwd=cwd, capture_output=True, text=True
+            )
+            finished = set(listed.stdout.split())
+            for name in queued:
+                outcome[name] = "ran" if name in finished else f"failed (`{dvc} queue logs {name}`)"
     finally:
         _git(["checkout", "HEAD", "--", "params.yaml", "dvc.lock"], cwd)
         subprocess.run([dvc, "checkout", "--quiet"], cwd=cwd)  # the outputs of the commit, from DVC's cache
