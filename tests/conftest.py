@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 import vaflow  # noqa: F401  (first: pins the CPU kernels before numpy and torch load, as in a stage)
 
@@ -46,45 +47,67 @@ def mlflow_store(tmp_path, monkeypatch) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    """A fresh git + DVC repository holding the pipeline, with the micro preset active."""
-    work = tmp_path_factory.mktemp("pipeline")
-    for name in COPIED:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, work / name)
+def _pipeline_env(work: Path) -> dict[str, str]:
     bin_dir = str(Path(sys.executable).parent)
-    env = {
+    return {
         **os.environ,
         "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
         "PYTHONPATH": str(work),
         "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlflow.db",
         "DVC_NO_ANALYTICS": "1",
     }
-    _run(["git", "init", "-q"], work, env)
-    _run(["git", "config", "user.email", "tests@vaflow.invalid"], work, env)
-    _run(["git", "config", "user.name", "vaflow tests"], work, env)
-    _run(["dvc", "init", "-q"], work, env)
-    _run([sys.executable, "-m", "vaflow.cli", "preset", "micro"], work, env)
-    _run(["git", "add", "-A"], work, env)
-    _run(["git", "commit", "-qm", "pipeline"], work, env)
-    return work, env
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory) -> tuple[Path, str]:
+    """The micro pipeline after its first `dvc repro`, built once per test session: a fresh git + DVC repository
+    holding the pipeline with the micro preset active, and the repro's output. Under xdist the first worker to need
+    it builds it under a file lock in the folder the workers share, and the others wait and reuse it."""
+    root = tmp_path_factory.getbasetemp()
+    root = root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+    work, out = root / "micro-pipeline", root / "micro-pipeline.out"
+    with FileLock(str(root / "micro-pipeline.lock")):
+        if not out.exists():  # not built yet, or a build that failed: (re)build from scratch
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir()
+            for name in COPIED:
+                src = ROOT / name
+                if src.is_dir():
+                    shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__"))
+                else:
+                    shutil.copy2(src, work / name)
+            env = _pipeline_env(work)
+            _run(["git", "init", "-q"], work, env)
+            _run(["git", "config", "user.email", "tests@vaflow.invalid"], work, env)
+            _run(["git", "config", "user.name", "vaflow tests"], work, env)
+            _run(["dvc", "init", "-q"], work, env)
+            _run([sys.executable, "-m", "vaflow.cli", "preset", "micro"], work, env)
+            _run(["git", "add", "-A"], work, env)
+            _run(["git", "commit", "-qm", "pipeline"], work, env)
+            out.write_text(_run(["dvc", "repro"], work, env))
+    return work, out.read_text()
+
+
+def _copy(src: Path, work: Path) -> tuple[Path, dict[str, str]]:
+    """A copy of a pipeline repository (git, DVC cache, outputs, MLflow store) and the environment to run it in."""
+    shutil.copytree(src, work, symlinks=True)
+    return work, _pipeline_env(work)
 
 
 @pytest.fixture(scope="module")
-def first_repro(repo):
-    work, env = repo
-    return _run(["dvc", "repro"], work, env)
+def repo(built, tmp_path_factory):
+    """A module's own copy of the micro pipeline after its first repro (`built`)."""
+    return _copy(built[0], tmp_path_factory.mktemp("pipeline") / "repo")
+
+
+@pytest.fixture(scope="module")
+def first_repro(built) -> str:
+    """The output of the micro pipeline's first `dvc repro`."""
+    return built[1]
 
 
 @pytest.fixture
-def clone(repo, first_repro, tmp_path):
+def clone(repo, tmp_path):
     """A copy of the repository after the first repro (git, DVC cache, outputs, MLflow store): each test that
     changes something works on its own copy, so no test depends on another one or on their order."""
-    work = tmp_path / "clone"
-    shutil.copytree(repo[0], work, symlinks=True)
-    env = {**repo[1], "PYTHONPATH": str(work), "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlflow.db"}
-    return work, env
+    return _copy(repo[0], tmp_path / "clone")

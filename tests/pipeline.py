@@ -1,5 +1,5 @@
 """Helpers of the end-to-end tests (their repository fixtures, `repo`, `first_repro` and `clone`, are in conftest.py:
-one repository per test module, so that the modules can run on separate cores)."""
+the micro pipeline built once per test session, under a file lock shared by the xdist workers, and copied for each module and each test that changes it)."""
 
 import subprocess
 from pathlib import Path
