@@ -133,9 +133,8 @@ exit 0
     return str(script)
 
 
-def test_a_grid_runs_each_row_at_each_seed_and_keeps_what_the_repository_holds(tmp_path, capsys):
-    grid = grids.load_grid(write_table(tmp_path, GOOD))
-    dvc = _fake_dvc(tmp_path, "t-base-s1", "t-gauss-s2")
+def _committed_repo(tmp_path):
+    """A git repository whose commit holds a params.yaml and a dvc.lock."""
     repo = tmp_path / "repo"
     repo.mkdir()
     (repo / "params.yaml").write_text("sample: {seed: 0}\n")
@@ -146,6 +145,13 @@ def test_a_grid_runs_each_row_at_each_seed_and_keeps_what_the_repository_holds(t
         ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"],
     ):
         subprocess.run(["git", *cmd], cwd=repo, check=True)
+    return repo
+
+
+def test_a_grid_runs_each_row_at_each_seed_and_keeps_what_the_repository_holds(tmp_path, capsys):
+    grid = grids.load_grid(write_table(tmp_path, GOOD))
+    dvc = _fake_dvc(tmp_path, "t-base-s1", "t-gauss-s2")
+    repo = _committed_repo(tmp_path)
     (repo / "params.yaml").write_text("sample: {seed: 9}\n")
     with pytest.raises(grids.GridError, match="uncommitted changes"):
         grids.run_grid(grid, 2, cwd=repo, dvc=dvc)
@@ -183,16 +189,7 @@ exit 0
 """)
     script.chmod(0o755)
     (tmp_path / "held").write_text("t-base-s1\n")
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    (repo / "params.yaml").write_text("sample: {seed: 0}\n")
-    (repo / "dvc.lock").write_text("schema: '2.0'\n")
-    for cmd in (
-        ["init", "-q"],
-        ["add", "-A"],
-        ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"],
-    ):
-        subprocess.run(["git", *cmd], cwd=repo, check=True)
+    repo = _committed_repo(tmp_path)
     outcome = grids.run_grid(grid, 2, cwd=repo, dvc=str(script), jobs=2)
     assert outcome == {
         "t-base-s1": "kept",
