@@ -23,6 +23,15 @@ if os.environ.get(
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 
+LONGEST = ("test_pipeline.py", "test_pipeline_changes.py")  # the end-to-end modules: minutes each
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """The end-to-end modules first: xdist hands out whole modules in collection order, so started last they would
+    run alone at the end while the other workers sit idle."""
+    items.sort(key=lambda item: item.path.name not in LONGEST)  # stable: every other order is kept
+
+
 @pytest.fixture(scope="module")
 def mlflow_uri(tmp_path_factory) -> str:
     """One sqlite store for the module (creating one costs seconds)."""
