@@ -152,6 +152,12 @@ def test_runs_are_collected_from_mlflow_by_experiment_name(tmp_path, monkeypatch
         tmp_path, monkeypatch, "t-gauss-s1", "evaluate", {"vaflow.fd": 12.0, "vaflow.acc": 0.5}
     )  # rerun, fixed
     _tracked(tmp_path, monkeypatch, "other-base-s0", "evaluate", {"vaflow.fd": 1.0})  # another table
+    # Table 3's VAFlow row is this table's base row (the same params): DVC restores it whole from the run cache
+    # when Table 3 ran it first, so its runs stand for base's at that seed.
+    _tracked(tmp_path, monkeypatch, "table3-tuned-s5", "evaluate", {"vaflow.fd": 7.0, "vaflow.acc": 0.8})
+    _tracked(
+        tmp_path, monkeypatch, "table4-no_ca-s5", "evaluate", {"vaflow.fd": 70.0}
+    )  # no twin: no cross-attention
     runs = grid_report.collect(grid, mlflow_store["MLFLOW_TRACKING_URI"], "grid")
     assert runs["base"][0] == grid_report.SeedRun(
         {"fd": 9.0, "acc": 0.6}, "a1,b2,c3", run_id=runs["base"][0].run_id, clips=3, scored=2
@@ -160,6 +166,9 @@ def test_runs_are_collected_from_mlflow_by_experiment_name(tmp_path, monkeypatch
     assert list(runs["base"][0].emb) == ["a", "b"] and runs["base"][0].emb["b"].tolist() == [0.0, 1.0, 0.0]
     assert runs["base"][0].reference.shape == (3, 3)
     assert runs["base"][1].metrics == {"fd": 8.0, "acc": 0.7}
+    assert runs["base"][5].metrics == {"fd": 7.0, "acc": 0.8} and 5 not in runs["gauss"]
+    assert grids.twins(grid)["table3-tuned"] == "base" and grids.twins(grid)["table3-gaussian"] == "gauss"
+    assert "table4-no_ca" not in grids.twins(grid)
     assert runs["gauss"][0].metrics is None and runs["gauss"][0].error.startswith("stage train_flow failed")
     assert runs["gauss"][0].error.endswith(": FloatingPointError: loss is nan at step 7")  # what stopped it
     assert runs["gauss"][1].metrics == {"fd": 12.0, "acc": 0.5}

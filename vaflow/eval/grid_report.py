@@ -22,8 +22,8 @@ import numpy as np
 
 from vaflow import atomic
 from vaflow.errors import ERROR_TAG
+from vaflow.eval import grids, verdicts
 from vaflow.eval import metrics as fd_metrics
-from vaflow.eval import verdicts
 from vaflow.eval.grids import Grid, GridError
 
 __all__ = ["Runs", "SeedRun", "collect", "plot", "publish", "report", "shared_fd"]
@@ -218,28 +218,33 @@ def _embeddings(client: Any, run_id: str) -> tuple[dict[str, np.ndarray] | None,
             return dict(zip(data["ids"].tolist(), data["emb"], strict=True)), data["reference"]
 
 
-def collect(grid: Grid, tracking_uri: str, experiment: str) -> dict[str, dict[int, SeedRun]]:
+def collect(
+    grid: Grid, tracking_uri: str, experiment: str, others: list[Grid] | None = None
+) -> dict[str, dict[int, SeedRun]]:
     """The grid's runs in the MLflow experiment `experiment` at `tracking_uri` (row -> seed -> SeedRun): per row and
     seed, the newest finished `evaluate` run gives the metrics (`vaflow.<metric>`, the clip counts) and the
     evaluators' identity (their weights hashes in its provenance tags); a seed whose newest run of any stage failed,
-    with no evaluate run after it, is failed at that stage."""
+    with no evaluate run after it, is failed at that stage. A row's runs are those of its own experiments and of its
+    twins in `others` (the shipped tables by default; grids.twins), which DVC's run cache lets run only once."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return {}
-    pattern = re.compile(rf"{re.escape(grid.name)}-(?P<row>.+)-s(?P<seed>\d+)")
+    names = {f"{grid.name}-{row}": row for row in grid.rows} | grids.twins(grid, others)
+    pattern = re.compile(r"(?P<name>.+)-s(?P<seed>\d+)")
     latest: dict[tuple[str, int], Any] = {}
-    query = f"tags.dvc_experiment LIKE '{grid.name}-%'"
-    found_runs = client.search_runs([found.experiment_id], query, max_results=50000)
+    found_runs = client.search_runs(
+        [found.experiment_id], "tags.dvc_experiment LIKE '%-s%'", max_results=50000
+    )
     for run in sorted(found_runs, key=lambda r: r.info.start_time or 0):  # oldest first: the newest wins
         named = pattern.fullmatch(run.data.tags.get("dvc_experiment", ""))
-        if named is None or named["row"] not in grid.rows:
+        if named is None or named["name"] not in names:
             continue
         stage, status = run.data.tags.get("stage", "?"), run.info.status
         if (stage == "evaluate" and status == "FINISHED") or status in ("FAILED", "KILLED"):
-            latest[(named["row"], int(named["seed"]))] = run
+            latest[(names[named["name"]], int(named["seed"]))] = run
     runs: dict[str, dict[int, SeedRun]] = {}
     for (row, seed), run in latest.items():
         if run.info.status != "FINISHED":

@@ -11,6 +11,7 @@ parameter (Figure 3: the flow's training steps). The report of a grid's runs: va
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ __all__ = [
     "load_grid",
     "overrides",
     "run_grid",
+    "twins",
 ]
 
 GRID_DIR = Path(__file__).resolve().parents[2] / "configs" / "tables"
@@ -260,6 +262,28 @@ def overrides(grid: Grid, row: Row, seed: int, params: Mapping[str, Any] | None 
         if spent < budget:
             values[free[0]] = _lookup(params, free[0]) + budget - spent
     return {**values, **dict.fromkeys(SEED_KEYS, seed)}
+
+
+def effective(grid: Grid, row: Row) -> str:
+    """The params `row` runs with at any one seed (the schema's defaults plus its overrides), as canonical JSON: two
+    rows with equal texts run the same experiment."""
+    defaults = config.Params().model_dump(mode="json")
+    return json.dumps(config.deep_merge(defaults, _nested(overrides(grid, row, 0, defaults))), sort_keys=True)
+
+
+def twins(grid: Grid, others: list[Grid] | None = None) -> dict[str, str]:
+    """`<table>-<row>` of every row of another table (the shipped ones by default) that runs the same experiment as
+    a row of `grid` -> that row. Such a row's experiment is restored whole from DVC's run cache when the other table
+    ran it first, so nothing of it is tracked under its own name: its report reads the twin's runs."""
+    mine = {effective(grid, row): row.name for row in grid.rows.values()}
+    others = [load_grid(name) for name in grid_names()] if others is None else others
+    return {
+        f"{other.name}-{row.name}": mine[key]
+        for other in others
+        if other.name != grid.name
+        for row in other.rows.values()
+        if (key := effective(other, row)) in mine
+    }
 
 
 def exp_args(values: Mapping[str, Any]) -> list[str]:
