@@ -71,6 +71,9 @@ def test_a_table_that_keeps_a_total_moves_a_rows_unspent_steps_to_the_first_free
     t3 = grids.load_grid("table3")
     assert t3.equal_total == tuple(keys)
     assert grids.overrides(t3, t3.rows["untuned"], 2, params)["train_flow.trainer.steps"] == flow + tune
+    # A seed's rows run shortest training first, so "not tuned" resumes the tuned row's stage-2 checkpoints.
+    order = sorted(t3.rows.values(), key=lambda r: grids.training_steps(t3, r, params))
+    assert [r.name for r in order] == ["gaussian", "tuned", "untuned"]
     # A row that spends more than the total, or sets every key short of it, is refused at load.
     data["rows"]["long"] = {"set": {"joint_tune.trainer.steps": 10**6}}
     with pytest.raises(config.ConfigError, match=r"row 'long': train_flow.trainer.steps \+ joint_tune"):

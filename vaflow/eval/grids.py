@@ -286,6 +286,14 @@ def twins(grid: Grid, others: list[Grid] | None = None) -> dict[str, str]:
     }
 
 
+def training_steps(grid: Grid, row: Row, params: Mapping[str, Any]) -> tuple[int, ...]:
+    """The row's `trainer.steps` of every training stage, in the params file's (the pipeline's) order. A seed's rows
+    run in this order, shortest first: a row that trains the same model longer (Table 3's "not tuned" row after the
+    tuned one) then resumes the shorter run's checkpoints instead of setting them aside and training afresh."""
+    values = config.deep_merge(dict(params), _nested(overrides(grid, row, 0, params)))
+    return tuple(v["trainer"]["steps"] for v in values.values() if isinstance(v, dict) and "steps" in v.get("trainer", {}))  # fmt: skip
+
+
 def exp_args(values: Mapping[str, Any]) -> list[str]:
     """`dvc exp run` arguments for the overrides: `-S key=value` each, values in YAML's spelling."""
     args = []
@@ -352,7 +360,7 @@ def run_grid(
     outcome: dict[str, str] = {}
     pending: list[tuple[str, list[str]]] = []
     for seed in range(1, seeds + 1):
-        for row in grid.rows.values():
+        for row in sorted(grid.rows.values(), key=lambda r: training_steps(grid, r, committed)):
             name = exp_name(grid, row.name, seed)
             if name in held:
                 outcome[name] = "kept"
