@@ -37,6 +37,7 @@ __all__ = [
     "grid_names",
     "load_grid",
     "overrides",
+    "row_params",
     "run_grid",
     "twins",
 ]
@@ -264,11 +265,17 @@ def overrides(grid: Grid, row: Row, seed: int, params: Mapping[str, Any] | None 
     return {**values, **dict.fromkeys(SEED_KEYS, seed)}
 
 
+def row_params(grid: Grid, row: Row, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The whole params file `row` runs with at any one seed: `params` (the schema's defaults if None) plus its
+    overrides."""
+    params = config.Params().model_dump(mode="json") if params is None else params
+    return config.deep_merge(dict(params), _nested(overrides(grid, row, 0, params)))
+
+
 def effective(grid: Grid, row: Row) -> str:
-    """The params `row` runs with at any one seed (the schema's defaults plus its overrides), as canonical JSON: two
-    rows with equal texts run the same experiment."""
-    defaults = config.Params().model_dump(mode="json")
-    return json.dumps(config.deep_merge(defaults, _nested(overrides(grid, row, 0, defaults))), sort_keys=True)
+    """`row_params` under the schema's defaults as canonical JSON: two rows with equal texts run the same
+    experiment."""
+    return json.dumps(row_params(grid, row), sort_keys=True)
 
 
 def twins(grid: Grid, others: list[Grid] | None = None) -> dict[str, str]:
@@ -290,7 +297,7 @@ def training_steps(grid: Grid, row: Row, params: Mapping[str, Any]) -> tuple[int
     """The row's `trainer.steps` of every training stage, in the params file's (the pipeline's) order. A seed's rows
     run in this order, shortest first: a row that trains the same model longer (Table 3's "not tuned" row after the
     tuned one) then resumes the shorter run's checkpoints instead of setting them aside and training afresh."""
-    values = config.deep_merge(dict(params), _nested(overrides(grid, row, 0, params)))
+    values = row_params(grid, row, params)
     return tuple(v["trainer"]["steps"] for v in values.values() if isinstance(v, dict) and "steps" in v.get("trainer", {}))  # fmt: skip
 
 
