@@ -11,7 +11,7 @@ import torch
 from tests.world import micro_world, prepare_world
 from vaflow import config
 from vaflow.data import media, prepare, sources
-from vaflow.data.clips import ClipBatches, decode_clips, load_split
+from vaflow.data.clips import ClipBatches, MemoryClips, StreamedClips, decode_clips, load_split, prefetched
 from vaflow.data.latents import load_clip
 from vaflow.data.media import FFmpegNotFoundError
 from vaflow.data.prepare import load_manifest
@@ -127,3 +127,64 @@ def test_ranks_split_each_global_batch_of_one_permutation():
         ClipBatches(tensors, 6, world=2, what="x.batch_size")
     with pytest.raises(ValueError, match="different lengths"):
         ClipBatches({**tensors, "label": torch.zeros(n - 1)}, 2)
+
+
+# --------------------------------------------------------------------------------------------
+# Streaming: the same batches as in memory, memory bounded by the clips in flight
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_streamed_split_gives_the_crop_stream_the_batches_of_the_split_in_memory(world):
+    rows, params = world
+    frame = pd.DataFrame(rows)
+    memory = wavevae.open_train_clips(frame, params.clip, 64, workers=2, in_memory_mb=1e3, progress=False)
+    streamed = wavevae.open_train_clips(frame, params.clip, 64, workers=2, in_memory_mb=0, progress=False)
+    assert isinstance(memory.clips, MemoryClips) and isinstance(streamed.clips, StreamedClips)
+    assert streamed.ids == memory.ids and streamed.rejected == memory.rejected  # the scan rejects what loading does
+    for rank in range(2):
+        one = wavevae.CropStream(memory.clips, 2, 256, rank=rank, world=2, seed=5)
+        two = wavevae.CropStream(streamed.clips, 2, 256, rank=rank, world=2, seed=5)
+        for _ in range(2):  # two epochs
+            a, b = list(one), list(two)
+            assert len(a) == len(b) > 0 and all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_a_streamed_crop_stream_resumes_at_its_position(world):
+    rows, params = world
+    clips = wavevae.open_train_clips(pd.DataFrame(rows), params.clip, 64, 1, in_memory_mb=0, progress=False).clips
+    full = list(wavevae.CropStream(clips, 1, 128, seed=2))
+    stream = wavevae.CropStream(clips, 1, 128, seed=2)
+    it = iter(stream)
+    next(it)
+    resumed = wavevae.CropStream(clips, 1, 128, seed=2)
+    resumed.load_state_dict(stream.state_dict())
+    rest = list(resumed)
+    assert len(rest) == len(full) - 1 and all(torch.equal(x, y) for x, y in zip(rest, full[1:], strict=True))
+
+
+def test_prefetching_keeps_the_order_bounds_what_runs_ahead_and_raises_at_the_failing_item():
+    started: list[int] = []
+
+    def fetch(i: int) -> int:
+        started.append(i)
+        if i == 7:
+            raise ValueError("clip 7 is gone")
+        return i * i
+
+    out = prefetched(range(10), fetch, workers=2, ahead=3)
+    assert [next(out) for _ in range(3)] == [0, 1, 4]
+    assert max(started) <= 5  # three yielded, at most three more in flight
+    with pytest.raises(ValueError, match="clip 7"):
+        list(out)
+    assert list(prefetched(range(4), lambda i: -i, workers=0, ahead=3)) == [0, -1, -2, -3]
+
+
+def test_a_split_is_streamed_only_above_the_memory_setting(world, monkeypatch):
+    rows, params = world
+    frame = pd.DataFrame(rows)
+    n = params.clip.padded_samples(64)
+    mb = len(frame) * n * 4 / 2**20
+    assert isinstance(wavevae.open_train_clips(frame, params.clip, 64, 1, mb, progress=False).clips, MemoryClips)
+    assert isinstance(
+        wavevae.open_train_clips(frame, params.clip, 64, 1, mb * 0.99, progress=False).clips, StreamedClips
+    )

@@ -38,7 +38,7 @@ from vaflow.config.pipeline import (
     VisualEncoderConfig,
 )
 from vaflow.config.section import ConfigError, Section
-from vaflow.config.trainer import TrainerConfig
+from vaflow.config.trainer import ClipTrainerConfig, TrainerConfig
 
 __all__ = [
     "PRESET_DIR",
@@ -65,6 +65,7 @@ __all__ = [
     "SynthConfig",
     "TrainAlignConfig",
     "TrainFlowConfig",
+    "ClipTrainerConfig",
     "TrainerConfig",
     "VGGSoundSource",
     "ValidationConfig",

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from vaflow.config.section import Section
-from vaflow.config.trainer import TrainerConfig, needs_steps
+from vaflow.config.trainer import ClipTrainerConfig, TrainerConfig, needs_steps
 from vaflow.errors import did_you_mean
 
 # --------------------------------------------------------------------------------------------
@@ -163,7 +163,7 @@ class AudioVAEConfig(Section):
     kl_weight: float = Field(1e-4, ge=0)
     loudness_weight: float = Field(0.0, ge=0)
     # 600 steps of 8 crops at lr 1e-3 when trained here; quality grows with steps (docs/wavevae.md has the figures).
-    trainer: TrainerConfig = TrainerConfig(
+    trainer: ClipTrainerConfig = ClipTrainerConfig(
         steps=600,
         batch_size=8,
         lr=1e-3,

@@ -24,6 +24,8 @@ RESUMABLE_KEYS = frozenset(
         "resume",
         "launcher",
         "deterministic",
+        "num_workers",
+        "in_memory_mb",
     }
 )
 
@@ -98,7 +100,18 @@ class TrainerConfig(Section):
         return self.batch_size // parts
 
 
-__all__ = ["RESUMABLE_KEYS", "TrainerConfig"]
+class ClipTrainerConfig(TrainerConfig):
+    """The trainer of a stage that trains on clips decoded from the media files: how the train split is read."""
+
+    # Threads decoding clips ahead of the step, each driving one ffmpeg process (0: decode in the step's thread).
+    num_workers: int = Field(2, ge=0)
+    # A train split whose decoded windows take at most this many MB is decoded once into memory on every rank; a
+    # larger one is streamed (decoded again batch by batch, memory bounded by the clips in flight). Either way the
+    # batches are the same.
+    in_memory_mb: float = Field(2048, ge=0)
+
+
+__all__ = ["RESUMABLE_KEYS", "ClipTrainerConfig", "TrainerConfig"]
 
 
 def needs_steps(trainer: TrainerConfig, stage: str) -> None:

@@ -6,16 +6,19 @@ text as the extraction stages' rejected lists), while a missing ffmpeg stops the
 rejecting every clip for it would hide it. `read_window` is the decode of the recipes that need frames and audio;
 `ClipBatches` the training stream over such tensors that the shared Trainer reads.
 
-Scale: the whole split sits in memory, which suits the synthetic world's few hundred short clips only; at paper
-scale these networks are imported rather than trained here.
+Scale: a split small enough sits in memory (`MemoryClips`); a larger one is streamed (`StreamedClips`): checked
+once (`scan_clips`: the same decode, nothing kept), then every batch decodes its clips again from their files,
+`workers` ffmpeg processes ahead of the step, so memory is bounded by the clips in flight, not by the split. Both
+stores give a stream the same batches for the same plan.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -25,7 +28,21 @@ from vaflow.data import media
 from vaflow.data.extract import ClipRejected, rejection_reason
 from vaflow.data.media import FFmpegNotFoundError, MediaError
 
-__all__ = ["ClipBatches", "ClipSet", "DecodedClips", "decode_clips", "load_split", "read_window"]
+__all__ = [
+    "ClipBatches",
+    "ClipSet",
+    "DecodedClips",
+    "MemoryClips",
+    "StreamedClips",
+    "decode_clips",
+    "load_split",
+    "prefetched",
+    "read_window",
+    "scan_clips",
+]
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass
@@ -77,6 +94,89 @@ def decode_clips(
                 out.rows.append(row)
                 out.parts.append(result)
     return out
+
+
+def scan_clips(
+    rows: Iterable[Mapping[str, Any]],
+    decode: Callable[[Mapping[str, Any]], tuple[np.ndarray, ...]],
+    workers: int = 2,
+    progress: bool = False,
+) -> DecodedClips:
+    """`decode_clips` keeping nothing but the verdict: the rows that decode (parts empty) and the rejected ones.
+    Memory stays at the clips being decoded, whatever the number of rows."""
+
+    def check(row: Mapping[str, Any]) -> tuple[np.ndarray, ...]:
+        decode(row)
+        return ()
+
+    return decode_clips(rows, check, workers, progress)
+
+
+def prefetched(items: Iterable[T], fetch: Callable[[T], R], workers: int, ahead: int) -> Iterator[R]:
+    """`fetch(item)` for each item, in order, with up to `ahead` items fetched in advance by `workers` threads
+    (0: in the caller's thread, nothing ahead). An error of `fetch` is raised where its item is yielded."""
+    if workers <= 0:
+        yield from map(fetch, items)
+        return
+    pending: deque[Future[R]] = deque()
+    source = iter(items)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for item in source:
+            pending.append(pool.submit(fetch, item))
+            if len(pending) >= max(1, ahead):
+                break
+        try:
+            while pending:
+                result = pending.popleft().result()
+                for item in source:
+                    pending.append(pool.submit(fetch, item))
+                    break
+                yield result
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+@dataclass
+class MemoryClips:
+    """Clips decoded into memory: `audio` (N, n_samples); `batches` indexes it."""
+
+    audio: torch.Tensor
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.audio.shape[1])
+
+    def __len__(self) -> int:
+        return len(self.audio)
+
+    def batches(self, index: torch.Tensor) -> Iterator[torch.Tensor]:
+        """The clips of each row of `index` (K, B): K tensors (B, n_samples)."""
+        for idx in index:
+            yield self.audio[idx]
+
+
+@dataclass
+class StreamedClips:
+    """Clips read from their files whenever a batch needs them: `rows` are the clips `scan_clips` kept and
+    `decode(row)` gives one clip (n_samples,) float32; `workers` threads decode up to two batches ahead."""
+
+    rows: list[Mapping[str, Any]]
+    decode: Callable[[Mapping[str, Any]], np.ndarray]
+    n_samples: int
+    workers: int = 2
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def batches(self, index: torch.Tensor) -> Iterator[torch.Tensor]:
+        """The clips of each row of `index` (K, B), decoded again: K tensors (B, n_samples)."""
+        if index.numel() == 0:
+            return
+        size = index.shape[1]
+        clips = prefetched(index.flatten().tolist(), lambda i: self.decode(self.rows[i]), self.workers, 2 * size)
+        for _ in range(len(index)):
+            yield torch.from_numpy(np.stack([next(clips) for _ in range(size)]))
 
 
 def read_window(

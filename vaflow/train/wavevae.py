@@ -1,11 +1,11 @@
 """Training the WaveVAE inside the pipeline, and the reconstruction figures every WaveVAE is judged by.
 
-Read top to bottom: the clip bank (decoded clips in memory), the crop stream the trainer draws from, the loss
+Read top to bottom: the train clips (in memory or streamed), the crop stream the trainer draws from, the loss
 module, and the test-set reconstruction metrics with their trivial baselines.
 
-Scale: the embedded default decodes each train clip's window once, at `clip.sample_rate`, into memory (256 clips ×
-2 s × 16 kHz = 32 MB) and every rank holds the whole bank. That suits the synthetic world only; at paper scale the
-pipeline imports Stable Audio Open's VAE (`audio_vae.mode: import`) instead of training one.
+Scale: a train split whose decoded windows fit `trainer.in_memory_mb` (the embedded default's 256 clips × 2 s ×
+16 kHz = 32 MB) is decoded once into memory on every rank; a larger one is streamed: checked once, then each rank
+decodes its own crops' clips again, `trainer.num_workers` ffmpeg processes ahead of the step, with the same batches.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from vaflow import config
 from vaflow.config import AudioVAEConfig, ClipConfig
-from vaflow.data.clips import decode_clips
+from vaflow.data.clips import MemoryClips, StreamedClips, decode_clips, scan_clips
 from vaflow.data.latents import load_clip
 from vaflow.eval import reconstruction
 from vaflow.eval.losses import MelL1Loss, MultiResolutionSTFTLoss, loudness_l1, stft_sizes, waveform_l1
@@ -51,6 +51,13 @@ class ClipBank:
     rejected: list[tuple[str, str]] = field(default_factory=list)  # (id, reason)
 
 
+def _decoder(clip: ClipConfig, n_samples: int):
+    def decode(row: Mapping[str, Any]) -> np.ndarray:
+        return load_clip(row["path"], float(row["start"]), clip, n_samples)
+
+    return decode
+
+
 def load_bank(
     rows: pd.DataFrame, clip: ClipConfig, hop: int, workers: int = 2, progress: bool = True
 ) -> ClipBank:
@@ -60,12 +67,32 @@ def load_bank(
     decoder rejects are listed, not loaded. `workers` ffmpeg decoders run at once (they are subprocesses).
     """
     n_samples = clip.padded_samples(hop)
-
-    def decode(row: Mapping[str, Any]) -> tuple[np.ndarray]:
-        return (load_clip(row["path"], float(row["start"]), clip, n_samples),)
-
-    clips = decode_clips(rows.to_dict("records"), decode, workers, progress)
+    decode = _decoder(clip, n_samples)
+    clips = decode_clips(rows.to_dict("records"), lambda row: (decode(row),), workers, progress)
     return ClipBank(audio=clips.stack(0, (n_samples,), torch.float32), ids=clips.ids, rejected=clips.rejected)
+
+
+@dataclass
+class TrainClips:
+    """The train split as the crop stream reads it: in memory or streamed (`clips`), with the rejected clips."""
+
+    clips: MemoryClips | StreamedClips
+    ids: list[str]
+    rejected: list[tuple[str, str]]
+
+
+def open_train_clips(
+    rows: pd.DataFrame, clip: ClipConfig, hop: int, workers: int, in_memory_mb: float, progress: bool = True
+) -> TrainClips:
+    """The clips of `rows` in memory when their decoded windows take at most `in_memory_mb` MB, else streamed
+    (checked once by `scan_clips`, then decoded again batch by batch by `workers` threads)."""
+    n_samples = clip.padded_samples(hop)
+    if len(rows) * n_samples * 4 <= in_memory_mb * 2**20:
+        bank = load_bank(rows, clip, hop, max(1, workers), progress)
+        return TrainClips(MemoryClips(bank.audio), bank.ids, bank.rejected)
+    decode = _decoder(clip, n_samples)
+    checked = scan_clips(rows.to_dict("records"), lambda row: (decode(row),), max(1, workers), progress)
+    return TrainClips(StreamedClips(checked.rows, decode, n_samples, workers), checked.ids, checked.rejected)
 
 
 def even_subset(rows: pd.DataFrame, limit: int) -> pd.DataFrame:
@@ -88,34 +115,42 @@ def segment_samples(seconds: float, sample_rate: int, hop: int, max_samples: int
 
 
 class CropStream:
-    """Batches (B, segment) of random crops from a clip bank: an epoch is a permutation of the clips.
+    """Batches (B, segment) of random crops of clips (in memory or streamed): an epoch is a permutation of them.
 
     The permutation is cut into global batches of `batch_size × world`, of which rank r takes the r-th chunk, so
     N ranks together see what one process sees; a bank smaller than one global batch is repeated to fill it. Each
     crop starts at a uniform random sample. All draws come from a generator seeded by (seed, epoch), so the stream
-    is reproducible and resumes exactly from `state_dict()` (epoch, position) without replaying.
+    is reproducible and resumes exactly from `state_dict()` (epoch, position) without replaying. A streamed store
+    gives the same batches as the same clips in memory.
     """
 
     def __init__(
-        self, audio: Tensor, batch_size: int, segment: int, rank: int = 0, world: int = 1, seed: int = 0
+        self,
+        clips: Tensor | MemoryClips | StreamedClips,
+        batch_size: int,
+        segment: int,
+        rank: int = 0,
+        world: int = 1,
+        seed: int = 0,
     ):
-        """audio: (N, n_samples) with n_samples ≥ segment."""
-        if len(audio) == 0:
+        """clips: (N, n_samples) audio or a store of N clips of n_samples, n_samples ≥ segment."""
+        clips = MemoryClips(clips) if isinstance(clips, Tensor) else clips
+        if len(clips) == 0:
             raise ValueError("the clip bank is empty: no usable training clip")
-        if audio.shape[1] < segment:
-            raise ValueError(f"crops of {segment} samples do not fit clips of {audio.shape[1]} samples")
-        self.audio, self.batch_size, self.segment = audio, batch_size, segment
+        if clips.n_samples < segment:
+            raise ValueError(f"crops of {segment} samples do not fit clips of {clips.n_samples} samples")
+        self.clips, self.batch_size, self.segment = clips, batch_size, segment
         self.rank, self.world, self.seed = rank, world, seed
         self.epoch, self.pos = 0, 0
 
     def _epoch_plan(self, epoch: int) -> tuple[Tensor, Tensor]:
         """(clip index, crop start) for every crop of `epoch`, all ranks: each (n_batches, world, batch_size)."""
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        n, per_step = len(self.audio), self.batch_size * self.world
+        n, per_step = len(self.clips), self.batch_size * self.world
         n_batches = max(1, n // per_step)
         reps = math.ceil(n_batches * per_step / n)
         order = torch.cat([torch.randperm(n, generator=g) for _ in range(reps)])[: n_batches * per_step]
-        starts = torch.randint(0, self.audio.shape[1] - self.segment + 1, (len(order),), generator=g)
+        starts = torch.randint(0, self.clips.n_samples - self.segment + 1, (len(order),), generator=g)
         shape = (n_batches, self.world, self.batch_size)
         return order.view(shape), starts.view(shape)
 
@@ -124,10 +159,12 @@ class CropStream:
         self.epoch = epoch + 1
         order, starts = self._epoch_plan(epoch)
         offsets = torch.arange(self.segment)  # (S,)
-        for k in range(self.pos, len(order)):
-            idx, start = order[k, self.rank], starts[k, self.rank]  # (B,), (B,)
+        rows = torch.arange(self.batch_size)[:, None]  # (B, 1)
+        batches = self.clips.batches(order[self.pos :, self.rank])  # each (B, n_samples)
+        for k, audio in zip(range(self.pos, len(order)), batches, strict=True):
+            start = starts[k, self.rank]  # (B,)
             self.pos = k + 1
-            yield self.audio[idx[:, None], start[:, None] + offsets]  # (B, S)
+            yield audio[rows, start[:, None] + offsets]  # (B, S)
         self.pos = 0
 
     def state_dict(self) -> dict[str, int]:
@@ -224,10 +261,12 @@ def loss_fn(model: nn.Module, batch: Tensor) -> tuple[Tensor, dict[str, float]]:
 __all__ = [
     "ClipBank",
     "CropStream",
+    "TrainClips",
     "WaveVAELoss",
     "even_subset",
     "load_bank",
     "loss_fn",
+    "open_train_clips",
     "run_identity",
     "segment_samples",
 ]
@@ -256,20 +295,28 @@ def train(
     cfg, clip = params.audio_vae, params.clip
     # A trained VAE runs at the pipeline's rate, whatever its size's nominal one.
     vae_config = dataclasses.replace(SIZES[cfg.size], sample_rate=clip.sample_rate)
-    bank = load_bank(manifest[manifest["split"] == "train"], clip, vae_config.hop)
-    print(f"train clips: {len(bank.ids)} decoded, {len(bank.rejected)} rejected")
-    segment = segment_samples(cfg.segment, clip.sample_rate, vae_config.hop, bank.audio.shape[1])
+    rows = manifest[manifest["split"] == "train"]
+    train_clips = open_train_clips(
+        rows, clip, vae_config.hop, cfg.trainer.num_workers, cfg.trainer.in_memory_mb
+    )
+    store = train_clips.clips
+    how = "in memory" if isinstance(store, MemoryClips) else f"streamed by {cfg.trainer.num_workers} decoders"
+    print(f"train clips: {len(train_clips.ids)} usable ({how}), {len(train_clips.rejected)} rejected")
+    segment = segment_samples(cfg.segment, clip.sample_rate, vae_config.hop, store.n_samples)
     seed_everything(cfg.trainer.seed)  # the same initial weights on every rank and every rerun
     vae = init if init is not None else narrow_posterior(build(vae_config))
     model = WaveVAELoss(vae, cfg, segment)
 
     def stream(spec):
-        return CropStream(bank.audio, spec.batch_size, segment, spec.rank, spec.world_size, spec.seed)
+        return CropStream(store, spec.batch_size, segment, spec.rank, spec.world_size, spec.seed)
 
     sections = {"audio_vae": cfg.model_dump(mode="json"), "clip": clip.model_dump(mode="json")}
     trainer = Trainer(model, loss_fn, stream, cfg.trainer, ckpt_dir, tracker, stage_config=sections)
     result = trainer.fit()
-    mean_spectrum = reconstruction.mean_log_mel(bank.audio, clip.sample_rate)
+    if isinstance(store, MemoryClips):
+        mean_spectrum = reconstruction.mean_log_mel(store.audio, clip.sample_rate)
+    else:
+        mean_spectrum = train_mean_spectrum(params, manifest, vae_config.hop)
     return result.ema.vae, mean_spectrum, {f"train_{k}": v for k, v in result.losses.items()}
 
 
