@@ -3,21 +3,29 @@
     python benchmarks/bench_data.py --clips 32
 
 Prints clips/s for: rendering only; rendering + mp4 encode (one process); `synth.generate` with all
-workers; decoding as the pipeline does (frames at 10 fps resized to 64 px + audio at 16 kHz via
-`media.read_frames` + `media.read_audio`), and a bare `ffmpeg -i FILE -f null -` decode of the same files.
+workers; decoding frames at 10 fps resized to 64 px + audio at 16 kHz as two ffmpeg runs (`media.read_frames` +
+`media.read_audio`) and as the pipeline does (one run, `media.read_av`), and a bare `ffmpeg -i FILE -f null -`
+decode of the same files; then the audio extraction (decode + a small WaveVAE with random weights) in clips/s with
+0 and 2 threads decoding ahead of the encoder.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from vaflow.config import SynthConfig
-from vaflow.data import media, synth
+import pandas as pd
+import torch
+
+from vaflow.config import ClipConfig, SynthConfig
+from vaflow.data import extract, latents, media, synth
+from vaflow.data.journal import SpecFolder
+from vaflow.models.wavevae import SIZES, build
 
 
 def _rate(n: int, seconds: float) -> str:
@@ -33,6 +41,7 @@ def main() -> None:
     parser.add_argument(
         "--workers", type=int, default=0, help="processes for the generate run (0 = one per core)"
     )
+    parser.add_argument("--extract-workers", type=int, nargs="+", default=[0, 2], help="decode-ahead threads")
     args = parser.parse_args()
 
     cfg = SynthConfig(
@@ -70,10 +79,15 @@ def main() -> None:
         paths = [tmp / "world" / p for p in index["path"]]
         t0 = time.perf_counter()
         for p in paths:
-            media.read_frames(p, 10, size=(64, 64))
-            media.read_audio(p, 16000)
+            media.read_frames(p, 10, size=(64, 64), duration=cfg.duration)
+            media.read_audio(p, 16000, duration=cfg.duration)
+        two = time.perf_counter() - t0
+        print(f"decode frames@10fps/64px + audio@16kHz, two ffmpeg runs   {_rate(n, two)}")
+        t0 = time.perf_counter()
+        for p in paths:
+            media.read_av(p, 10, (64, 64), 16000, 0.0, cfg.duration)
         pipeline = time.perf_counter() - t0
-        print(f"decode frames@10fps/64px + audio@16kHz   {_rate(n, pipeline)}")
+        print(f"decode frames@10fps/64px + audio@16kHz, one run (read_av) {_rate(n, pipeline)}")
 
         exe = media.ffmpeg_exe()
         t0 = time.perf_counter()
@@ -81,7 +95,28 @@ def main() -> None:
             subprocess.run([exe, "-nostdin", "-v", "error", "-i", str(p), "-f", "null", "-"], check=True)
         bare = time.perf_counter() - t0
         print(f"decode bare `ffmpeg -f null`           {_rate(n, bare)}")
-        print(f"pipeline decode / bare ffmpeg: {pipeline / bare:.2f}x the time")
+        print(f"two runs / bare ffmpeg: {two / bare:.2f}x the time")
+        print(f"pipeline decode (read_av) / bare ffmpeg: {pipeline / bare:.2f}x the time")
+        _extraction(paths, cfg, tmp, args.extract_workers)
+
+
+def _extraction(paths: list[Path], cfg: SynthConfig, tmp: Path, workers: list[int]) -> None:
+    """encode_audio's extraction (decode + the small WaveVAE, random weights) of `paths`, at each decode-ahead
+    thread count: clips/s."""
+    torch.manual_seed(0)
+    clip = ClipConfig(duration=cfg.duration, sample_rate=cfg.sample_rate)
+    vae = build(dataclasses.replace(SIZES["small"], sample_rate=cfg.sample_rate)).eval()
+    rows = pd.DataFrame(
+        {"id": [p.stem for p in paths], "path": [str(p) for p in paths], "start": 0.0, "label": ""}
+    )
+    load, encode = latents.AudioLoader(rows, clip, vae.hop), latents.LatentEncoder(vae, clip)
+    ids = rows["id"].tolist()
+    for n in workers:
+        folder = SpecFolder(tmp / f"extract-{n}")
+        folder.sync({"bench": n})
+        t0 = time.perf_counter()
+        extract.extract_split(ids, folder, "train", "audio", load, encode, 16, 256, progress=False, workers=n)
+        print(f"encode_audio extraction, {n} decode thread(s)   {_rate(len(ids), time.perf_counter() - t0)}")
 
 
 if __name__ == "__main__":

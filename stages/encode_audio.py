@@ -55,7 +55,7 @@ def encode_audio(params: config.Params, args: argparse.Namespace, tracker: Track
     encoder = encode.LatentEncoder(vae, clip)
     load = encode.AudioLoader(manifest, clip, vae.hop)
     extract.extract_splits(splits, folder, SHARD_NAME, load, encoder, cfg.batch_size, cfg.per_shard, dist.rank,
-                           dist.world_size)  # fmt: skip
+                           dist.world_size, cfg.workers)  # fmt: skip
     barrier()  # every rank's shards are finished before rank 0 sums up the splits
     if not dist.is_main:
         return

@@ -59,7 +59,7 @@ def extract_visual(params: config.Params, args: argparse.Namespace, tracker: Tra
     encode = vx.FeatureEncoder(encoder, manifest)
     load = vx.FrameLoader(manifest, encoder, num_frames)
     extract.extract_splits(splits, folder, vx.FEATURE_NAME, load, encode, ex.batch_size, ex.per_shard, dist.rank,
-                           dist.world_size)  # fmt: skip
+                           dist.world_size, ex.workers)  # fmt: skip
     barrier()  # every rank's shards are finished before rank 0 sums up the splits
     if not dist.is_main:
         return

@@ -2,6 +2,8 @@
 and the media digest of an extraction spec."""
 
 import csv
+import threading
+import time
 
 import numpy as np
 import pandas as pd
@@ -77,6 +79,51 @@ def test_batches_follow_shards_and_bad_clips_are_rejected_with_reasons(tmp_path)
         "encoded_train": 7,
         "rejected_train": 3,
     }
+
+
+def test_decoding_ahead_in_threads_writes_the_same_shards_and_rejections(tmp_path):
+    ids = [f"c{i}" for i in range(10)]
+    out = {}
+    for workers in (0, 2):
+        calls = []
+        folder = _folder(tmp_path / str(workers))
+        report = extract.extract_split(ids, folder, "train", "f", _load, _encoder(calls), batch_size=3, per_shard=4,
+                                       progress=False, workers=workers)  # fmt: skip
+        samples = shards.read_shards(shards.shard_paths(folder.root / "train", "f"))
+        out[workers] = (calls, report.rejected, [(s["id"], s["feat"].tolist()) for s in samples])
+    assert out[2] == out[0]
+
+
+def test_threads_load_a_batch_at_once_and_the_shards_next_batch_while_the_model_encodes():
+    lock, running, seen = threading.Lock(), [0], {"most": 0, "during_encode": set()}
+    started: list[str] = []
+
+    def load(clip_id):
+        with lock:
+            running[0] += 1
+            seen["most"] = max(seen["most"], running[0])
+            started.append(clip_id)
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+        return clip_id
+
+    def encode(inputs):
+        time.sleep(0.2)  # the next batch's loads run meanwhile
+        with lock:
+            seen["during_encode"].update(started)
+        return [{"x": i} for i in inputs]
+
+    plan = [["a0", "a1", "a2", "a3"], ["b0", "b1"]]
+    serve = extract.BatchedEncoder(plan, load, encode, batch_size=2, workers=2)
+    try:
+        assert serve("a0") == {"x": "a0"}
+        assert seen["most"] == 2  # a batch's clips decode in parallel
+        assert {"a2", "a3"} <= seen["during_encode"]  # the shard's next batch was loading during the encode
+        assert "b0" not in started  # never past the shard: the writer may skip the next one
+        assert [serve(c) for c in ["a1", "a2", "a3", "b0", "b1"]] == [{"x": c} for c in ["a1", "a2", "a3", "b0", "b1"]]
+    finally:
+        serve.close()
 
 
 def test_rerun_skips_finished_shards_and_keeps_the_reasons(tmp_path):

@@ -142,6 +142,23 @@ def test_window_past_the_end_returns_what_exists(flash_clip):
     assert abs(len(audio) - 0.5 * sr) <= sr // 100
 
 
+@pytest.mark.parametrize("start, duration", [(0.0, 1.2), (0.4, 0.8), (1.7, 0.8), (2.5, 1.0)])
+def test_one_ffmpeg_run_reads_what_the_frame_and_audio_reads_do(flash_clip, start, duration):
+    """Windows at the start, before and past the input seek's threshold, and running past the end."""
+    path, fps, sr = flash_clip
+    frames, audio = media.read_av(path, fps, (24, 32), sr, start, duration)
+    assert np.array_equal(frames, media.read_frames(path, fps, (24, 32), start=start, duration=duration))
+    assert np.array_equal(audio, media.read_audio(path, sr, start=start, duration=duration))
+
+
+def test_one_ffmpeg_run_of_a_silent_video_is_a_media_error_naming_the_file(tmp_path):
+    path = tmp_path / "mute.mp4"
+    media.write_video(path, _gradient_frames(10, 16, 16), 10)
+    with pytest.raises(MediaError) as err:
+        media.read_av(path, 10, (16, 16), 8000, 0.0, 1.0)
+    _assert_names_file(err.value, path)
+
+
 def test_iter_frames_matches_read_frames_and_stops_early(flash_clip):
     path, fps, _ = flash_clip
     whole = media.read_frames(path, fps, size=(16, 16), duration=3.0)

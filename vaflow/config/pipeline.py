@@ -209,6 +209,8 @@ class EncodeAudioConfig(Section):
     batch_size: int = Field(16, ge=1)
     # Clips per shard; 256 keeps shards a few MB at the default size.
     per_shard: int = Field(256, ge=1)
+    # Threads decoding clips ahead of the encoder, each driving one ffmpeg process (0: one clip at a time).
+    workers: int = Field(2, ge=0)
     # `python`, or `torchrun --nproc-per-node=N` to split the clips across processes.
     launcher: str = Field("python", min_length=1)
 
@@ -289,4 +291,6 @@ class ExtractVisualConfig(Section):
 
     batch_size: int = Field(16, ge=1)
     per_shard: int = Field(256, ge=1)
+    # Threads decoding clips ahead of the encoder, each driving one ffmpeg process (0: one clip at a time).
+    workers: int = Field(2, ge=0)
     launcher: str = Field("python", min_length=1)

@@ -190,11 +190,9 @@ def read_window(
 ) -> tuple[np.ndarray, np.ndarray]:
     """A clip's window `duration` s from `row["start"]` -> (frames (n_frames, size, size, 3) uint8, audio
     (n_samples,) float32), cut to length; a window that decodes shorter is a ClipRejected (nothing is padded)."""
-    path, start = row["path"], row["start"]
-    frames = media.read_frames(path, fps, size=(size, size), start=start, duration=duration)
+    frames, audio = media.read_av(row["path"], fps, (size, size), sample_rate, row["start"], duration)
     if len(frames) < n_frames:
         raise ClipRejected(f"too short: {len(frames)} of {n_frames} frames decoded")
-    audio = media.read_audio(path, sample_rate, start=start, duration=duration)
     if len(audio) < n_samples:
         raise ClipRejected(f"too short: {len(audio)} of {n_samples} audio samples decoded")
     return frames[:n_frames], audio[:n_samples]

@@ -11,6 +11,7 @@ import io
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,38 +148,77 @@ class BatchedEncoder:
     samples` runs the model on a list of inputs and returns one sample mapping per input, or a ClipRejected in
     place of a clip whose output is unusable. The writer asks for ids in shard order, so on a cache miss the next
     `batch_size` ids of the same shard are loaded and encoded together; a clip that failed is re-raised when the
-    writer reaches it, and the rest of its batch is still encoded.
+    writer reaches it, and the rest of its batch is still encoded. With `workers` > 0, that many threads (each
+    driving one ffmpeg process) load a batch's clips at once and the shard's next batch while the model encodes.
     """
 
     plan: Sequence[Sequence[str]]
     load: Callable[[str], Any]
     encode: Callable[[list[Any]], Sequence[Mapping[str, Any] | ClipRejected]]
     batch_size: int
+    workers: int = 0
 
     def __post_init__(self) -> None:
-        self._next: dict[str, list[str]] = {}
+        self._next: dict[str, list[str]] = {}  # a batch's first id -> its ids
+        self._follow: dict[str, str] = {}  # a batch's first id -> the first id of the shard's next batch
         for shard_ids in self.plan:
             for i, clip_id in enumerate(shard_ids):
                 self._next[clip_id] = list(shard_ids[i : i + self.batch_size])
+                if i + self.batch_size < len(shard_ids):
+                    self._follow[clip_id] = shard_ids[i + self.batch_size]
         self._cache: dict[str, Mapping[str, Any] | Exception] = {}
+        self._pool = ThreadPoolExecutor(self.workers) if self.workers > 0 else None
+        self._ahead: tuple[str, list[Future]] | None = None  # (first id, loads) of the batch decoding ahead
+
+    def _loads(self, first: str) -> list[Future]:
+        """The loads of the batch starting at `first`: taken from the decode-ahead or submitted now."""
+        if self._ahead is not None and self._ahead[0] == first:
+            return self._ahead[1]
+        assert self._pool is not None
+        return [self._pool.submit(self.load, cid) for cid in self._next[first]]
+
+    def _load(self, batch: list[str]) -> list[Any | Exception]:
+        """Each clip of `batch` loaded, or its MediaError / ClipRejected."""
+        if self._pool is None:
+            loaded = [_guarded(self.load, cid) for cid in batch]
+        else:
+            futures = self._loads(batch[0])
+            follow = self._follow.get(batch[0])
+            if follow is not None and follow in self._next:
+                self._ahead = (follow, [self._pool.submit(self.load, cid) for cid in self._next[follow]])
+            loaded = [_guarded(future.result) for future in futures]
+        return loaded
 
     def __call__(self, clip_id: str) -> Mapping[str, Any]:
         if clip_id not in self._cache:
             self._cache.clear()  # the writer never comes back to an earlier batch
             batch = self._next[clip_id]
             inputs, good = [], []
-            for bid in batch:
-                try:
-                    inputs.append(self.load(bid))
+            for bid, result in zip(batch, self._load(batch), strict=True):
+                if isinstance(result, Exception):
+                    self._cache[bid] = result
+                else:
+                    inputs.append(result)
                     good.append(bid)
-                except (MediaError, ClipRejected) as err:
-                    self._cache[bid] = err
             if inputs:
                 self._cache.update(zip(good, self.encode(inputs), strict=True))
         result = self._cache.pop(clip_id)
         if isinstance(result, Exception):
             raise result
         return result
+
+    def close(self) -> None:
+        """Stop the decoding threads (decodes still running are waited for, those not started are dropped)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _guarded(fn: Callable[..., Any], *args: Any) -> Any:
+    """fn(*args), or the MediaError / ClipRejected it raised (a bad clip); any other error propagates."""
+    try:
+        return fn(*args)
+    except (MediaError, ClipRejected) as err:
+        return err
 
 
 def extract_split(
@@ -193,6 +233,7 @@ def extract_split(
     rank: int = 0,
     world: int = 1,
     progress: bool = True,
+    workers: int = 0,
 ) -> shards.ShardReport:
     """Encode the clips `ids` (in this order) into `<folder>/<split>/<name>-%06d.tar`; rank `rank` of `world`
     writes its share. `folder` must already hold this run's spec (`SpecFolder.sync`).
@@ -200,6 +241,7 @@ def extract_split(
     Finished shards are skipped. A clip whose `load` raises MediaError or ClipRejected (or whose `encode` output
     is a ClipRejected) is left out, journalled with its reason as it happens (so a killed run keeps it), and
     listed in the report's `rejected`. Any other error stops the run; the unfinished shard is discarded.
+    `workers` threads decode ahead of the encoder (0: one clip at a time, in this thread).
     """
     journal = folder.journal(split)
     rejected: list[tuple[str, str]] = []
@@ -212,18 +254,21 @@ def extract_split(
         rejected.append((clip_id, reason))
         return True
 
-    serve = BatchedEncoder(shards.shard_plan(ids, per_shard), load, encode, batch_size)
-    report = shards.write_shards(
-        folder.root / split,
-        name,
-        ids,
-        serve,
-        per_shard=per_shard,
-        rank=rank,
-        world=world,
-        progress=progress,
-        on_error=on_error,
-    )
+    serve = BatchedEncoder(shards.shard_plan(ids, per_shard), load, encode, batch_size, workers)
+    try:
+        report = shards.write_shards(
+            folder.root / split,
+            name,
+            ids,
+            serve,
+            per_shard=per_shard,
+            rank=rank,
+            world=world,
+            progress=progress,
+            on_error=on_error,
+        )
+    finally:
+        serve.close()
     report.rejected = rejected  # the policy's reasons, not the exception types write_shards records
     return report
 
@@ -246,12 +291,13 @@ def extract_splits(
     per_shard: int,
     rank: int = 0,
     world: int = 1,
+    workers: int = 0,
 ) -> None:
     """`extract_split` of each split in turn (`splits`: name -> manifest rows in clip order), one line per split;
     a progress bar only on a terminal."""
     for split, rows in splits.items():
         report = extract_split(rows["id"].tolist(), folder, split, name, load, encode, batch_size, per_shard,
-                               rank, world, progress=sys.stderr.isatty())  # fmt: skip
+                               rank, world, progress=sys.stderr.isatty(), workers=workers)  # fmt: skip
         print(f"{split}: rank {rank}/{world} wrote {len(report.written)} shard(s) ({report.n_samples} clips), "
               f"skipped {len(report.skipped)} finished")  # fmt: skip
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import ffmpeg
 import numpy as np
@@ -22,7 +24,7 @@ from vaflow.data.media.process import (
     _run,
 )
 
-__all__ = ["iter_frames", "read_audio", "read_frames"]
+__all__ = ["iter_frames", "read_audio", "read_av", "read_frames"]
 
 # read_frames with neither `duration` nor `max_frames` refuses videos whose frames would take more memory
 # than this, instead of growing without bound; iter_frames streams any length.
@@ -40,6 +42,8 @@ _SEEK_PREROLL = 1.0
 _MIN_INPUT_SEEK = 0.5
 # The resampler may end a window a few samples short; padding that much with zeros is not "padding data".
 _AUDIO_PAD_TOLERANCE_S = 1e-3
+# read_av's audio goes through a file: in memory where the system has a RAM disk.
+_SCRATCH = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 
 
 def _input_seek(start: float) -> float:
@@ -49,9 +53,9 @@ def _input_seek(start: float) -> float:
 
 @dataclass(frozen=True)
 class _FrameRequest:
-    """A resolved read_frames/iter_frames call: the command, the frame geometry, how many frames to expect."""
+    """A resolved read_frames/iter_frames call: its ffmpeg output, the frame geometry, how many frames to expect."""
 
-    cmd: list[str]
+    output: Any  # ffmpeg-python output node writing the frames to stdout
     height: int
     width: int
     expected: int | None  # exactly this many frames when the source covers the window; None: open-ended
@@ -59,6 +63,10 @@ class _FrameRequest:
     @property
     def frame_bytes(self) -> int:
         return self.height * self.width * 3
+
+    @property
+    def cmd(self) -> list[str]:
+        return self.output.compile(cmd=_base_cmd("error"))
 
 
 def _frame_request(
@@ -107,8 +115,7 @@ def _frame_request(
     out_args = {"format": "rawvideo", "pix_fmt": "rgb24", "fps_mode": "passthrough"}
     if expected is not None:
         out_args["frames:v"] = expected  # the fps filter may emit one frame past the window at EOF
-    cmd = ffmpeg.output(stream, "pipe:", **out_args).compile(cmd=_base_cmd("error"))
-    return _FrameRequest(cmd, height, width, expected)
+    return _FrameRequest(ffmpeg.output(stream, "pipe:", **out_args), height, width, expected)
 
 
 def read_frames(
@@ -165,9 +172,14 @@ def read_frames(
     finally:
         pipe.close()
     frames = np.concatenate(chunks) if chunks else np.empty((0, req.height, req.width, 3), np.uint8)
+    return _end_of_stream(frames, req, fps, duration)
+
+
+def _end_of_stream(frames: np.ndarray, req: _FrameRequest, fps: float, duration: float | None) -> np.ndarray:
+    """ffmpeg's end-of-stream rounding (read_frames' docstring): a window one frame short repeats its last."""
     window = round(duration * fps) if duration is not None else None
     if req.expected == window and window is not None and len(frames) == window - 1 and len(frames):
-        frames = np.concatenate([frames, frames[-1:]])  # ffmpeg's end-of-stream rounding, see docstring
+        frames = np.concatenate([frames, frames[-1:]])
     return frames
 
 
@@ -205,6 +217,38 @@ def iter_frames(
         pipe.close()
 
 
+def _audio_output(
+    path: str | os.PathLike, sample_rate: int, start: float, duration: float | None, target: str
+) -> Any:
+    """The ffmpeg output of read_audio writing mono float32 samples to `target` (checked arguments)."""
+    if sample_rate <= 0:
+        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+    if start < 0 or (duration is not None and duration <= 0):
+        raise ValueError(f"need start >= 0 and duration > 0, got start={start}, duration={duration}")
+    _check_readable(path)
+    input_seek = _input_seek(start)  # see _SEEK_PREROLL
+    input_args = {"ss": repr(input_seek)} if input_seek > 0 else {}
+    out_args: dict = {"format": "f32le", "ac": 1, "ar": int(sample_rate)}
+    if start - input_seek > 0:
+        out_args["ss"] = repr(round(start - input_seek, 9))
+    if duration is not None:
+        out_args["t"] = repr(float(duration))
+    stream = ffmpeg.input(_ff_path(path), **input_args)["a:0"]
+    return ffmpeg.output(stream, target, **out_args)
+
+
+def _audio_samples(raw: bytes, sample_rate: int, duration: float | None) -> np.ndarray:
+    """ffmpeg's f32le output -> (N,) float32 cut to the window, a resampler's shortfall of ≤ 1 ms zero-padded."""
+    audio = np.frombuffer(raw, dtype="<f4").astype(np.float32)  # copy: frombuffer views are read-only
+    if duration is not None:
+        want = round(duration * sample_rate)
+        audio = audio[:want]
+        short = want - len(audio)
+        if 0 < short <= max(1, round(_AUDIO_PAD_TOLERANCE_S * sample_rate)) and len(audio):
+            audio = np.concatenate([audio, np.zeros(short, np.float32)])
+    return audio
+
+
 def read_audio(
     path: str | os.PathLike,
     sample_rate: int,
@@ -219,28 +263,38 @@ def read_audio(
     is zero-padded); a shorter source gives fewer samples and the caller decides. Sample n is at time
     start + n / sample_rate, on the same clock as read_frames.
     """
-    if sample_rate <= 0:
-        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
-    if start < 0 or (duration is not None and duration <= 0):
-        raise ValueError(f"need start >= 0 and duration > 0, got start={start}, duration={duration}")
-    _check_readable(path)
-    input_seek = _input_seek(start)  # see _SEEK_PREROLL
-    input_args = {"ss": repr(input_seek)} if input_seek > 0 else {}
-    out_args: dict = {"format": "f32le", "ac": 1, "ar": int(sample_rate)}
-    if start - input_seek > 0:
-        out_args["ss"] = repr(round(start - input_seek, 9))
-    if duration is not None:
-        out_args["t"] = repr(float(duration))
-    stream = ffmpeg.input(_ff_path(path), **input_args)["a:0"]
-    cmd = ffmpeg.output(stream, "pipe:", **out_args).compile(cmd=_base_cmd("error"))
+    cmd = _audio_output(path, sample_rate, start, duration, "pipe:").compile(cmd=_base_cmd("error"))
     out, err, rc = _run(cmd, path, timeout)
     if rc != 0:
         raise MediaError(path, _decode_failure_reason(err), err)
-    audio = np.frombuffer(out, dtype="<f4").astype(np.float32)  # copy: frombuffer views are read-only
-    if duration is not None:
-        want = round(duration * sample_rate)
-        audio = audio[:want]
-        short = want - len(audio)
-        if 0 < short <= max(1, round(_AUDIO_PAD_TOLERANCE_S * sample_rate)) and len(audio):
-            audio = np.concatenate([audio, np.zeros(short, np.float32)])
-    return audio
+    return _audio_samples(out, sample_rate, duration)
+
+
+def read_av(
+    path: str | os.PathLike,
+    fps: float,
+    size: tuple[int, int],
+    sample_rate: int,
+    start: float,
+    duration: float,
+    timeout: float = 120.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`read_frames(path, fps, size, start, duration)` and `read_audio(path, sample_rate, start, duration)` from one
+    ffmpeg process: (frames (T, H, W, 3) uint8, audio (N,) float32), equal to the two reads.
+
+    The file is opened twice inside that process, each opening seeking as its own read does, so both outputs keep
+    their timing rules; frames come through stdout, samples through a file in a temporary folder.
+    """
+    req = _frame_request(path, fps, size, start, duration, None)
+    with tempfile.TemporaryDirectory(prefix="vaflow-av-", dir=_SCRATCH) as tmp:
+        target = os.path.join(tmp, "audio.f32")
+        sound = _audio_output(path, sample_rate, start, duration, target)
+        cmd = ffmpeg.merge_outputs(req.output, sound).compile(cmd=_base_cmd("error"))
+        out, err, rc = _run(cmd, path, timeout)
+        if rc != 0:
+            raise MediaError(path, _decode_failure_reason(err), err)
+        with open(target, "rb") as f:
+            raw = f.read()
+    got = len(out) // req.frame_bytes
+    frames = np.frombuffer(out, np.uint8, got * req.frame_bytes).reshape(got, req.height, req.width, 3).copy()
+    return _end_of_stream(frames, req, fps, duration), _audio_samples(raw, sample_rate, duration)
