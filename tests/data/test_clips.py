@@ -137,13 +137,14 @@ def test_ranks_split_each_global_batch_of_one_permutation():
 def test_a_streamed_split_gives_the_crop_stream_the_batches_of_the_split_in_memory(world):
     rows, params = world
     frame = pd.DataFrame(rows)
-    memory = wavevae.open_train_clips(frame, params.clip, 64, workers=2, in_memory_mb=1e3, progress=False)
-    streamed = wavevae.open_train_clips(frame, params.clip, 64, workers=2, in_memory_mb=0, progress=False)
-    assert isinstance(memory.clips, MemoryClips) and isinstance(streamed.clips, StreamedClips)
-    assert streamed.ids == memory.ids and streamed.rejected == memory.rejected  # the scan rejects what loading does
+    memory, in_memory = wavevae.open_train_clips(frame, params.clip, 64, workers=2, in_memory_mb=1e3, progress=False)
+    streamed, scanned = wavevae.open_train_clips(frame, params.clip, 64, workers=2, in_memory_mb=0, progress=False)
+    assert isinstance(memory, MemoryClips) and isinstance(streamed, StreamedClips)
+    assert scanned.ids == in_memory.ids and scanned.rejected == in_memory.rejected  # the scan rejects what loading does
+    assert not any(scanned.parts[i] for i in range(len(scanned.parts)))  # the scan keeps nothing
     for rank in range(2):
-        one = wavevae.CropStream(memory.clips, 2, 256, rank=rank, world=2, seed=5)
-        two = wavevae.CropStream(streamed.clips, 2, 256, rank=rank, world=2, seed=5)
+        one = wavevae.CropStream(memory, 2, 256, rank=rank, world=2, seed=5)
+        two = wavevae.CropStream(streamed, 2, 256, rank=rank, world=2, seed=5)
         for _ in range(2):  # two epochs
             a, b = list(one), list(two)
             assert len(a) == len(b) > 0 and all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
@@ -151,7 +152,7 @@ def test_a_streamed_split_gives_the_crop_stream_the_batches_of_the_split_in_memo
 
 def test_a_streamed_crop_stream_resumes_at_its_position(world):
     rows, params = world
-    clips = wavevae.open_train_clips(pd.DataFrame(rows), params.clip, 64, 1, in_memory_mb=0, progress=False).clips
+    clips, _ = wavevae.open_train_clips(pd.DataFrame(rows), params.clip, 64, 1, in_memory_mb=0, progress=False)
     full = list(wavevae.CropStream(clips, 1, 128, seed=2))
     stream = wavevae.CropStream(clips, 1, 128, seed=2)
     it = iter(stream)
@@ -184,7 +185,5 @@ def test_a_split_is_streamed_only_above_the_memory_setting(world, monkeypatch):
     frame = pd.DataFrame(rows)
     n = params.clip.padded_samples(64)
     mb = len(frame) * n * 4 / 2**20
-    assert isinstance(wavevae.open_train_clips(frame, params.clip, 64, 1, mb, progress=False).clips, MemoryClips)
-    assert isinstance(
-        wavevae.open_train_clips(frame, params.clip, 64, 1, mb * 0.99, progress=False).clips, StreamedClips
-    )
+    assert isinstance(wavevae.open_train_clips(frame, params.clip, 64, 1, mb, progress=False)[0], MemoryClips)
+    assert isinstance(wavevae.open_train_clips(frame, params.clip, 64, 1, mb * 0.99, progress=False)[0], StreamedClips)

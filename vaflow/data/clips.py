@@ -36,6 +36,7 @@ __all__ = [
     "StreamedClips",
     "decode_clips",
     "load_split",
+    "open_clips",
     "prefetched",
     "read_window",
     "scan_clips",
@@ -139,44 +140,79 @@ def prefetched(items: Iterable[T], fetch: Callable[[T], R], workers: int, ahead:
 
 @dataclass
 class MemoryClips:
-    """Clips decoded into memory: `audio` (N, n_samples); `batches` indexes it."""
+    """Clips decoded into memory: named tensors with one row per clip (equal first dimension)."""
 
-    audio: torch.Tensor
+    tensors: Mapping[str, torch.Tensor]
 
-    @property
-    def n_samples(self) -> int:
-        return int(self.audio.shape[1])
+    def __post_init__(self) -> None:
+        sizes = {len(t) for t in self.tensors.values()}
+        if len(sizes) != 1:
+            raise ValueError(f"clip tensors of different lengths: { {k: len(t) for k, t in self.tensors.items()} }")
 
     def __len__(self) -> int:
-        return len(self.audio)
+        return len(next(iter(self.tensors.values())))
 
-    def batches(self, index: torch.Tensor) -> Iterator[torch.Tensor]:
-        """The clips of each row of `index` (K, B): K tensors (B, n_samples)."""
+    def shape(self, name: str) -> tuple[int, ...]:
+        """One clip's shape of tensor `name`."""
+        return tuple(self.tensors[name].shape[1:])
+
+    def batches(self, index: torch.Tensor) -> Iterator[dict[str, torch.Tensor]]:
+        """The clips of each row of `index` (K, B): K batches {name: (B, ...)}."""
         for idx in index:
-            yield self.audio[idx]
+            yield {name: t[idx] for name, t in self.tensors.items()}
 
 
 @dataclass
 class StreamedClips:
     """Clips read from their files whenever a batch needs them: `rows` are the clips `scan_clips` kept and
-    `decode(row)` gives one clip (n_samples,) float32; `workers` threads decode up to two batches ahead."""
+    `decode(row)` gives one clip's named arrays, of `shapes`; `workers` threads decode up to two batches ahead."""
 
     rows: list[Mapping[str, Any]]
-    decode: Callable[[Mapping[str, Any]], np.ndarray]
-    n_samples: int
+    decode: Callable[[Mapping[str, Any]], Mapping[str, np.ndarray]]
+    shapes: Mapping[str, tuple[int, ...]]
     workers: int = 2
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def batches(self, index: torch.Tensor) -> Iterator[torch.Tensor]:
-        """The clips of each row of `index` (K, B), decoded again: K tensors (B, n_samples)."""
+    def shape(self, name: str) -> tuple[int, ...]:
+        """One clip's shape of array `name`."""
+        return tuple(self.shapes[name])
+
+    def batches(self, index: torch.Tensor) -> Iterator[dict[str, torch.Tensor]]:
+        """The clips of each row of `index` (K, B), decoded again: K batches {name: (B, ...)}."""
         if index.numel() == 0:
             return
         size = index.shape[1]
         clips = prefetched(index.flatten().tolist(), lambda i: self.decode(self.rows[i]), self.workers, 2 * size)
         for _ in range(len(index)):
-            yield torch.from_numpy(np.stack([next(clips) for _ in range(size)]))
+            batch = [next(clips) for _ in range(size)]
+            yield {name: torch.from_numpy(np.stack([c[name] for c in batch])) for name in self.shapes}
+
+
+def open_clips(
+    rows: Sequence[Mapping[str, Any]],
+    decode: Callable[[Mapping[str, Any]], Mapping[str, np.ndarray]],
+    shapes: Mapping[str, tuple[int, ...]],
+    clip_bytes: int,
+    in_memory_mb: float,
+    workers: int = 2,
+    progress: bool = True,
+) -> tuple[MemoryClips | StreamedClips, DecodedClips]:
+    """The usable clips of `rows` as a store: decoded into memory when `len(rows) × clip_bytes` is at most
+    `in_memory_mb` MB, else streamed (checked once by `scan_clips`, then decoded batch by batch by `workers`
+    threads). Returns (store, the decode's verdict: kept rows, rejected clips; `parts` filled in memory only)."""
+
+    def arrays(row: Mapping[str, Any]) -> tuple[np.ndarray, ...]:
+        out = decode(row)
+        return tuple(out[name] for name in shapes)
+
+    if len(rows) * clip_bytes <= in_memory_mb * 2**20:
+        clips = decode_clips(rows, arrays, max(1, workers), progress)
+        tensors = {name: clips.stack(i, shape, torch.float32) for i, (name, shape) in enumerate(shapes.items())}
+        return MemoryClips(tensors), clips
+    checked = scan_clips(rows, arrays, max(1, workers), progress)
+    return StreamedClips(checked.rows, decode, shapes, workers), checked
 
 
 def read_window(
@@ -237,7 +273,7 @@ def load_split(rows: Iterable[Mapping[str, Any]], config: Any, duration: float, 
 
 
 class ClipBatches:
-    """Batches {name: tensor[idx]} of in-memory clip tensors (equal first dimension), reshuffled each epoch.
+    """Batches {name: tensor} of clips (in memory or streamed), reshuffled each epoch.
 
     Every rank draws the same seeded permutation per epoch and takes its own slice of each global batch, so N ranks
     together see what one process sees (the trainer's per-rank batch is `batch_size`). The last incomplete global
@@ -247,31 +283,21 @@ class ClipBatches:
 
     def __init__(
         self,
-        tensors: Mapping[str, torch.Tensor],
+        clips: Mapping[str, torch.Tensor] | MemoryClips | StreamedClips,
         batch_size: int,
         rank: int = 0,
         world: int = 1,
         seed: int = 0,
         what: str = "trainer.batch_size",
     ) -> None:
-        sizes = {len(t) for t in tensors.values()}
-        if len(sizes) != 1:
-            raise ValueError(
-                f"clip tensors of different lengths: { {k: len(t) for k, t in tensors.items()} }"
-            )
-        self.n = sizes.pop()
+        self.clips = clips if isinstance(clips, MemoryClips | StreamedClips) else MemoryClips(clips)
+        self.n = len(self.clips)
         if self.n < batch_size * world:
             raise ValueError(
                 f"{self.n} training clips are fewer than one global batch of {batch_size * world}: "
                 f"lower {what} or add clips"
             )
-        self.tensors, self.batch_size, self.rank, self.world, self.seed = (
-            dict(tensors),
-            batch_size,
-            rank,
-            world,
-            seed,
-        )
+        self.batch_size, self.rank, self.world, self.seed = batch_size, rank, world, seed
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -285,6 +311,5 @@ class ClipBatches:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(self.n, generator=g)
         step = self.batch_size * self.world
-        for k in range(len(self)):
-            idx = order[k * step + self.rank * self.batch_size : k * step + (self.rank + 1) * self.batch_size]
-            yield {name: t[idx] for name, t in self.tensors.items()}
+        plan = order[: len(self) * step].view(len(self), self.world, self.batch_size)  # (K, world, B)
+        yield from self.clips.batches(plan[:, self.rank])

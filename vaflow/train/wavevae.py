@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from vaflow import config
 from vaflow.config import AudioVAEConfig, ClipConfig
-from vaflow.data.clips import MemoryClips, StreamedClips, decode_clips, scan_clips
+from vaflow.data.clips import DecodedClips, MemoryClips, StreamedClips, open_clips
 from vaflow.data.latents import load_clip
 from vaflow.eval import reconstruction
 from vaflow.eval.losses import MelL1Loss, MultiResolutionSTFTLoss, loudness_l1, stft_sizes, waveform_l1
@@ -51,13 +51,6 @@ class ClipBank:
     rejected: list[tuple[str, str]] = field(default_factory=list)  # (id, reason)
 
 
-def _decoder(clip: ClipConfig, n_samples: int):
-    def decode(row: Mapping[str, Any]) -> np.ndarray:
-        return load_clip(row["path"], float(row["start"]), clip, n_samples)
-
-    return decode
-
-
 def load_bank(
     rows: pd.DataFrame, clip: ClipConfig, hop: int, workers: int = 2, progress: bool = True
 ) -> ClipBank:
@@ -66,33 +59,21 @@ def load_bank(
     Each clip becomes clip.padded_samples(hop) samples, exactly what `encode_audio` encodes; clips the policy or the
     decoder rejects are listed, not loaded. `workers` ffmpeg decoders run at once (they are subprocesses).
     """
-    n_samples = clip.padded_samples(hop)
-    decode = _decoder(clip, n_samples)
-    clips = decode_clips(rows.to_dict("records"), lambda row: (decode(row),), workers, progress)
-    return ClipBank(audio=clips.stack(0, (n_samples,), torch.float32), ids=clips.ids, rejected=clips.rejected)
-
-
-@dataclass
-class TrainClips:
-    """The train split as the crop stream reads it: in memory or streamed (`clips`), with the rejected clips."""
-
-    clips: MemoryClips | StreamedClips
-    ids: list[str]
-    rejected: list[tuple[str, str]]
+    store, clips = open_train_clips(rows, clip, hop, workers, float("inf"), progress)
+    return ClipBank(audio=store.tensors["audio"], ids=clips.ids, rejected=clips.rejected)
 
 
 def open_train_clips(
     rows: pd.DataFrame, clip: ClipConfig, hop: int, workers: int, in_memory_mb: float, progress: bool = True
-) -> TrainClips:
-    """The clips of `rows` in memory when their decoded windows take at most `in_memory_mb` MB, else streamed
-    (checked once by `scan_clips`, then decoded again batch by batch by `workers` threads)."""
+) -> tuple[MemoryClips | StreamedClips, DecodedClips]:
+    """The clips of `rows` as {"audio": (n_samples,)} (`clips.open_clips`): in memory when their decoded windows
+    take at most `in_memory_mb` MB, else streamed. Returns (store, kept rows and rejected clips)."""
     n_samples = clip.padded_samples(hop)
-    if len(rows) * n_samples * 4 <= in_memory_mb * 2**20:
-        bank = load_bank(rows, clip, hop, max(1, workers), progress)
-        return TrainClips(MemoryClips(bank.audio), bank.ids, bank.rejected)
-    decode = _decoder(clip, n_samples)
-    checked = scan_clips(rows.to_dict("records"), lambda row: (decode(row),), max(1, workers), progress)
-    return TrainClips(StreamedClips(checked.rows, decode, n_samples, workers), checked.ids, checked.rejected)
+
+    def decode(row: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        return {"audio": load_clip(row["path"], float(row["start"]), clip, n_samples)}
+
+    return open_clips(rows.to_dict("records"), decode, {"audio": (n_samples,)}, n_samples * 4, in_memory_mb, workers, progress)  # fmt: skip
 
 
 def even_subset(rows: pd.DataFrame, limit: int) -> pd.DataFrame:
@@ -126,19 +107,20 @@ class CropStream:
 
     def __init__(
         self,
-        clips: Tensor | MemoryClips | StreamedClips,
+        clips: Tensor | MemoryClips | StreamedClips,  # audio (N, n_samples), or a store of {"audio"}
         batch_size: int,
         segment: int,
         rank: int = 0,
         world: int = 1,
         seed: int = 0,
     ):
-        """clips: (N, n_samples) audio or a store of N clips of n_samples, n_samples ≥ segment."""
-        clips = MemoryClips(clips) if isinstance(clips, Tensor) else clips
+        """Clips of n_samples ≥ segment."""
+        clips = MemoryClips({"audio": clips}) if isinstance(clips, Tensor) else clips
         if len(clips) == 0:
             raise ValueError("the clip bank is empty: no usable training clip")
-        if clips.n_samples < segment:
-            raise ValueError(f"crops of {segment} samples do not fit clips of {clips.n_samples} samples")
+        (self.n_samples,) = clips.shape("audio")
+        if self.n_samples < segment:
+            raise ValueError(f"crops of {segment} samples do not fit clips of {self.n_samples} samples")
         self.clips, self.batch_size, self.segment = clips, batch_size, segment
         self.rank, self.world, self.seed = rank, world, seed
         self.epoch, self.pos = 0, 0
@@ -150,7 +132,7 @@ class CropStream:
         n_batches = max(1, n // per_step)
         reps = math.ceil(n_batches * per_step / n)
         order = torch.cat([torch.randperm(n, generator=g) for _ in range(reps)])[: n_batches * per_step]
-        starts = torch.randint(0, self.clips.n_samples - self.segment + 1, (len(order),), generator=g)
+        starts = torch.randint(0, self.n_samples - self.segment + 1, (len(order),), generator=g)
         shape = (n_batches, self.world, self.batch_size)
         return order.view(shape), starts.view(shape)
 
@@ -161,10 +143,10 @@ class CropStream:
         offsets = torch.arange(self.segment)  # (S,)
         rows = torch.arange(self.batch_size)[:, None]  # (B, 1)
         batches = self.clips.batches(order[self.pos :, self.rank])  # each (B, n_samples)
-        for k, audio in zip(range(self.pos, len(order)), batches, strict=True):
+        for k, batch in zip(range(self.pos, len(order)), batches, strict=True):
             start = starts[k, self.rank]  # (B,)
             self.pos = k + 1
-            yield audio[rows, start[:, None] + offsets]  # (B, S)
+            yield batch["audio"][rows, start[:, None] + offsets]  # (B, S)
         self.pos = 0
 
     def state_dict(self) -> dict[str, int]:
@@ -261,7 +243,6 @@ def loss_fn(model: nn.Module, batch: Tensor) -> tuple[Tensor, dict[str, float]]:
 __all__ = [
     "ClipBank",
     "CropStream",
-    "TrainClips",
     "WaveVAELoss",
     "even_subset",
     "load_bank",
@@ -296,13 +277,12 @@ def train(
     # A trained VAE runs at the pipeline's rate, whatever its size's nominal one.
     vae_config = dataclasses.replace(SIZES[cfg.size], sample_rate=clip.sample_rate)
     rows = manifest[manifest["split"] == "train"]
-    train_clips = open_train_clips(
+    store, kept = open_train_clips(
         rows, clip, vae_config.hop, cfg.trainer.num_workers, cfg.trainer.in_memory_mb
     )
-    store = train_clips.clips
     how = "in memory" if isinstance(store, MemoryClips) else f"streamed by {cfg.trainer.num_workers} decoders"
-    print(f"train clips: {len(train_clips.ids)} usable ({how}), {len(train_clips.rejected)} rejected")
-    segment = segment_samples(cfg.segment, clip.sample_rate, vae_config.hop, store.n_samples)
+    print(f"train clips: {len(kept.ids)} usable ({how}), {len(kept.rejected)} rejected")
+    segment = segment_samples(cfg.segment, clip.sample_rate, vae_config.hop, store.shape("audio")[0])
     seed_everything(cfg.trainer.seed)  # the same initial weights on every rank and every rerun
     vae = init if init is not None else narrow_posterior(build(vae_config))
     model = WaveVAELoss(vae, cfg, segment)
@@ -314,7 +294,7 @@ def train(
     trainer = Trainer(model, loss_fn, stream, cfg.trainer, ckpt_dir, tracker, stage_config=sections)
     result = trainer.fit()
     if isinstance(store, MemoryClips):
-        mean_spectrum = reconstruction.mean_log_mel(store.audio, clip.sample_rate)
+        mean_spectrum = reconstruction.mean_log_mel(store.tensors["audio"], clip.sample_rate)
     else:
         mean_spectrum = train_mean_spectrum(params, manifest, vae_config.hop)
     return result.ema.vae, mean_spectrum, {f"train_{k}": v for k, v in result.losses.items()}
