@@ -7,16 +7,20 @@ only when that side's extraction rejected it; `open_split` checks exactly that a
 `rejected.csv`, so two sets of different clip lists are an error instead of a silent intersection.
 
 `ClipStream` turns a split into training batches with memory bounded by its shuffle buffer, whatever the size of
-the dataset: each epoch reads the shard pairs in a seeded order, keeps every `world`-th paired clip for its rank,
-shuffles through a seeded buffer and yields exactly `len(stream)` batches on every rank (DDP needs equal counts).
-Its order is a pure function of (seed, epoch, rank), so two runs give identical batches and a resumed run replays
-to the exact position. Every rank reads every shard: simple and exact for the embedded world's few shards; at
-VGGSound scale that is world× the I/O of a shard split.
+the dataset. Each epoch puts the shard pairs in a seeded order (seed, epoch), which lays the split's clips end to
+end; rank r of `world` reads the r-th of `world` equal contiguous runs of that sequence, so it opens only the shards
+its run covers (1/world of them, and a shard at the border of two runs is read in part by both), shuffles through
+a seeded buffer (seed, epoch, rank) and yields exactly `len(stream)` batches, the same count on every rank (DDP
+needs it). Its order is a pure function of (seed, epoch, rank, world), so two runs give identical batches and a
+resumed run replays to the exact position. With world 1 the run is the whole sequence: every shard in the epoch's
+order. A larger world keeps the epoch's shard order but changes which clips meet in a batch (each rank shuffles
+its own run) and which clips an epoch leaves out (fewer than one global batch, at the runs' ends).
 """
 
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -42,7 +46,9 @@ def read_spec(root: str | Path, name: str) -> dict[str, Any]:
     """The `spec.json` of a feature (`name="visual"`) or latent (`"audio"`) folder; a missing one names its stage."""
     path = Path(root) / SPEC_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run the {_WRITER[name]} stage first (dvc repro {_WRITER[name]})")
+        raise FileNotFoundError(
+            f"{path} not found: run the {_WRITER[name]} stage first (dvc repro {_WRITER[name]})"
+        )
     return json.loads(path.read_text())
 
 
@@ -92,7 +98,10 @@ class SplitShards:
 
 
 def open_split(
-    features: str | Path, split: str, latents: str | Path | None = None, expect: Mapping[str, tuple] | None = None
+    features: str | Path,
+    split: str,
+    latents: str | Path | None = None,
+    expect: Mapping[str, tuple] | None = None,
 ) -> SplitShards:
     """Find and check a split's shards: `<features>/<split>/visual-*.tar` (and `<latents>/<split>/audio-*.tar`).
 
@@ -103,7 +112,9 @@ def open_split(
     f_dir = Path(features) / split
     f_urls = shards.shard_paths(f_dir, FEATURES)
     if not f_urls:
-        raise ShardError(f"{f_dir}: no {FEATURES}-*.tar shards for split {split!r} (empty split, or run extract_visual)")
+        raise ShardError(
+            f"{f_dir}: no {FEATURES}-*.tar shards for split {split!r} (empty split, or run extract_visual)"
+        )
     if latents is None:
         counts = [len(shards.member_keys(str(u))) for u in f_urls]
         a_urls = None
@@ -131,7 +142,10 @@ def open_split(
 
 
 def optional_split(
-    features: str | Path, split: str, latents: str | Path | None = None, expect: Mapping[str, tuple] | None = None
+    features: str | Path,
+    split: str,
+    latents: str | Path | None = None,
+    expect: Mapping[str, tuple] | None = None,
 ) -> SplitShards | None:
     """`open_split`, or None when the split has no feature shards at all (e.g. a source without a val split)."""
     if not shards.shard_paths(Path(features) / split, FEATURES):
@@ -172,7 +186,9 @@ class ClipStream:
         shuffle_buffer: int = 512,
     ):
         if batch_size < 1 or shuffle_buffer < 1:
-            raise ValueError(f"batch_size and shuffle_buffer must be >= 1, got {batch_size}, {shuffle_buffer}")
+            raise ValueError(
+                f"batch_size and shuffle_buffer must be >= 1, got {batch_size}, {shuffle_buffer}"
+            )
         n_batches = data.n_clips // (batch_size * world)
         if n_batches < 1:
             raise ShardError(
@@ -191,10 +207,18 @@ class ClipStream:
         return self.n_batches
 
     def _rank_samples(self) -> Iterator[dict[str, Any]]:
+        """This rank's contiguous run of the epoch's clip sequence, reading only the shards it covers."""
         order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.data.features))
-        for k, sample in enumerate(self.data.samples(order.tolist())):
-            if k % self.world == self.rank:
-                yield sample
+        n = self.data.n_clips
+        lo, hi = self.rank * n // self.world, (self.rank + 1) * n // self.world
+        mine, skip, start = [], 0, 0
+        for i in order.tolist():
+            end = start + self.data.counts[i]
+            if start < hi and end > lo:
+                skip = skip if mine else lo - start
+                mine.append(i)
+            start = end
+        return itertools.islice(self.data.samples(mine), skip, skip + hi - lo)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, 1])
