@@ -21,8 +21,8 @@ STAGE = Stage(
     "joint_tune",
     __doc__,
     {
-        "--features": "extract_visual's folder (<split>/visual-*.tar)",
-        "--latents": "encode_audio's folder (<split>/audio-*.tar)",
+        "--features": "extract_visual's folder (<split>/visual-*.tar), or a URL of a copy of it",
+        "--latents": "encode_audio's folder (<split>/audio-*.tar), or a URL of a copy of it",
         "--flow": "train_flow's model folder",
         "--out": "model folder to write (vaflow.safetensors + .json)",
         "--checkpoints": "root of the resumable training checkpoints",

@@ -22,7 +22,7 @@ STAGE = Stage(
     "train_align",
     __doc__,
     {
-        "--features": "extract_visual's folder (<split>/visual-*.tar)",
+        "--features": "extract_visual's folder (<split>/visual-*.tar), or a URL of a copy of it",
         "--out": "model folder to write (align_vae.safetensors + .json)",
         "--checkpoints": "root of the resumable training checkpoints",
         "--metrics": "folder of metrics/train_align.json and its step log",

@@ -18,8 +18,8 @@ STAGE = Stage(
     "train_flow",
     __doc__,
     {
-        "--features": "extract_visual's folder (<split>/visual-*.tar)",
-        "--latents": "encode_audio's folder (<split>/audio-*.tar)",
+        "--features": "extract_visual's folder (<split>/visual-*.tar), or a URL of a copy of it",
+        "--latents": "encode_audio's folder (<split>/audio-*.tar), or a URL of a copy of it",
         "--align": "train_align's model folder",
         "--out": "model folder to write (vaflow.safetensors + .json)",
         "--checkpoints": "root of the resumable training checkpoints",

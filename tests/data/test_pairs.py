@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from vaflow.data import pairs
+from vaflow.data import pairs, shards
 from vaflow.data.shards import ShardError, write_shards
 
 IDS = [f"c{i:02d}" for i in range(20)]
@@ -134,3 +134,46 @@ def test_features_only_stream(tmp_path):
     assert split.n_clips == 19 and split.latents is None
     batch = next(iter(pairs.ClipStream(split, 5)))
     assert set(batch) == {"id", "feat"}
+
+
+def _reads(monkeypatch) -> list[str]:
+    """The shard URLs streamed from now on (shards._iter_raw's calls), in order."""
+    urls: list[str] = []
+    inner = shards._iter_raw
+
+    def recording(url, *args, **kwargs):
+        urls.append(url)
+        return inner(url, *args, **kwargs)
+
+    monkeypatch.setattr(shards, "_iter_raw", recording)
+    return urls
+
+
+def test_ranks_read_disjoint_shards_that_cover_the_split(tmp_path, monkeypatch):
+    f_dir, a_dir = make(tmp_path, per_shard=5)  # 4 shard pairs of 5 clips
+    split = pairs.open_split(f_dir, "train", a_dir)
+    urls = _reads(monkeypatch)
+    shares = []
+    for epoch in range(3):
+        read, ids = [], []
+        for rank in range(2):
+            stream = pairs.ClipStream(split, 5, rank, 2, seed=1, shuffle_buffer=3)
+            urls.clear()
+            batches = _epoch(stream, epoch)
+            read.append({u.rpartition("-")[2] for u in urls})  # shard pair i: both sides' -00000i.tar
+            assert len(batches) == len(stream) == 2  # equal counts on both ranks
+            assert batches == _epoch(pairs.ClipStream(split, 5, rank, 2, seed=1, shuffle_buffer=3), epoch)
+            ids.append(sum(batches, []))
+        assert not read[0] & read[1] and len(read[0]) == len(read[1]) == 2  # each rank reads half the shards
+        assert sorted(ids[0] + ids[1]) == IDS  # together, every clip of the split once
+        shares.append(read[0])
+    assert len({frozenset(s) for s in shares}) > 1  # the share changes with the epoch
+
+
+def test_uneven_shards_split_at_clip_level_with_equal_batch_counts(tmp_path):
+    f_dir, a_dir = make(tmp_path, reject_a=["c09", "c10"])  # shard pairs of 8, 6 and 4 clips
+    split = pairs.open_split(f_dir, "train", a_dir)
+    streams = [pairs.ClipStream(split, 2, rank, 3, seed=0, shuffle_buffer=4) for rank in range(3)]
+    seen = [sum(_epoch(s, 2), []) for s in streams]
+    assert [len(s) for s in streams] == [3, 3, 3] and all(len(ids) == 6 for ids in seen)  # 18 // (2 · 3)
+    assert len(set(sum(seen, []))) == 18  # disjoint, and every clip read

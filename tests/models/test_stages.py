@@ -1,4 +1,5 @@
-"""The three VAFlow stage scripts on small synthetic shards: outputs, determinism, pass-through, bad input."""
+"""The three VAFlow stage scripts on small synthetic shards: outputs, determinism, pass-through, bad input, and
+shards read from a server."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.served import serve
 from tests.stage_scripts import load_stage
 from vaflow import config
 from vaflow.data.shards import write_shards
@@ -25,12 +27,15 @@ PARAMS = {
 }
 FEATURES = {"kind": "cavp", "model_name": "cavp", "weights_hash": "f00d", "fps": 4.0, "dim": D_V}
 WAVEVAE = {"weights_hash": "beef", "hop": 8, "latent_dim": D_A, "latent_length": T_A}
+SPLITS = {"train": 24, "val": 8}
+PER_SHARD = 16
 
 
 def _write_data(root: Path, t_a: int = T_A, features: dict = FEATURES) -> None:
-    """Paired shards where the latents follow the features (a learnable toy), with both spec.json files."""
+    """Paired shards where the latents follow the features (a learnable toy), with both spec.json files (their
+    `per_shard` and `splits` as the extraction stages write them: what lists a served split's shards)."""
     proj = np.random.default_rng(0).standard_normal((D_V, D_A))
-    for split, n in (("train", 24), ("val", 8)):
+    for split, n in SPLITS.items():
         ids = [f"{split}{i:03d}" for i in range(n)]
         feats = {i: np.random.default_rng(k).standard_normal((T_V, D_V)) for k, i in enumerate(ids)}
 
@@ -41,10 +46,11 @@ def _write_data(root: Path, t_a: int = T_A, features: dict = FEATURES) -> None:
             mean = np.tanh(np.repeat(feats[i], -(-t_a // T_V), axis=0)[:t_a] @ proj)
             return {"mean": mean.astype(np.float16), "std": np.full((t_a, D_A), 0.05, np.float16)}
 
-        write_shards(root / "features" / split, "visual", ids, feature, per_shard=16, progress=False)
-        write_shards(root / "latents" / split, "audio", ids, latent, per_shard=16, progress=False)
-    (root / "features" / "spec.json").write_text(json.dumps({"encoder": features}))
-    (root / "latents" / "spec.json").write_text(json.dumps({**WAVEVAE, "latent_length": t_a}))
+        write_shards(root / "features" / split, "visual", ids, feature, per_shard=PER_SHARD, progress=False)
+        write_shards(root / "latents" / split, "audio", ids, latent, per_shard=PER_SHARD, progress=False)
+    plan = {"per_shard": PER_SHARD, "splits": {split: {"clips": n} for split, n in SPLITS.items()}}
+    (root / "features" / "spec.json").write_text(json.dumps({"encoder": features, **plan}))
+    (root / "latents" / "spec.json").write_text(json.dumps({**WAVEVAE, "latent_length": t_a, **plan}))
 
 
 @pytest.fixture(scope="module")
@@ -66,13 +72,13 @@ def work(tmp_path, mlflow_uri, monkeypatch, request) -> Path:
     return tmp_path
 
 
-def _align(tag: str = "") -> None:
-    load_stage("train_align").main(["--features", "features", "--out", f"align{tag}", "--checkpoints", f"ck{tag}",
+def _align(tag: str = "", features: str = "features") -> None:
+    load_stage("train_align").main(["--features", features, "--out", f"align{tag}", "--checkpoints", f"ck{tag}",
                                 "--metrics", f"metrics{tag}"])  # fmt: skip
 
 
-def _flow(tag: str = "", align: str = "align") -> None:
-    load_stage("train_flow").main(["--features", "features", "--latents", "latents", "--align", align,
+def _flow(tag: str = "", align: str = "align", features: str = "features", latents: str = "latents") -> None:
+    load_stage("train_flow").main(["--features", features, "--latents", latents, "--align", align,
                                "--out", f"flow{tag}", "--checkpoints", f"ck{tag}", "--metrics", f"metrics{tag}"])  # fmt: skip
 
 
@@ -166,3 +172,25 @@ def test_a_rerun_over_a_finished_checkpoint_writes_the_same_complete_metrics(wor
     _flow()
     assert (_metrics(work, "train_align"), _metrics(work, "train_flow")) == first
     assert "val_loss" in first[0] and "val_flow" in first[1]
+
+
+def test_stages_train_from_a_server_as_from_the_folders(work):
+    """`--features` / `--latents` as URLs (README "Shards on a server"): the same batches, so the same weights."""
+    _align()
+    _flow()
+    with serve(work) as url:
+        _align("2", features=f"{url}/features")
+        _flow("2", align="align2", features=f"{url}/features", latents=f"{url}/latents")
+    for model in ("align/align_vae.safetensors", "flow/vaflow.safetensors"):
+        assert (work / model).read_bytes() == (work / model.replace("/", "2/", 1)).read_bytes(), model
+    assert _metrics(work, "train_align") == _metrics(work, "train_align", "2")
+    assert _metrics(work, "train_flow") == _metrics(work, "train_flow", "2")
+
+
+def test_an_unreachable_server_is_one_error_naming_the_url(work, capsys):
+    with serve(work) as url:
+        pass  # closed: nothing listens there any more
+    with pytest.raises(SystemExit) as exit_info:
+        _align(features=f"{url}/features")
+    assert exit_info.value.code == 2
+    assert f"error: {url}/features/spec.json: cannot be read" in capsys.readouterr().err

@@ -6,19 +6,35 @@
 only when that side's extraction rejected it; `open_split` checks exactly that against the other side's
 `rejected.csv`, so two sets of different clip lists are an error instead of a silent intersection.
 
+A root (`features`, `latents`) is a local folder or the URL of a copy of one (`http(s)://host/features`, read
+through webdataset's gopen like the shards, so `pipe:` works too). A local split's shards are the finished ones
+in its folder; a server lists no folder, so a remote split's are those its root's `spec.json` plans:
+`<root>/<split>/<name>-{000000..N-1}.tar` with N = ceil(splits.<split>.clips / per_shard), exactly the files the
+extraction stage leaves once finished (`extract.finish_split`). Opening a remote split streams each shard once to
+count and check its clips (tar headers only, but the bytes travel).
+
 `ClipStream` turns a split into training batches with memory bounded by its shuffle buffer, whatever the size of
-the dataset: each epoch reads the shard pairs in a seeded order, keeps every `world`-th paired clip for its rank,
-shuffles through a seeded buffer and yields exactly `len(stream)` batches on every rank (DDP needs equal counts).
-Its order is a pure function of (seed, epoch, rank), so two runs give identical batches and a resumed run replays
-to the exact position. Every rank reads every shard: simple and exact for the embedded world's few shards; at
-VGGSound scale that is world× the I/O of a shard split.
+the dataset. Each epoch puts the shard pairs in a seeded order (seed, epoch), which lays the split's clips end to
+end; rank r of `world` reads the r-th of `world` equal contiguous runs of that sequence, so it opens only the shards
+its run covers (1/world of them, and a shard at the border of two runs is read in part by both), shuffles through
+a seeded buffer (seed, epoch, rank) and yields exactly `len(stream)` batches, the same count on every rank (DDP
+needs it). Its order is a pure function of (seed, epoch, rank, world), so two runs give identical batches and a
+resumed run replays to the exact position. With world 1 the run is the whole sequence: every shard in the epoch's
+order. A larger world keeps the epoch's shard order but changes which clips meet in a batch (each rank shuffles
+its own run) and which clips an epoch leaves out (fewer than one global batch, at the runs' ends).
 """
 
 from __future__ import annotations
 
 import csv
+import functools
+import io
+import itertools
 import json
-from collections.abc import Iterator, Mapping, Sequence
+import math
+import os
+import posixpath
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,20 +54,65 @@ REJECTED_FILE = "rejected.csv"
 _WRITER = {FEATURES: "extract_visual", LATENTS: "encode_audio"}
 
 
+def _join(root: str | Path, *parts: str) -> str:
+    """`root/part/...` for a local folder or a URL (whose slashes a Path would fold)."""
+    root = os.fspath(root)
+    if shards.is_remote(root):
+        return "/".join([root.rstrip("/"), *parts])
+    return str(Path(root, *parts))
+
+
 def read_spec(root: str | Path, name: str) -> dict[str, Any]:
-    """The `spec.json` of a feature (`name="visual"`) or latent (`"audio"`) folder; a missing one names its stage."""
-    path = Path(root) / SPEC_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run the {_WRITER[name]} stage first (dvc repro {_WRITER[name]})")
-    return json.loads(path.read_text())
+    """The `spec.json` of a feature (`name="visual"`) or latent (`"audio"`) folder or URL; a missing one names its
+    stage, one that cannot be fetched its URL."""
+    path = _join(root, SPEC_FILE)
+    if not shards.is_remote(path):
+        if not Path(path).is_file():
+            raise FileNotFoundError(
+                f"{path} not found: run the {_WRITER[name]} stage first (dvc repro {_WRITER[name]})"
+            )
+        return json.loads(Path(path).read_text())
+    try:
+        return json.loads(shards.read_bytes(path))
+    except ShardError as err:
+        raise ShardError(f"{err}: {root} must be a copy of {_WRITER[name]}'s output folder") from None
+    except ValueError as err:
+        raise ShardError(
+            f"{path}: not a spec.json ({err}): is {root} a copy of {_WRITER[name]}'s folder?"
+        ) from None
 
 
-def _rejected_ids(split_dir: Path) -> set[str]:
-    path = split_dir / REJECTED_FILE
-    if not path.is_file():
+def _split_shards(root: str | Path, split: str, name: str) -> list[str]:
+    """The shards of `<root>/<split>`: a folder's finished ones, or those a URL's spec.json plans (module doc)."""
+    if not shards.is_remote(os.fspath(root)):
+        return [str(p) for p in shards.shard_paths(Path(root) / split, name)]
+    spec = read_spec(root, name)
+    try:
+        per_shard, planned = int(spec["per_shard"]), spec["splits"]
+    except (KeyError, TypeError, ValueError):
+        raise ShardError(
+            f"{_join(root, SPEC_FILE)} gives no per_shard and splits: the shards of a remote split cannot be "
+            f"listed without them (rerun {_WRITER[name]} with the current code, then copy the folder again)"
+        ) from None
+    n = math.ceil(int(planned.get(split, {}).get("clips", 0)) / per_shard)
+    return shards.expand(_join(root, split, f"{name}-{{000000..{n - 1:06d}}}.tar")) if n else []
+
+
+def _rejected_later(split_dir: str) -> Callable[[], set[str]]:
+    """The ids of `<split_dir>/rejected.csv`, read on the first call only: a remote one is fetched only when a clip
+    on one side only needs it."""
+    return functools.cache(lambda: _rejected_ids(split_dir))
+
+
+def _rejected_ids(split_dir: str) -> set[str]:
+    path = _join(split_dir, REJECTED_FILE)
+    if shards.is_remote(path):
+        text = shards.read_bytes(path).decode()
+    elif Path(path).is_file():
+        text = Path(path).read_text()
+    else:
         return set()
-    with path.open(newline="") as f:
-        return {row["id"] for row in csv.DictReader(f)}
+    return {row["id"] for row in csv.DictReader(io.StringIO(text, newline=""))}
 
 
 @dataclass(frozen=True)
@@ -59,8 +120,8 @@ class SplitShards:
     """One split's shards: features, and latents when the split is read paired; per-shard-pair clip counts."""
 
     split: str
-    features: list[Path]
-    latents: list[Path] | None
+    features: list[str]  # shard paths or URLs
+    latents: list[str] | None
     counts: list[int]  # usable clips in each shard (pair)
     shapes: dict[str, tuple[int, ...]]  # field -> per-clip shape, from the first clip
 
@@ -80,7 +141,7 @@ class SplitShards:
                     yield self._checked({"id": f["id"], "feat": f["feat"], "mean": a["mean"], "std": a["std"]},
                                         self.features[i])  # fmt: skip
 
-    def _checked(self, sample: dict[str, Any], where: Path) -> dict[str, Any]:
+    def _checked(self, sample: dict[str, Any], where: str) -> dict[str, Any]:
         for key, shape in self.shapes.items():
             got = tuple(sample[key].shape)
             if got != shape:
@@ -92,30 +153,37 @@ class SplitShards:
 
 
 def open_split(
-    features: str | Path, split: str, latents: str | Path | None = None, expect: Mapping[str, tuple] | None = None
+    features: str | Path,
+    split: str,
+    latents: str | Path | None = None,
+    expect: Mapping[str, tuple] | None = None,
 ) -> SplitShards:
-    """Find and check a split's shards: `<features>/<split>/visual-*.tar` (and `<latents>/<split>/audio-*.tar`).
+    """Find and check a split's shards: `<features>/<split>/visual-*.tar` (and `<latents>/<split>/audio-*.tar`);
+    either root a local folder or a URL (module doc).
 
     Raises ShardError when the split has no shard or no clip, when the two sets differ in shard count, or when a
     clip is on one side only without being listed in the other side's rejected.csv (the sets were written from
     different clip lists); and when a clip's shapes differ from `expect` ({"feat": (T_v, D_v), "mean": ...}).
+    A URL that cannot be read raises ShardError naming it.
     """
-    f_dir = Path(features) / split
-    f_urls = shards.shard_paths(f_dir, FEATURES)
+    f_dir = _join(features, split)
+    f_urls = _split_shards(features, split, FEATURES)
     if not f_urls:
-        raise ShardError(f"{f_dir}: no {FEATURES}-*.tar shards for split {split!r} (empty split, or run extract_visual)")
+        raise ShardError(
+            f"{f_dir}: no {FEATURES}-*.tar shards for split {split!r} (empty split, or run extract_visual)"
+        )
     if latents is None:
-        counts = [len(shards.member_keys(str(u))) for u in f_urls]
+        counts = [len(shards.member_keys(u)) for u in f_urls]
         a_urls = None
     else:
-        a_dir = Path(latents) / split
-        a_urls = shards.shard_paths(a_dir, LATENTS)
+        a_dir = _join(latents, split)
+        a_urls = _split_shards(latents, split, LATENTS)
         if len(a_urls) != len(f_urls):
             raise ShardError(
                 f"split {split!r}: {len(f_urls)} feature shard(s) in {f_dir} but {len(a_urls)} latent shard(s) in "
                 f"{a_dir}: extract_visual and encode_audio must use the same per_shard and manifest"
             )
-        counts = _paired_counts(f_urls, a_urls, _rejected_ids(f_dir), _rejected_ids(a_dir))
+        counts = _paired_counts(f_urls, a_urls, _rejected_later(f_dir), _rejected_later(a_dir))
     if sum(counts) == 0:
         raise ShardError(f"split {split!r}: the shards in {f_dir} hold no usable clip")
     first = SplitShards(split, f_urls, a_urls, counts, {})
@@ -131,29 +199,35 @@ def open_split(
 
 
 def optional_split(
-    features: str | Path, split: str, latents: str | Path | None = None, expect: Mapping[str, tuple] | None = None
+    features: str | Path,
+    split: str,
+    latents: str | Path | None = None,
+    expect: Mapping[str, tuple] | None = None,
 ) -> SplitShards | None:
     """`open_split`, or None when the split has no feature shards at all (e.g. a source without a val split)."""
-    if not shards.shard_paths(Path(features) / split, FEATURES):
+    if not _split_shards(features, split, FEATURES):
         return None
     return open_split(features, split, latents, expect)
 
 
 def _paired_counts(
-    f_urls: list[Path], a_urls: list[Path], f_rejected: set[str], a_rejected: set[str]
+    f_urls: list[str],
+    a_urls: list[str],
+    f_rejected: Callable[[], set[str]],
+    a_rejected: Callable[[], set[str]],
 ) -> list[int]:
     counts = []
     for f_url, a_url in zip(f_urls, a_urls, strict=True):
-        f_keys, a_keys = shards.member_keys(str(f_url)), shards.member_keys(str(a_url))
+        f_keys, a_keys = shards.member_keys(f_url), shards.member_keys(a_url)
         f_set, a_set = set(f_keys), set(a_keys)
         for key, side, other, rejected in (
             *((k, f_url, a_url, a_rejected) for k in f_keys if k not in a_set),
             *((k, a_url, f_url, f_rejected) for k in a_keys if k not in f_set),
         ):
-            if key not in {shards.sanitize_key(i) for i in rejected}:
+            if key not in {shards.sanitize_key(i) for i in rejected()}:
                 raise ShardError(
-                    f"clip {key!r} is in {side} but not in {other}, and {other.parent / REJECTED_FILE} does not "
-                    "list it: the feature and latent sets hold different clips (rerun both extraction stages)"
+                    f"clip {key!r} is in {side} but not in {other}, and {_join(posixpath.dirname(other), REJECTED_FILE)} "
+                    "does not list it: the feature and latent sets hold different clips (rerun both extraction stages)"
                 )
         counts.append(len(f_set & a_set))
     return counts
@@ -172,7 +246,9 @@ class ClipStream:
         shuffle_buffer: int = 512,
     ):
         if batch_size < 1 or shuffle_buffer < 1:
-            raise ValueError(f"batch_size and shuffle_buffer must be >= 1, got {batch_size}, {shuffle_buffer}")
+            raise ValueError(
+                f"batch_size and shuffle_buffer must be >= 1, got {batch_size}, {shuffle_buffer}"
+            )
         n_batches = data.n_clips // (batch_size * world)
         if n_batches < 1:
             raise ShardError(
@@ -182,7 +258,7 @@ class ClipStream:
         self.data, self.batch_size, self.rank, self.world = data, batch_size, rank, world
         self.seed, self.buffer, self.n_batches = seed, shuffle_buffer, n_batches
         self.epoch = 0
-        self.pattern = str(data.features[0].parent)  # named by the trainer's empty-stream error
+        self.pattern = posixpath.dirname(data.features[0])  # named by the trainer's empty-stream error
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -191,10 +267,18 @@ class ClipStream:
         return self.n_batches
 
     def _rank_samples(self) -> Iterator[dict[str, Any]]:
+        """This rank's contiguous run of the epoch's clip sequence, reading only the shards it covers."""
         order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.data.features))
-        for k, sample in enumerate(self.data.samples(order.tolist())):
-            if k % self.world == self.rank:
-                yield sample
+        n = self.data.n_clips
+        lo, hi = self.rank * n // self.world, (self.rank + 1) * n // self.world
+        mine, skip, start = [], 0, 0
+        for i in order.tolist():
+            end = start + self.data.counts[i]
+            if start < hi and end > lo:
+                skip = skip if mine else lo - start
+                mine.append(i)
+            start = end
+        return itertools.islice(self.data.samples(mine), skip, skip + hi - lo)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, 1])

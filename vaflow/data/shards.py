@@ -7,7 +7,9 @@ rejected ones, so two modalities written from the same ordered id list share the
 and can be read together (`read_zipped`). Payloads are never pickled and readers refuse pickle extensions.
 
 Scale-out (DESIGN §8): `write_shards(rank=r, world=w)` writes shard i only when `i % w == r`; each finished
-shard appears atomically (temp file + `os.replace`), so a rerun skips finished shards and redoes the rest.
+shard appears atomically (temp file + `os.replace`), so a rerun skips finished shards and redoes the rest. Readers
+take local paths or webdataset URLs (`http(s)://`, `pipe:`, ...: `is_remote`), opened by `webdataset.gopen`; a
+URL that cannot be read raises ShardError naming it.
 
 The flow's training stream over these shards (seeded, resumable, for DDP) is `vaflow.data.pairs.ClipStream`.
 """
@@ -33,18 +35,8 @@ from tqdm import tqdm
 
 from vaflow.errors import UserError
 
-__all__ = [
-    "ShardError",
-    "ShardReport",
-    "expand",
-    "member_keys",
-    "read_shards",
-    "read_zipped",
-    "sanitize_key",
-    "shard_paths",
-    "shard_plan",
-    "write_shards",
-]
+__all__ = ["ShardError", "ShardReport", "expand", "is_remote", "member_keys", "read_bytes", "read_shards",
+           "read_zipped", "sanitize_key", "shard_paths", "shard_plan", "write_shards"]  # fmt: skip
 
 
 class ShardError(RuntimeError, UserError):
@@ -317,9 +309,21 @@ def shard_paths(out_dir: str | os.PathLike, name: str) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
-def _is_remote(url: str) -> bool:
-    # pipe:, s3://, gs://, http(s)://, ...: left to webdataset's gopen handlers. file: counts as local.
+def is_remote(url: str | os.PathLike) -> bool:
+    """Whether `url` is read through a webdataset gopen handler (`http(s)://`, `pipe:`, `gs://`, ...), not a
+    local path; `file:` counts as local."""
+    url = os.fspath(url)
     return re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:", url) is not None and not url.startswith("file:")
+
+
+def _expand_braces(spec: str) -> list[str]:
+    try:
+        urls = wds.shardlists.expand_urls(spec)
+    except ValueError as err:  # unbalanced braces
+        raise ShardError(f"shard spec {spec!r}: bad brace pattern ({err})") from None
+    if any(ch in url for url in urls for ch in "{}"):
+        raise ShardError(f"shard spec {spec!r}: braces left unexpanded (a range is {{000000..000009}})")
+    return urls
 
 
 def expand(pattern: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
@@ -327,21 +331,22 @@ def expand(pattern: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str
 
     Accepts a local directory (its `*.tar`, sorted), a local glob (`out/x-*.tar`), a webdataset brace
     pattern (`out/x-{000000..000009}.tar`, also `::`-joined lists) or a sequence of any of these. Remote
-    URLs (`pipe:`, `s3://`, ...) are brace-expanded and passed through unchecked. Missing local files raise
-    ShardError; an empty result is returned as an empty list (callers decide whether that is an error).
+    URLs (`is_remote`) are brace-expanded and passed through unchecked. Missing local files and a bad brace
+    pattern raise ShardError naming it; an empty result is returned as an empty list (callers decide whether
+    that is an error).
     """
     if isinstance(pattern, Sequence) and not isinstance(pattern, str):
         return [url for item in pattern for url in expand(item)]
     spec = os.fspath(pattern)
-    if _is_remote(spec):
-        return wds.shardlists.expand_urls(spec)
+    if is_remote(spec):
+        return _expand_braces(spec)
     local = re.sub(r"^file:(//)?", "", spec)
     if os.path.isdir(local):
         return [str(p) for p in sorted(Path(local).glob("*.tar"))]
     if any(ch in local for ch in "*?["):
         return sorted(glob.glob(local))
-    urls = wds.shardlists.expand_urls(local)
-    missing = [u for u in urls if not _is_remote(u) and not os.path.isfile(u)]
+    urls = _expand_braces(local)
+    missing = [u for u in urls if not is_remote(u) and not os.path.isfile(u)]
     if missing:
         raise ShardError(f"shard spec {spec!r}: {len(missing)} missing file(s), e.g. {missing[:3]}")
     return urls
@@ -354,14 +359,39 @@ def expand(pattern: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str
 
 @contextmanager
 def _naming_damage(url: str) -> Iterator[None]:
-    """A truncated or corrupted tar read as a ShardError that names the shard and how to rewrite it."""
+    """A truncated or corrupted tar read as a ShardError that names the shard and how to rewrite it; for a URL,
+    any failure to read it (unreachable server, missing file: gopen's reader exits non-zero) names the URL."""
     try:
         yield
-    except (tarfile.TarError, EOFError, zlib.error) as err:
+    except (tarfile.TarError, EOFError, zlib.error, OSError, ValueError) as err:
+        if is_remote(url):
+            raise ShardError(f"{url}: cannot be read ({_read_failure(err)})") from None
+        if isinstance(err, OSError | ValueError):
+            raise
         raise ShardError(
             f"{url}: damaged shard ({err}); delete it and run `dvc repro`: the stage that wrote it rewrites "
             "missing shards only"
         ) from None
+
+
+# gopen reads http(s) through curl; its exit status is all that is known of why (curl's man page, EXIT CODES).
+_CURL_EXITS = {6: "unknown host", 7: "no server there", 22: "HTTP error: no such file?", 28: "timeout"}
+
+
+def _read_failure(err: Exception) -> str:
+    """gopen's error (`([cmd, ...],): exit N (read)`) as `curl exit 22: HTTP error: no such file?`."""
+    match = re.search(r"\['([^']+)'.*: exit (-?\d+)", str(err))
+    if match is None:
+        return str(err)
+    known = _CURL_EXITS.get(int(match[2])) if match[1] == "curl" else None
+    return f"{match[1]} exit {match[2]}" + (f": {known}" if known else "")
+
+
+def read_bytes(url: str | os.PathLike) -> bytes:
+    """The whole content of a small file (a spec, a list) at a local path or URL, read like the shards."""
+    url = os.fspath(url)
+    with _naming_damage(url), wds.gopen(url, "rb") as stream:
+        return stream.read()
 
 
 def _iter_raw(url: str, fields: frozenset[str] | None = None) -> Iterator[dict[str, Any]]:
@@ -410,7 +440,7 @@ def read_shards(
 def member_keys(url: str) -> list[str]:
     """Sample keys of one shard in order, from tar headers only (local files seek past the payloads)."""
     keys: list[str] = []
-    if _is_remote(url):
+    if is_remote(url):
         source = (raw["__key__"] for raw in _iter_raw(url))
     else:
         with _naming_damage(url), tarfile.open(url, "r:") as tar:
