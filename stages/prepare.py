@@ -1,4 +1,8 @@
-"""Stage `prepare`: list the source's clips, check each one, write the manifest and the rejected list."""
+"""Stage `prepare`: list the sources' clips, check each one, write the manifest and the rejected list.
+
+The checks' verdicts are journalled under `--checkpoints` (not in `--out`, which a failed run puts back as it was),
+so a rerun checks only the files it has no verdict for.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ STAGE = Stage(
     __doc__,
     {
         "--out": "output folder: manifest.csv, rejected.csv, synth media",
+        "--checkpoints": "root of the resumable state (prepare/: the journal of the files' checks)",
         "--metrics": "metrics folder (prepare.json: the clip counts)",
     },
     tracked=("clip", "synth", "prepare"),
@@ -25,9 +30,10 @@ STAGE = Stage(
 def list_and_check(
     params: config.Params, args: argparse.Namespace, tracker: Tracker
 ) -> prepare.PrepareReport:
-    """Check the source's clips into the manifest and log the clip counts per split."""
+    """Check the sources' clips into the manifest and log the clip counts per split."""
     items = sources.list_items(params, Path(args.out))
-    report = prepare.prepare(items, params.clip, params.prepare, Path(args.out))
+    journal_dir = Path(args.checkpoints) / STAGE.name
+    report = prepare.prepare(items, params.clip, params.prepare, Path(args.out), journal_dir=journal_dir)
     print(report.summary())
     counts = {f"clips_{s}": int((report.manifest["split"] == s).sum()) for s in config.SPLITS}
     tracker.log_final(counts | {"rejected": len(report.rejected)})

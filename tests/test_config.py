@@ -43,10 +43,38 @@ def test_wrong_type_and_range_name_the_key_and_value():
         config.validate({"clip": {"duration": "long"}})
     with pytest.raises(config.ConfigError, match=r"synth\.size: .*greater than or equal to 16"):
         config.validate({"synth": {"size": 4}})
-    with pytest.raises(config.ConfigError, match=r"prepare\.source: .*got 'youtube'"):
-        config.validate({"prepare": {"source": "youtube"}})
     with pytest.raises(config.ConfigError, match="unknown split"):
         config.validate({"synth": {"clips_per_split": {"training": 3}}})
+
+
+@pytest.mark.parametrize(
+    ("prepare", "message"),
+    [
+        (
+            {"sources": ["vggsound", "audiosetv2a"]},
+            r"bad.yaml: prepare\.sources: unknown source 'audiosetv2a' \(did you mean 'audioset_v2a'\?\); known: "
+            r"\['synth', 'folder', 'vggsound', 'audioset_v2a'\] \(got \['vggsound', 'audiosetv2a'\]\)",
+        ),
+        (
+            {"sources": ["vggsound", "audioset_v2a", "vggsound"]},
+            r"bad.yaml: prepare\.sources: source\(s\) \['vggsound'\] listed more than once",
+        ),
+        ({"sources": []}, r"bad.yaml: prepare\.sources: needs at least one source"),
+        (
+            {"sources": "vggsound"},
+            r"bad.yaml: prepare: sources: a list of source names \(sources: \[vggsound\]\)",
+        ),
+        (
+            {"source": "vggsound"},
+            r"bad.yaml: prepare: source: renamed to 'sources', a list \(sources: \[vggsound\]\)",
+        ),
+    ],
+)
+def test_bad_source_lists_name_the_file_key_and_value(tmp_path, prepare, message):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"prepare": prepare}))
+    with pytest.raises(config.ConfigError, match=message):
+        config.load(bad)
 
 
 def test_synth_shorter_than_clip_is_rejected():
@@ -73,7 +101,7 @@ def test_derived_lengths():
 def test_presets_validate_and_differ():
     micro, vgg = config.preset("micro"), config.preset("vggsound")
     assert micro.clip.duration < config.Params().clip.duration
-    assert vgg.clip.sample_rate == 44100 and vgg.prepare.source == "vggsound"
+    assert vgg.clip.sample_rate == 44100 and vgg.prepare.sources == ["vggsound"]
     # The embedded default feeds its CAVP stand-in every 20 fps frame; the paper preset keeps CLIP's own 10 fps.
     assert config.Params().visual_encoder.frame_rate == 20.0 and vgg.visual_encoder.frame_rate == 10.0
     with pytest.raises(config.ConfigError, match="did you mean 'micro'"):
@@ -82,14 +110,16 @@ def test_presets_validate_and_differ():
 
 def test_the_paper_preset_is_the_vggsound_data_with_the_papers_training(monkeypatch, tmp_path):
     paper, vgg = config.preset("paper"), config.preset("vggsound")
-    for section in (
-        "clip",
-        "prepare",
-        "audio_vae",
-        "visual_encoder",
-        "evaluators",
-    ):  # the data preset, untouched
+    for section in ("clip", "audio_vae", "visual_encoder", "evaluators"):  # the data preset, untouched
         assert getattr(paper, section) == getattr(vgg, section), section
+    # §4.1: VGGSound plus AudioSet-V2A (the alignment VAE's training set), VGGSound's own settings untouched.
+    assert (
+        paper.prepare.sources == ["vggsound", "audioset_v2a"]
+        and paper.prepare.source == "vggsound+audioset_v2a"
+    )
+    assert paper.prepare.model_copy(
+        update={"sources": ["vggsound"], "audioset_v2a": vgg.prepare.audioset_v2a}
+    ) == (vgg.prepare)
     assert paper.flow.size == "dit_s" and PAPER_PARAMETERS["dit_s"] == 142e6  # VAFlow-CLIP-142M
     flow, tune = paper.train_flow.trainer, paper.joint_tune.trainer
     assert (flow.steps, tune.steps) == (170_000, 130_000)  # 300K in all, 170K + 130K with joint tuning

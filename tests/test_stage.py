@@ -206,12 +206,12 @@ def test_prepare_without_a_usable_clip_names_the_reasons_and_keeps_the_last_prep
     videos = work / "videos"
     videos.mkdir()
     (videos / "a.mp4").write_bytes(b"not a video")
-    settings = {"prepare": {"source": "folder", "folder": {"root": str(videos)}, "workers": 1}}
+    settings = {"prepare": {"sources": ["folder"], "folder": {"root": str(videos)}, "workers": 1}}
     (work / "params.yaml").write_text(config.dump(config.validate(settings)))
     (work / "prepared").mkdir()
     (work / "prepared" / "manifest.csv").write_text("the last good manifest")
     with pytest.raises(SystemExit) as exit_info:
-        prepare.main(["--out", "prepared", "--metrics", "metrics"])
+        prepare.main(["--out", "prepared", "--checkpoints", "checkpoints", "--metrics", "metrics"])
     assert exit_info.value.code == 2
     (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error:")]
     assert "no usable clip in the source 'folder' (rejected (" in line and "MLflow" in line

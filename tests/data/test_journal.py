@@ -1,5 +1,5 @@
 """The spec folder: what a changed spec clears (whole folder, single splits), a sync killed half-way, the flock that
-ranks share, and the journal (last entry wins, lines cut by a kill, concurrent appends of two processes)."""
+ranks share, and the journal (last entry wins, lines cut by a kill, concurrent appends of two processes, keep)."""
 
 from __future__ import annotations
 
@@ -162,6 +162,23 @@ def test_journal_last_entry_of_an_item_wins_and_a_cut_line_is_skipped(tmp_path):
     assert entries.done == {"c2": {"nfe": 4}, "c3": {"nfe": 5}}
     journal.remove()
     assert not journal.path.exists() and folder.journal("train").read().done == {}
+
+
+def test_journal_keep_drops_every_entry_but_the_last_of_the_items_kept(tmp_path):
+    journal = SpecFolder(tmp_path).journal()
+    journal.keep({"a"})  # no journal yet: nothing to do
+    assert not journal.path.exists()
+    journal.reject("a", "timeout")
+    journal.done("a", {"n": 1})
+    journal.done("stale", {"n": 2})
+    journal.reject("b", "too short")
+    journal.keep({"a", "b", "c"})
+    assert [json.loads(line)["item"] for line in journal.path.read_text().splitlines()] == ["a", "b"]
+    entries = journal.read()
+    assert entries.done == {"a": {"n": 1}} and entries.rejected == {"b": "too short"}
+    stamp = journal.path.stat().st_mtime_ns
+    journal.keep({"a", "b"})  # nothing to drop: the file is not rewritten
+    assert journal.path.stat().st_mtime_ns == stamp
 
 
 def test_an_append_waits_for_another_process_holding_the_lock(tmp_path):

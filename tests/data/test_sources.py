@@ -1,15 +1,21 @@
-"""Sources: id sanitising, folder, VGGSound (with a fake yt-dlp), AudioSet-V2A."""
+"""Sources: id sanitising, folder, VGGSound (with a fake yt-dlp, and a fake downloader for parallel downloads),
+AudioSet-V2A, several sources listed together."""
 
 import os
 import stat
 import sys
 import textwrap
+import threading
+import time
+from collections import Counter
 
 import pytest
 
 from tests.data.badmedia import make_clip
-from vaflow.config import AudioSetV2ASource, FolderSource, VGGSoundSource
-from vaflow.data import sources
+from vaflow.config import AudioSetV2ASource, ClipConfig, FolderSource, PrepareConfig, VGGSoundSource
+from vaflow.data import prepare, sources
+
+CLIP = ClipConfig(duration=2.0, sample_rate=16000)
 
 
 @pytest.mark.parametrize(
@@ -111,16 +117,65 @@ def test_vggsound_source_local_files_and_fake_ytdlp(tmp_path, monkeypatch):
     assert not log.exists(), "nothing may be downloaded unless asked"
 
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    cfg = VGGSoundSource(csv=str(csv), video_dir=str(videos), download=True)
+    cfg = VGGSoundSource(csv=str(csv), video_dir=str(videos), download=True, download_rate=0)
     fetched = {i.id: i for i in sources.vggsound_items(cfg)}
     assert fetched["new_000012"].problem is None
     assert (videos / "new_000012.mp4").is_file()
     assert "--download-sections *12-22" in log.read_text()
-    assert (
-        "yt-dlp failed" in fetched["dead_000005"].problem
-        and "Video unavailable" in fetched["dead_000005"].problem
-    )
+    assert fetched["dead_000005"].problem == (
+        "download failed: yt-dlp failed (exit 1): ERROR: [youtube] dead: Video unavailable"
+    )  # gone for good: not retried
     assert not list(videos.glob(".*part*")), "a failed download leaves no partial file"
+
+
+def test_vggsound_downloads_run_in_parallel_with_retries_and_a_rate_limit(tmp_path):
+    """A fake downloader: `ok*` windows download, `flaky` fails twice first, `gone` is unavailable for good and
+    `down` fails every time (HTTP 503); the failures land in the rejected list with their reasons."""
+    videos = tmp_path / "video"
+    videos.mkdir()
+    names = ["ok1", "ok2", "ok3", "ok4", "flaky", "gone", "down"]
+    csv = tmp_path / "vggsound.csv"
+    csv.write_text("".join(f"{name},{n},dog,train\n" for n, name in enumerate(names)))
+    lock, running, peak, starts, tries = threading.Lock(), [0], [0], [], Counter()
+
+    def fetch(ytid, start, duration, out):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+            starts.append(time.monotonic())
+            tries[ytid] += 1
+        time.sleep(0.03)
+        with lock:
+            running[0] -= 1
+        if ytid == "gone":
+            return "yt-dlp failed (exit 1): ERROR: [youtube] gone: Video unavailable"
+        if ytid == "down" or (ytid == "flaky" and tries[ytid] <= 2):
+            return "yt-dlp failed (exit 1): ERROR: HTTP Error 503: Service Unavailable"
+        make_clip(out, duration=2.5)
+        return None
+
+    rate = 40.0  # starts 25 ms apart: slower than 3 workers would start 30 ms calls unhindered
+    cfg = VGGSoundSource(
+        csv=str(csv),
+        video_dir=str(videos),
+        download=True,
+        download_workers=3,
+        download_retries=2,
+        download_backoff=0.01,
+        download_rate=rate,
+    )
+    items = list(sources.vggsound_items(cfg, progress=False, fetch=fetch))
+    assert tries == {"ok1": 1, "ok2": 1, "ok3": 1, "ok4": 1, "flaky": 3, "gone": 1, "down": 3}
+    assert 1 < peak[0] <= 3
+    span = max(starts) - min(starts)
+    assert span >= (sum(tries.values()) - 1) / rate * 0.9, f"{len(starts)} starts in {span:.3f}s"
+    report = prepare.prepare(items, CLIP, PrepareConfig(verify="probe"), tmp_path / "out", progress=False)
+    assert sorted(report.manifest["id"]) == sorted(f"{n}_{i:06d}" for i, n in enumerate(names[:5]))
+    assert dict(zip(report.rejected["id"], report.rejected["reason"], strict=True)) == {
+        "gone_000005": "download failed: yt-dlp failed (exit 1): ERROR: [youtube] gone: Video unavailable",
+        "down_000006": "download failed: yt-dlp failed (exit 1): ERROR: HTTP Error 503: Service Unavailable"
+        " (after 3 tries)",
+    }
 
 
 def test_vggsound_download_without_ytdlp_is_a_reason(tmp_path, monkeypatch):

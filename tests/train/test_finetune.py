@@ -46,7 +46,7 @@ def _params(videos: Path, trainer: dict, **sections: dict) -> dict:
     200, D_a 4), 4×4 pixel features at 10 fps (T_v 2, D_v 48), a tiny DiT; `sections` merged last."""
     data = config.deep_merge(micro_world(train=8, val=4), {
         "clip": {"duration": 0.2, "sample_rate": RATE},
-        "prepare": {"source": "folder", "folder": {"root": str(videos), "labels_csv": str(videos / "labels.csv")}},
+        "prepare": {"sources": ["folder"], "folder": {"root": str(videos), "labels_csv": str(videos / "labels.csv")}},
         "audio_vae": {"size": "tiny"},
         "encode_audio": {"per_shard": 8},
         "visual_encoder": {"kind": "pixels", "mode": "none", "fps": 10, "pixels": {"side": 4}},
@@ -108,7 +108,7 @@ def world(tmp_path_factory) -> Path:
         torch.manual_seed(0)
         vae = build(dataclasses.replace(SIZES["tiny"], sample_rate=RATE))
         latents.export_model(vae, root / "vae", {"size": "tiny", "mode": "train"})
-        _stage("prepare", params, out="prepared", metrics="metrics")
+        _stage("prepare", params, out="prepared", checkpoints="ck", metrics="metrics")
         _stage("encode_audio", params, prepared="prepared", vae="vae", out="latents", metrics="metrics")
         _stage(
             "visual_encoder", params, prepared="prepared", out="encoder", checkpoints="ck", metrics="metrics"

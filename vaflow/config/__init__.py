@@ -22,6 +22,7 @@ from vaflow.config.method import (
 )
 from vaflow.config.params import PRESET_DIR, Params, deep_merge, dump, load, preset, presets, validate
 from vaflow.config.pipeline import (
+    SOURCES,
     SPLITS,
     AudioSetV2ASource,
     AudioVAEConfig,
@@ -42,6 +43,7 @@ from vaflow.config.trainer import ClipTrainerConfig, TrainerConfig
 
 __all__ = [
     "PRESET_DIR",
+    "SOURCES",
     "SPLITS",
     "AudioSetV2ASource",
     "AudioVAEConfig",

@@ -75,7 +75,7 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _synth_covers_clip(self) -> Params:
-        if self.prepare.source == "synth" and self.synth.duration < self.clip.duration:
+        if "synth" in self.prepare.sources and self.synth.duration < self.clip.duration:
             raise ValueError(
                 f"synth.duration ({self.synth.duration}) is shorter than clip.duration ({self.clip.duration}):"
                 " every synthetic clip would be rejected"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from vaflow.config.section import Section
 from vaflow.config.trainer import ClipTrainerConfig, TrainerConfig, needs_steps
@@ -47,6 +47,8 @@ class ClipConfig(Section):
 # --------------------------------------------------------------------------------------------
 
 SPLITS = ("train", "val", "test")
+# What `prepare.sources` may list (vaflow.data.sources lists each).
+SOURCES = ("synth", "folder", "vggsound", "audioset_v2a")
 
 
 class SynthConfig(Section):
@@ -100,6 +102,16 @@ class VGGSoundSource(Section):
     video_dir: str = ""
     # Fetch missing 10 s windows with yt-dlp (off by default: the pipeline never downloads implicitly).
     download: bool = False
+    # yt-dlp processes at once: a download waits on the network, not on a core, so this is not `prepare.workers`.
+    download_workers: int = Field(4, ge=1)
+    # Further attempts after a failed download (a removed, private or unavailable video is not retried): YouTube
+    # fails a share of requests transiently at this volume.
+    download_retries: int = Field(2, ge=0)
+    # Seconds before the first retry of a clip, doubled for each next one.
+    download_backoff: float = Field(10.0, ge=0)
+    # Downloads started per second at most, retries included, across all workers (0 = no limit); YouTube blocks
+    # clients that start too many.
+    download_rate: float = Field(1.0, ge=0)
     # Cap on clips per split (0 = all); handy for a first run on a subset.
     limit: int = Field(0, ge=0)
 
@@ -117,7 +129,10 @@ class AudioSetV2ASource(Section):
 class PrepareConfig(Section):
     """The `prepare` stage: a source turned into a checked manifest."""
 
-    source: Literal["synth", "folder", "vggsound", "audioset_v2a"] = "synth"
+    # Where clips come from, listed in this order into one manifest whose `source` column names each clip's source.
+    # The paper trains the alignment VAE on vggsound + audioset_v2a and the flow on vggsound's train split (§4.1).
+    # An id listed twice keeps its first listing; a later one is rejected as a duplicate naming both sources.
+    sources: list[str] = Field(default_factory=lambda: ["synth"])
     folder: FolderSource = FolderSource()
     vggsound: VGGSoundSource = VGGSoundSource()
     audioset_v2a: AudioSetV2ASource = AudioSetV2ASource()
@@ -127,6 +142,37 @@ class PrepareConfig(Section):
     timeout: float = Field(120.0, gt=0)
     # Processes that check files in parallel (0 = one per core).
     workers: int = Field(0, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_source(cls, data: object) -> object:
+        if isinstance(data, dict) and isinstance(data.get("sources"), str):
+            raise ValueError(f"sources: a list of source names (sources: [{data['sources']}]), got text")
+        if isinstance(data, dict) and "source" in data:
+            raise ValueError(
+                f"source: renamed to 'sources', a list (sources: [{data['source']}]); several sources are"
+                " listed together, e.g. sources: [vggsound, audioset_v2a]"
+            )
+        return data
+
+    @field_validator("sources")
+    @classmethod
+    def _known_sources(cls, sources: list[str]) -> list[str]:
+        if not sources:
+            raise ValueError(f"needs at least one source; known: {list(SOURCES)}")
+        for name in sources:
+            if name not in SOURCES:
+                hint = did_you_mean(name, SOURCES)
+                raise ValueError(f"unknown source {name!r}{hint}; known: {list(SOURCES)}")
+        twice = sorted({name for name in sources if sources.count(name) > 1})
+        if twice:
+            raise ValueError(f"source(s) {twice} listed more than once")
+        return sources
+
+    @property
+    def source(self) -> str:
+        """The sources as one name (`vggsound+audioset_v2a`), for logs and model cards."""
+        return "+".join(self.sources)
 
 
 # --------------------------------------------------------------------------------------------

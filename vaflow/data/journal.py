@@ -10,7 +10,7 @@ import contextlib
 import fcntl
 import json
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -155,18 +155,8 @@ class Journal:
         """Every rank's entries so far; unreadable lines (cut by a kill) are skipped."""
         entries = Entries()
         with self.folder.locked():
-            try:
-                text = self.path.read_text(encoding="utf-8", errors="replace")
-            except FileNotFoundError:
-                return entries
-        for line in text.splitlines():
-            try:
-                entry = json.loads(line)
-                item = entry["item"]
-            except (ValueError, TypeError, KeyError):
-                continue
-            if not isinstance(item, str):
-                continue
+            lines = self._lines()
+        for item, entry, _ in lines:
             if isinstance(entry.get("done"), dict):
                 entries.rejected.pop(item, None)
                 entries.done[item] = entry["done"]
@@ -174,6 +164,33 @@ class Journal:
                 entries.done.pop(item, None)
                 entries.rejected[item] = entry["rejected"]
         return entries
+
+    def keep(self, items: Collection[str]) -> None:
+        """Drop every entry but the last of each of `items`, e.g. the items a finished run used, so that a journal
+        kept from run to run does not grow with the entries of items since gone or changed."""
+        with self.folder.locked():
+            lines = self._lines()
+            last = {item: line for item, _, line in lines if item in items}
+            if len(last) == len(lines):  # nothing to drop (a cut line is not counted: it stays until then)
+                return
+            atomic.write_text(self.path, "".join(line + "\n" for line in last.values()))
+
+    def _lines(self) -> list[tuple[str, dict[str, Any], str]]:
+        """(item, entry, line) of each readable line, in file order (call under the lock)."""
+        try:
+            text = self.path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in text.splitlines():
+            try:
+                entry = json.loads(line)
+                item = entry["item"]
+            except (ValueError, TypeError, KeyError):
+                continue
+            if isinstance(item, str):
+                out.append((item, entry, line))
+        return out
 
     def remove(self) -> None:
         """Delete the journal, once its owner has folded it into the part's summary file."""

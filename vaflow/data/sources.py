@@ -7,17 +7,21 @@ implicitly: VGGSound fetches missing windows with yt-dlp only when `download: tr
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import os
 import re
 import shutil
 import subprocess
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tqdm import tqdm
+
 from vaflow.config import SPLITS, AudioSetV2ASource, FolderSource, Params, SynthConfig, VGGSoundSource
+from vaflow.data import parallel
 from vaflow.errors import UserError
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
@@ -43,6 +47,7 @@ class SourceItem:
     problem: str | None = None
     raw_id: str = ""
     extra: dict = field(default_factory=dict)
+    source: str = ""  # the name in `prepare.sources` that listed it
 
 
 def sanitize_id(raw: str) -> str:
@@ -86,7 +91,12 @@ def synth_items(cfg: SynthConfig, out_dir: Path, progress: bool = True) -> Itera
     index = synth.generate(cfg, out_dir, progress=progress)
     for row in index.itertuples():
         yield SourceItem(
-            id=row.id, split=row.split, label=row.label, path=str(out_dir / row.path), raw_id=row.id
+            id=row.id,
+            split=row.split,
+            label=row.label,
+            path=str(out_dir / row.path),
+            raw_id=row.id,
+            source="synth",
         )
 
 
@@ -121,7 +131,9 @@ def folder_items(cfg: FolderSource) -> Iterator[SourceItem]:
             problem = None if path.is_file() else "missing file"
             if split not in SPLITS:
                 problem = f"unknown split {split!r} (valid: {', '.join(SPLITS)})"
-            yield SourceItem(clip_id, split, row["label"], str(path), problem=problem, raw_id=rel)
+            yield SourceItem(
+                clip_id, split, row["label"], str(path), problem=problem, raw_id=rel, source="folder"
+            )
         return
     for path in sorted(root.rglob("*")):
         if path.suffix.lower() not in MEDIA_EXTENSIONS or not path.is_file():
@@ -129,7 +141,8 @@ def folder_items(cfg: FolderSource) -> Iterator[SourceItem]:
         rel = path.relative_to(root)
         clip_id = sanitize_id(str(rel.with_suffix("")))
         label = rel.parent.name if rel.parent != Path(".") else ""
-        yield SourceItem(clip_id, _hash_split(clip_id, cfg.test_fraction), label, str(path), raw_id=str(rel))
+        split = _hash_split(clip_id, cfg.test_fraction)
+        yield SourceItem(clip_id, split, label, str(path), raw_id=str(rel), source="folder")
 
 
 # --------------------------------------------------------------------------------------------
@@ -202,26 +215,77 @@ def download_window(
     return None
 
 
-def vggsound_items(cfg: VGGSoundSource, progress: bool = True) -> Iterator[SourceItem]:
-    """VGGSound windows from the official CSV and a local directory (optionally downloading missing ones)."""
+# yt-dlp's messages for a video that is gone for good: retrying these only spends the rate limit.
+_GONE = re.compile(
+    r"video unavailable|private video|has been removed|account .*terminated|copyright|yt-dlp not found",
+    re.IGNORECASE,
+)
+
+
+def vggsound_items(
+    cfg: VGGSoundSource, progress: bool = True, fetch: Callable[..., str | None] = download_window
+) -> Iterator[SourceItem]:
+    """VGGSound windows from the official CSV and a local directory (optionally downloading missing ones).
+
+    With `cfg.download`, the missing windows are fetched by `fetch(ytid, start, duration, out)` (yt-dlp; a fake in
+    tests), `cfg.download_workers` at a time, at most `cfg.download_rate` started per second, each retried
+    `cfg.download_retries` times with exponential backoff unless the video is gone; a window that still fails is
+    listed with the reason, so that it lands in the rejected list.
+    """
     if not cfg.video_dir:
         raise SourceError("prepare.vggsound.video_dir is empty: set it to the directory of the videos")
     video_dir = Path(cfg.video_dir).expanduser()
     taken: dict[str, int] = {}
+    items: list[SourceItem] = []
     for ytid, start, label, split in _vggsound_rows(Path(cfg.csv).expanduser()):
         if cfg.limit and taken.get(split, 0) >= cfg.limit:
             continue
         taken[split] = taken.get(split, 0) + 1
         raw = f"{ytid}_{start:06d}"
         path, offset = _vggsound_file(video_dir, ytid, start)
-        problem = None
-        if not path.is_file():
-            problem = "missing file"
-            if cfg.download:
-                problem = download_window(ytid, start, VGGSOUND_WINDOW, path)
+        problem = None if path.is_file() else "missing file"
         if split not in SPLITS:
             problem = f"unknown split {split!r} (valid: {', '.join(SPLITS)})"
-        yield SourceItem(sanitize_id(raw), split, label, str(path), offset, problem, raw)
+        items.append(
+            SourceItem(
+                sanitize_id(raw),
+                split,
+                label,
+                str(path),
+                offset,
+                problem,
+                raw,
+                extra={"ytid": ytid, "window_start": start},
+                source="vggsound",
+            )
+        )
+    if cfg.download:
+        _download_missing(items, cfg, progress, fetch)
+    yield from items
+
+
+def _download_missing(
+    items: list[SourceItem], cfg: VGGSoundSource, progress: bool, fetch: Callable[..., str | None]
+) -> None:
+    """Fetch the windows of `items` listed as missing files, in place: each becomes usable or carries the reason."""
+    missing = [n for n, item in enumerate(items) if item.problem == "missing file"]
+    limiter = parallel.RateLimiter(cfg.download_rate)
+
+    def download(n: int) -> str | None:
+        item = items[n]
+        ytid, start = item.extra["ytid"], item.extra["window_start"]
+        return parallel.with_retries(
+            lambda: fetch(ytid, start, VGGSOUND_WINDOW, Path(item.path)),
+            retries=cfg.download_retries,
+            backoff=cfg.download_backoff,
+            limiter=limiter,
+            permanent=lambda reason: bool(_GONE.search(reason)),
+        )
+
+    done = parallel.as_finished(download, missing, cfg.download_workers)
+    for k, reason in tqdm(done, total=len(missing), desc="download", unit="clip", disable=not progress):
+        n = missing[k]
+        items[n] = dataclasses.replace(items[n], problem=reason and f"download failed: {reason}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,16 +308,20 @@ def audioset_v2a_items(cfg: AudioSetV2ASource) -> Iterator[SourceItem]:
     for raw in lines:
         path = video_dir / f"{raw}.mp4"
         problem = None if path.is_file() else "missing file"
-        yield SourceItem(sanitize_id(raw), cfg.split, "", str(path), problem=problem, raw_id=raw)
+        yield SourceItem(
+            sanitize_id(raw), cfg.split, "", str(path), problem=problem, raw_id=raw, source="audioset_v2a"
+        )
 
 
 def list_items(params: Params, work_dir: Path, progress: bool = True) -> Iterator[SourceItem]:
-    """The clips of the source `params.prepare.source`; synthetic media are written under `work_dir`."""
+    """The clips of every source in `params.prepare.sources`, in that order, each tagged with its source's name;
+    synthetic media are written under `work_dir`."""
     prep = params.prepare
-    if prep.source == "synth":
-        return synth_items(params.synth, work_dir / "synth", progress)
-    if prep.source == "folder":
-        return folder_items(prep.folder)
-    if prep.source == "vggsound":
-        return vggsound_items(prep.vggsound, progress)
-    return audioset_v2a_items(prep.audioset_v2a)
+    listers: dict[str, Callable[[], Iterator[SourceItem]]] = {
+        "synth": lambda: synth_items(params.synth, work_dir / "synth", progress),
+        "folder": lambda: folder_items(prep.folder),
+        "vggsound": lambda: vggsound_items(prep.vggsound, progress),
+        "audioset_v2a": lambda: audioset_v2a_items(prep.audioset_v2a),
+    }
+    for name in prep.sources:
+        yield from listers[name]()
