@@ -88,7 +88,7 @@ def write_prepared(root: Path, ids: list[str] = IDS) -> Path:
     rows = [
         {"id": i, "split": "test", "label": "x", "path": "video.mp4", "start": 0.1, "duration": 0.2}
         | {"media_duration": 0.5, "fps": 10.0, "width": 22, "height": 18, "sample_rate": SR, "channels": 1}
-        | {"status": "ok"}
+        | {"status": "ok", "source": "folder"}
         for i in ids
     ]
     pd.DataFrame(rows, columns=MANIFEST_COLUMNS).to_csv(prepared / "manifest.csv", index=False)

@@ -11,7 +11,7 @@ import torch
 from tests.world import micro_world, prepare_world
 from vaflow import config
 from vaflow.data import media, prepare, sources
-from vaflow.data.clips import ClipBatches, MemoryClips, StreamedClips, decode_clips, load_split, prefetched
+from vaflow.data.clips import ClipBatches, MemoryClips, StreamedClips, decode_clips, load_split
 from vaflow.data.latents import load_clip
 from vaflow.data.media import FFmpegNotFoundError
 from vaflow.data.prepare import load_manifest
@@ -161,23 +161,6 @@ def test_a_streamed_crop_stream_resumes_at_its_position(world):
     resumed.load_state_dict(stream.state_dict())
     rest = list(resumed)
     assert len(rest) == len(full) - 1 and all(torch.equal(x, y) for x, y in zip(rest, full[1:], strict=True))
-
-
-def test_prefetching_keeps_the_order_bounds_what_runs_ahead_and_raises_at_the_failing_item():
-    started: list[int] = []
-
-    def fetch(i: int) -> int:
-        started.append(i)
-        if i == 7:
-            raise ValueError("clip 7 is gone")
-        return i * i
-
-    out = prefetched(range(10), fetch, workers=2, ahead=3)
-    assert [next(out) for _ in range(3)] == [0, 1, 4]
-    assert max(started) <= 5  # three yielded, at most three more in flight
-    with pytest.raises(ValueError, match="clip 7"):
-        list(out)
-    assert list(prefetched(range(4), lambda i: -i, workers=0, ahead=3)) == [0, -1, -2, -3]
 
 
 def test_a_split_is_streamed_only_above_the_memory_setting(world, monkeypatch):

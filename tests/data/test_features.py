@@ -78,6 +78,7 @@ def _manifest(root: Path, media_dir: Path, n_train: int = 12, bad: bool = True) 
                 "sample_rate": SR,
                 "channels": 1,
                 "status": "ok",
+                "source": "folder",
             }
             for split, cid, name in rows
         ]

@@ -56,7 +56,7 @@ def write_manifest(prepared: Path, clips: list[tuple[str, str, Path]], duration:
     rows = [
         {"id": i, "split": s, "label": "tone", "path": str(p), "start": 0.0, "duration": duration}
         | {"media_duration": duration + 0.2, "fps": 10.0, "width": 16, "height": 16}
-        | {"sample_rate": RATE, "channels": 1, "status": "ok"}
+        | {"sample_rate": RATE, "channels": 1, "status": "ok", "source": "folder"}
         for i, s, p in clips
     ]
     path = prepared / "manifest.csv"

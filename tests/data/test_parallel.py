@@ -94,3 +94,20 @@ def test_with_retries_backs_off_and_stops_on_success_a_permanent_failure_or_the_
         sleep=naps.append,
     )
     assert gone == "gone" and naps == []
+
+
+def test_prefetching_keeps_the_order_bounds_what_runs_ahead_and_raises_at_the_failing_item():
+    started: list[int] = []
+
+    def fetch(i: int) -> int:
+        started.append(i)
+        if i == 7:
+            raise ValueError("clip 7 is gone")
+        return i * i
+
+    out = parallel.prefetched(range(10), fetch, workers=2, ahead=3)
+    assert [next(out) for _ in range(3)] == [0, 1, 4]
+    assert max(started) <= 5  # three yielded, at most three more in flight
+    with pytest.raises(ValueError, match="clip 7"):
+        list(out)
+    assert list(parallel.prefetched(range(4), lambda i: -i, workers=0, ahead=3)) == [0, -1, -2, -3]

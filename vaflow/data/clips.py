@@ -14,11 +14,10 @@ stores give a stream the same batches for the same plan.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,6 +26,7 @@ from tqdm import tqdm
 from vaflow.data import media
 from vaflow.data.extract import ClipRejected, rejection_reason
 from vaflow.data.media import FFmpegNotFoundError, MediaError
+from vaflow.data.parallel import prefetched
 
 __all__ = [
     "ClipBatches",
@@ -37,13 +37,9 @@ __all__ = [
     "decode_clips",
     "load_split",
     "open_clips",
-    "prefetched",
     "read_window",
     "scan_clips",
 ]
-
-T = TypeVar("T")
-R = TypeVar("R")
 
 
 @dataclass
@@ -111,31 +107,6 @@ def scan_clips(
         return ()
 
     return decode_clips(rows, check, workers, progress)
-
-
-def prefetched(items: Iterable[T], fetch: Callable[[T], R], workers: int, ahead: int) -> Iterator[R]:
-    """`fetch(item)` for each item, in order, with up to `ahead` items fetched in advance by `workers` threads
-    (0: in the caller's thread, nothing ahead). An error of `fetch` is raised where its item is yielded."""
-    if workers <= 0:
-        yield from map(fetch, items)
-        return
-    pending: deque[Future[R]] = deque()
-    source = iter(items)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for item in source:
-            pending.append(pool.submit(fetch, item))
-            if len(pending) >= max(1, ahead):
-                break
-        try:
-            while pending:
-                result = pending.popleft().result()
-                for item in source:
-                    pending.append(pool.submit(fetch, item))
-                    break
-                yield result
-        finally:
-            for future in pending:
-                future.cancel()
 
 
 @dataclass

@@ -1,5 +1,6 @@
-"""Many slow, independent calls at once (file checks, downloads): a bounded thread pool that hands back results
-as they finish, a cap on calls started per second, and retries with exponential backoff.
+"""Many slow, independent calls at once (file checks, downloads, clip decodes): a bounded thread pool that hands
+back results as they finish, one that hands them back in order while running ahead (`prefetched`), a cap on calls
+started per second, and retries with exponential backoff.
 
 Threads, not processes: each call waits on a subprocess (ffmpeg, yt-dlp) or the network, not on the interpreter.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import TypeVar
@@ -41,6 +43,31 @@ def as_finished(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Itera
                 for future in sorted(done, key=lambda f: f.exception() is not None):
                     yield pending.pop(future), future.result()
                 fill()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def prefetched(items: Iterable[T], fetch: Callable[[T], R], workers: int, ahead: int) -> Iterator[R]:
+    """`fetch(item)` for each item, in order, with up to `ahead` items fetched in advance by `workers` threads
+    (0: in the caller's thread, nothing ahead). An error of `fetch` is raised where its item is yielded."""
+    if workers <= 0:
+        yield from map(fetch, items)
+        return
+    pending: deque[Future[R]] = deque()
+    source = iter(items)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for item in source:
+            pending.append(pool.submit(fetch, item))
+            if len(pending) >= max(1, ahead):
+                break
+        try:
+            while pending:
+                result = pending.popleft().result()
+                for item in source:
+                    pending.append(pool.submit(fetch, item))
+                    break
+                yield result
         finally:
             for future in pending:
                 future.cancel()
