@@ -10,6 +10,7 @@ from pathlib import Path
 
 from vaflow import config
 from vaflow.code import stage_code
+from vaflow.data.prepare import source_ids
 from vaflow.models import artifacts
 from vaflow.stage import Stage, run
 from vaflow.tracking import Tracker
@@ -21,6 +22,7 @@ STAGE = Stage(
     "joint_tune",
     __doc__,
     {
+        "--prepared": "prepare's folder (manifest.csv: which source each clip comes from)",
         "--features": "extract_visual's folder (<split>/visual-*.tar), or a URL of a copy of it",
         "--latents": "encode_audio's folder (<split>/audio-*.tar), or a URL of a copy of it",
         "--flow": "train_flow's model folder",
@@ -36,7 +38,10 @@ STAGE = Stage(
 def inputs(params: config.Params, args: argparse.Namespace) -> tuple[training.FlowData, training.FlowStart]:
     """The paired data and the model to tune, read before the run starts: a model that does not fit the data
     (another visual encoder or WaveVAE on its card) fails before any run or step."""
-    data = training.open_flow_data(args.features, args.latents, params.joint_tune.val.clips)
+    cfg = params.joint_tune
+    data = training.open_flow_data(
+        args.features, args.latents, cfg.val.clips, source_ids(args.prepared, cfg.sources)
+    )
     return data, training.stage3_start(params.flow, params.joint_tune, data, args.flow)
 
 

@@ -1,5 +1,6 @@
-"""Stage `train_align` (VAFlow stage 1, paper §3.3): the alignment VAE alone, on every train-split clip's visual
-features (Eq. 4-7). With the `audioset_v2a` source those are AudioSet-V2A's clips, as the paper trains it."""
+"""Stage `train_align` (VAFlow stage 1, paper §3.3): the alignment VAE alone, on the visual features of the train
+split's clips of `train_align.sources` (Eq. 4-7): every prepared source by default, as the paper trains it on
+VGGSound + AudioSet-V2A."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from vaflow import config
 from vaflow.code import stage_code
 from vaflow.data import pairs
+from vaflow.data.prepare import source_ids
 from vaflow.models import artifacts
 from vaflow.models.align_vae import AlignVAE
 from vaflow.stage import Stage, run
@@ -22,6 +24,7 @@ STAGE = Stage(
     "train_align",
     __doc__,
     {
+        "--prepared": "prepare's folder (manifest.csv: which source each clip comes from)",
         "--features": "extract_visual's folder (<split>/visual-*.tar), or a URL of a copy of it",
         "--out": "model folder to write (align_vae.safetensors + .json)",
         "--checkpoints": "root of the resumable training checkpoints",
@@ -36,13 +39,14 @@ def train(params: config.Params, args: argparse.Namespace, tracker: Tracker) -> 
     """Train the alignment VAE with fixed-draw validation on the val clips; rank 0 exports its EMA weights."""
     cfg = params.train_align
     identity = artifacts.feature_identity(pairs.read_spec(args.features, pairs.FEATURES))
-    train_split = pairs.open_split(args.features, "train")
+    ids = source_ids(args.prepared, cfg.sources)
+    train_split = pairs.open_split(args.features, "train", ids=ids)
     t_v, d_v = train_split.shapes["feat"]
     model_cfg = training.align_config(cfg, (t_v, d_v), params.audio_vae.latent_dim,
                                       params.clip.latent_length(params.audio_vae.hop))  # fmt: skip
     print(f"train: {train_split.n_clips} clips; x_v ({t_v}, {d_v}) -> x_v^AE ({model_cfg.latent_length}, "
           f"{model_cfg.latent_dim})")  # fmt: skip
-    val = training.load_validation(pairs.optional_split(args.features, "val"), cfg.val.clips)
+    val = training.load_validation(pairs.optional_split(args.features, "val", ids=ids), cfg.val.clips)
     validate = training.validator(val, cfg.val, "align")
     # the code too: changed code never resumes a checkpoint of the old one
     sections = {STAGE.name: cfg.model_dump(mode="json"), "model": model_cfg.to_dict(), "features": identity,

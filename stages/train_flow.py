@@ -9,6 +9,7 @@ import argparse
 
 from vaflow import config
 from vaflow.code import stage_code
+from vaflow.data.prepare import source_ids
 from vaflow.stage import Stage, run
 from vaflow.tracking import Tracker
 from vaflow.train import vaflow as training
@@ -18,6 +19,7 @@ STAGE = Stage(
     "train_flow",
     __doc__,
     {
+        "--prepared": "prepare's folder (manifest.csv: which source each clip comes from)",
         "--features": "extract_visual's folder (<split>/visual-*.tar), or a URL of a copy of it",
         "--latents": "encode_audio's folder (<split>/audio-*.tar), or a URL of a copy of it",
         "--align": "train_align's model folder",
@@ -33,7 +35,10 @@ STAGE = Stage(
 def inputs(params: config.Params, args: argparse.Namespace) -> tuple[training.FlowData, training.FlowStart]:
     """The paired data and the model to train, read before the run starts: a model that does not fit the data
     (another visual encoder or WaveVAE on `init`'s card) fails before any run or step."""
-    data = training.open_flow_data(args.features, args.latents, params.train_flow.val.clips)
+    cfg = params.train_flow
+    data = training.open_flow_data(
+        args.features, args.latents, cfg.val.clips, source_ids(args.prepared, cfg.sources)
+    )
     return data, training.stage2_start(params.flow, params.train_flow, data, args.align)
 
 

@@ -29,6 +29,14 @@ def test_unknown_key_names_key_and_nearest_valid_key():
     assert "synth.fsp" in msg and "did you mean 'fps'" in msg
 
 
+def test_a_training_stage_reads_only_prepared_sources():
+    with pytest.raises(config.ConfigError) as err:
+        config.validate({"prepare": {"sources": ["synth"]}, "train_flow": {"sources": ["synthh"]}})
+    msg = str(err.value)
+    assert "train_flow.sources: 'synthh' is not a prepared source" in msg and "did you mean 'synth'" in msg
+    assert config.validate({"train_align": {"sources": ["synth"]}}).train_align.sources == ["synth"]
+
+
 def test_unknown_section_and_nested_typo():
     with pytest.raises(config.ConfigError, match=r"prepar: unknown key \(did you mean 'prepare'\?\)"):
         config.validate({"prepar": {}})

@@ -177,3 +177,16 @@ def test_uneven_shards_split_at_clip_level_with_equal_batch_counts(tmp_path):
     seen = [sum(_epoch(s, 2), []) for s in streams]
     assert [len(s) for s in streams] == [3, 3, 3] and all(len(ids) == 6 for ids in seen)  # 18 // (2 · 3)
     assert len(set(sum(seen, []))) == 18  # disjoint, and every clip read
+
+
+def test_a_split_read_for_some_ids_counts_and_yields_those_only(tmp_path):
+    f_dir, a_dir = make(tmp_path, reject_a=["c03"])
+    wanted = {"c00", "c03", "c09", "c17"}  # c03: rejected on one side, so not a usable clip
+    part = pairs.open_split(f_dir, "train", a_dir, ids=wanted | {"not-a-clip"})
+    assert part.counts == [1, 1, 1] and part.n_clips == 3
+    assert {s["id"] for s in part.samples()} == {"c00", "c09", "c17"}
+    batches = list(pairs.ClipStream(part, batch_size=1, seed=2))
+    assert sorted(b["id"][0] for b in batches) == ["c00", "c09", "c17"]
+    assert pairs.open_split(f_dir, "train", ids=wanted).n_clips == 4  # features only: c03 has features
+    with pytest.raises(ShardError, match="no usable clip of the 2 clips asked for"):
+        pairs.open_split(f_dir, "train", a_dir, ids={"not-a-clip", "c03"})

@@ -230,4 +230,8 @@ def test_several_sources_make_one_manifest_tagged_by_source(tmp_path):
     # What the stages filter on: the alignment VAE every train row, the flow stages VGGSound's train rows only.
     train = manifest[manifest["split"] == "train"]
     assert list(train[train["source"] == "vggsound"]["id"]) == ["aaa_000010"]
+    out = report.manifest_path.parent
+    assert prepare.source_ids(out, ["vggsound"]) == {"aaa_000010", "bbb_000000"}
+    assert prepare.source_ids(out, ["vggsound", "audioset_v2a"]) == set(manifest["id"])
+    assert prepare.source_ids(out, []) is None  # every clip
     assert "vggsound train: 1" in report.summary() and "audioset_v2a train: 1" in report.summary()

@@ -73,22 +73,38 @@ def work(tmp_path, mlflow_uri, monkeypatch, request) -> Path:
 
 
 def _align(tag: str = "", features: str = "features") -> None:
-    load_stage("train_align").main(["--features", features, "--out", f"align{tag}", "--checkpoints", f"ck{tag}",
+    load_stage("train_align").main(["--prepared", "prepared", "--features", features, "--out", f"align{tag}", "--checkpoints", f"ck{tag}",
                                 "--metrics", f"metrics{tag}"])  # fmt: skip
 
 
 def _flow(tag: str = "", align: str = "align", features: str = "features", latents: str = "latents") -> None:
-    load_stage("train_flow").main(["--features", features, "--latents", latents, "--align", align,
+    load_stage("train_flow").main(["--prepared", "prepared", "--features", features, "--latents", latents, "--align", align,
                                "--out", f"flow{tag}", "--checkpoints", f"ck{tag}", "--metrics", f"metrics{tag}"])  # fmt: skip
 
 
 def _tune(tag: str = "") -> None:
-    load_stage("joint_tune").main(["--features", "features", "--latents", "latents", "--flow", "flow",
+    load_stage("joint_tune").main(["--prepared", "prepared", "--features", "features", "--latents", "latents", "--flow", "flow",
                                "--out", f"vaflow{tag}", "--checkpoints", f"ck{tag}", "--metrics", f"metrics{tag}"])  # fmt: skip
 
 
 def _metrics(work: Path, stage: str, tag: str = "") -> dict:
     return json.loads((work / f"metrics{tag}" / f"{stage}.json").read_text())
+
+
+def test_a_stage_with_sources_trains_on_those_clips_of_the_manifest(work, capsys):
+    """train_align on every prepared source, train_flow on VGGSound's clips only (the paper preset's §4.1 split)."""
+    (work / "prepared").mkdir()
+    head = "id,split,source,label,path,start,duration,media_duration,fps,width,height,sample_rate,channels,status"
+    rows = [f"{split}{i:03d},{split},{'vggsound' if i % 2 else 'audioset_v2a'},x,v.mp4,0,1,1,4,8,8,8000,1,ok"
+            for split, n in SPLITS.items() for i in range(n)]  # fmt: skip
+    (work / "prepared" / "manifest.csv").write_text("\n".join([head, *rows]) + "\n")
+    two = {"prepare": {"sources": ["vggsound", "audioset_v2a"]}, "train_flow": {**PARAMS["train_flow"], "sources": ["vggsound"]}}  # fmt: skip
+    (work / "params.yaml").write_text(config.dump(config.validate({**PARAMS, **two})))
+    _align()
+    _flow()
+    out = capsys.readouterr().out
+    assert f"train: {SPLITS['train']} clips" in out  # both sources
+    assert f"train: {SPLITS['train'] // 2} paired clips" in out  # VGGSound's half
 
 
 def test_three_stages_write_models_and_metrics_and_repeat_exactly(work):

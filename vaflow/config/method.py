@@ -57,6 +57,9 @@ class TrainAlignConfig(Section):
     con_weight: float = Field(1.0, ge=0)
     clip_frames: int = Field(8, ge=1)  # K adjacent frames at the clip scale
     temperature: float = Field(0.7, gt=0)  # τ
+    # The prepared sources whose train (and val) clips this stage reads; [] = every source of `prepare.sources`. The
+    # paper trains the alignment VAE on VGGSound + AudioSet-V2A and the flow on VGGSound only (§4.1).
+    sources: list[str] = []
     val: ValidationConfig = ValidationConfig(every=100)
     # 200 steps of 32 clips: the loss has flattened by then (the README's default run gives the stage's time).
     trainer: TrainerConfig = TrainerConfig(
@@ -138,6 +141,9 @@ class TrainFlowConfig(Section):
     # must describe it. "" (the default) builds a new estimator on train_align's prior: the paper's stage 2, and
     # the only start a pipeline that trains everything itself has.
     init: str = ""
+    # The prepared sources whose train (and val) clips this stage reads; [] = every source of `prepare.sources`. The
+    # paper trains the alignment VAE on VGGSound + AudioSet-V2A and the flow on VGGSound only (§4.1).
+    sources: list[str] = []
     val: ValidationConfig = ValidationConfig(every=100)
     # 1200 steps of 32 clips: most of the embedded default's 10-minute budget, which its pretrained WaveVAE
     # leaves to VAFlow (the default run's stage times are in the README).
@@ -171,6 +177,9 @@ class JointTuneConfig(Section):
     init: str = ""
     # Eq. 9's λ_KL: the paper's alignment-VAE value keeps the tuned prior close to N(0, I).
     kl_weight: float = Field(8e-4, ge=0)
+    # The prepared sources whose train (and val) clips this stage reads; [] = every source of `prepare.sources`. The
+    # paper trains the alignment VAE on VGGSound + AudioSet-V2A and the flow on VGGSound only (§4.1).
+    sources: list[str] = []
     val: ValidationConfig = ValidationConfig(every=100)
     # A lower lr than stage 2: the estimator is fine-tuned, the encoder starts from a useful prior.
     trainer: TrainerConfig = TrainerConfig(

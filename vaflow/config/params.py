@@ -83,6 +83,17 @@ class Params(Section):
         return self
 
     @model_validator(mode="after")
+    def _stages_read_prepared_sources(self) -> Params:
+        for stage in ("train_align", "train_flow", "joint_tune"):
+            for name in getattr(self, stage).sources:
+                if name not in self.prepare.sources:
+                    raise ValueError(
+                        f"{stage}.sources: {name!r} is not a prepared source{did_you_mean(name, self.prepare.sources)}"
+                        f"; prepare.sources is {list(self.prepare.sources)}"
+                    )
+        return self
+
+    @model_validator(mode="after")
     def _shards_pair_by_position(self) -> Params:
         # The flow reads audio shard i with visual shard i (vaflow.data.pairs): both must cut the clip list alike.
         if self.encode_audio.per_shard != self.extract_visual.per_shard:

@@ -34,7 +34,7 @@ import json
 import math
 import os
 import posixpath
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,6 +124,7 @@ class SplitShards:
     latents: list[str] | None
     counts: list[int]  # usable clips in each shard (pair)
     shapes: dict[str, tuple[int, ...]]  # field -> per-clip shape, from the first clip
+    keep: frozenset[str] | None = None  # the shard keys (`shards.sanitize_key(id)`) read; None: every clip
 
     @property
     def n_clips(self) -> int:
@@ -134,12 +135,17 @@ class SplitShards:
         for i in order if order is not None else range(len(self.features)):
             if self.latents is None:
                 for s in shards.read_shards([self.features[i]], keys=("feat",)):
-                    yield self._checked({"id": s["id"], "feat": s["feat"]}, self.features[i])
+                    if self._kept(s["id"]):
+                        yield self._checked({"id": s["id"], "feat": s["feat"]}, self.features[i])
             else:
                 pairs = shards.read_zipped([self.features[i]], [self.latents[i]], ("feat",), ("mean", "std"))
                 for f, a in pairs:
-                    yield self._checked({"id": f["id"], "feat": f["feat"], "mean": a["mean"], "std": a["std"]},
-                                        self.features[i])  # fmt: skip
+                    if self._kept(f["id"]):
+                        yield self._checked({"id": f["id"], "feat": f["feat"], "mean": a["mean"], "std": a["std"]},
+                                            self.features[i])  # fmt: skip
+
+    def _kept(self, clip_id: str) -> bool:
+        return self.keep is None or shards.sanitize_key(clip_id) in self.keep
 
     def _checked(self, sample: dict[str, Any], where: str) -> dict[str, Any]:
         for key, shape in self.shapes.items():
@@ -157,9 +163,11 @@ def open_split(
     split: str,
     latents: str | Path | None = None,
     expect: Mapping[str, tuple] | None = None,
+    ids: Collection[str] | None = None,
 ) -> SplitShards:
     """Find and check a split's shards: `<features>/<split>/visual-*.tar` (and `<latents>/<split>/audio-*.tar`);
-    either root a local folder or a URL (module doc).
+    either root a local folder or a URL (module doc). With `ids`, only those clips are read (a source's clips:
+    `prepare.source_ids`); the shards are still checked whole.
 
     Raises ShardError when the split has no shard or no clip, when the two sets differ in shard count, or when a
     clip is on one side only without being listed in the other side's rejected.csv (the sets were written from
@@ -172,8 +180,9 @@ def open_split(
         raise ShardError(
             f"{f_dir}: no {FEATURES}-*.tar shards for split {split!r} (empty split, or run extract_visual)"
         )
+    keep = None if ids is None else frozenset(shards.sanitize_key(i) for i in ids)
     if latents is None:
-        counts = [len(shards.member_keys(u)) for u in f_urls]
+        counts = [len(_kept_keys(shards.member_keys(u), keep)) for u in f_urls]
         a_urls = None
     else:
         a_dir = _join(latents, split)
@@ -183,10 +192,11 @@ def open_split(
                 f"split {split!r}: {len(f_urls)} feature shard(s) in {f_dir} but {len(a_urls)} latent shard(s) in "
                 f"{a_dir}: extract_visual and encode_audio must use the same per_shard and manifest"
             )
-        counts = _paired_counts(f_urls, a_urls, _rejected_later(f_dir), _rejected_later(a_dir))
+        counts = _paired_counts(f_urls, a_urls, _rejected_later(f_dir), _rejected_later(a_dir), keep)
     if sum(counts) == 0:
-        raise ShardError(f"split {split!r}: the shards in {f_dir} hold no usable clip")
-    first = SplitShards(split, f_urls, a_urls, counts, {})
+        which = "" if keep is None else f" of the {len(keep)} clips asked for (the stage's sources)"
+        raise ShardError(f"split {split!r}: the shards in {f_dir} hold no usable clip{which}")
+    first = SplitShards(split, f_urls, a_urls, counts, {}, keep)
     sample = next(first.samples())
     shapes = {k: tuple(v.shape) for k, v in sample.items() if k != "id"}
     for key, want in (expect or {}).items():
@@ -195,7 +205,11 @@ def open_split(
                 f"clip {sample['id']!r} of split {split!r}: {key} is shaped {shapes.get(key)}, but the config "
                 f"expects {tuple(want)}: the shards come from another encoder, WaveVAE or clip length"
             )
-    return SplitShards(split, f_urls, a_urls, counts, shapes)
+    return SplitShards(split, f_urls, a_urls, counts, shapes, keep)
+
+
+def _kept_keys(keys: Collection[str], keep: frozenset[str] | None) -> set[str]:
+    return set(keys) if keep is None else set(keys) & keep
 
 
 def optional_split(
@@ -203,11 +217,12 @@ def optional_split(
     split: str,
     latents: str | Path | None = None,
     expect: Mapping[str, tuple] | None = None,
+    ids: Collection[str] | None = None,
 ) -> SplitShards | None:
     """`open_split`, or None when the split has no feature shards at all (e.g. a source without a val split)."""
     if not _split_shards(features, split, FEATURES):
         return None
-    return open_split(features, split, latents, expect)
+    return open_split(features, split, latents, expect, ids)
 
 
 def _paired_counts(
@@ -215,6 +230,7 @@ def _paired_counts(
     a_urls: list[str],
     f_rejected: Callable[[], set[str]],
     a_rejected: Callable[[], set[str]],
+    keep: frozenset[str] | None = None,
 ) -> list[int]:
     counts = []
     for f_url, a_url in zip(f_urls, a_urls, strict=True):
@@ -229,7 +245,7 @@ def _paired_counts(
                     f"clip {key!r} is in {side} but not in {other}, and {_join(posixpath.dirname(other), REJECTED_FILE)} "
                     "does not list it: the feature and latent sets hold different clips (rerun both extraction stages)"
                 )
-        counts.append(len(f_set & a_set))
+        counts.append(len(_kept_keys(f_set & a_set, keep)))
     return counts
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -247,6 +247,14 @@ def prepare(
     if journal is not None:
         journal.keep({key for key in keys if key is not None})  # verdicts of files since changed go
     return PrepareReport(manifest, rejected_df, manifest_path, rejected_path, len(left), resumed)
+
+
+def source_ids(prepared: str | Path, sources: Sequence[str]) -> set[str] | None:
+    """The ids of the clips of `sources` in `<prepared>/manifest.csv` (every split); None for `[]` (every clip)."""
+    if not sources:
+        return None
+    manifest = load_manifest(Path(prepared) / "manifest.csv")
+    return set(manifest.loc[manifest["source"].isin(list(sources)), "id"])
 
 
 def load_manifest(path: str | Path, split: str | None = None) -> pd.DataFrame:

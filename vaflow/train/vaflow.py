@@ -9,7 +9,7 @@ fixed grid of t at the midpoints of equal bins), so a curve moves only when the 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -226,16 +226,18 @@ class FlowData:
     feature_dim: int  # D_v
 
 
-def open_flow_data(features: str | Path, latents: str | Path, val_clips: int) -> FlowData:
-    """Open the train split (paired) and the first `val_clips` val clips; every clip's shapes are checked against
-    the latent spec's (T_a, D_a) and the first feature clip's (T_v, D_v)."""
+def open_flow_data(
+    features: str | Path, latents: str | Path, val_clips: int, ids: Collection[str] | None = None
+) -> FlowData:
+    """Open the train split (paired) and the first `val_clips` val clips, of the clips `ids` only when given; every
+    clip's shapes are checked against the latent spec's (T_a, D_a) and the first feature clip's (T_v, D_v)."""
     f_spec, a_spec = pairs.read_spec(features, pairs.FEATURES), pairs.read_spec(latents, pairs.LATENTS)
     t_a, d_a = int(a_spec["latent_length"]), int(a_spec["latent_dim"])
     expect: dict[str, tuple[int, ...]] = {"mean": (t_a, d_a), "std": (t_a, d_a)}
-    train = pairs.open_split(features, "train", latents, expect)
+    train = pairs.open_split(features, "train", latents, expect, ids)
     t_v, d_v = train.shapes["feat"]
     expect["feat"] = (t_v, d_v)
-    val = load_validation(pairs.optional_split(features, "val", latents, expect), val_clips)
+    val = load_validation(pairs.optional_split(features, "val", latents, expect, ids), val_clips)
     return FlowData(
         artifacts.feature_identity(f_spec), artifacts.wavevae_identity(a_spec), train, val, t_a, d_a, t_v, d_v
     )
