@@ -76,6 +76,7 @@ def _frame_request(
     start: float,
     duration: float | None,
     max_frames: int | None,
+    decoder_threads: int = 0,
 ) -> _FrameRequest:
     if fps <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
@@ -99,6 +100,8 @@ def _frame_request(
     input_args = {"ss": repr(input_seek)} if input_seek > 0 else {}
     if duration is not None:
         input_args["t"] = repr(offset + float(duration))
+    if decoder_threads:
+        input_args["threads"] = decoder_threads
     stream = ffmpeg.input(_ff_path(path), **input_args)["V:0"]  # "V": video, but not cover art
     # Output frame k shows the input frame nearest to start + k / fps; start_time also fills the first slots
     # with the first frame when the stream begins a little after `start`, so indices stay on the audio clock.
@@ -218,7 +221,12 @@ def iter_frames(
 
 
 def _audio_output(
-    path: str | os.PathLike, sample_rate: int, start: float, duration: float | None, target: str
+    path: str | os.PathLike,
+    sample_rate: int,
+    start: float,
+    duration: float | None,
+    target: str,
+    decoder_threads: int = 0,
 ) -> Any:
     """The ffmpeg output of read_audio writing mono float32 samples to `target` (checked arguments)."""
     if sample_rate <= 0:
@@ -227,7 +235,9 @@ def _audio_output(
         raise ValueError(f"need start >= 0 and duration > 0, got start={start}, duration={duration}")
     _check_readable(path)
     input_seek = _input_seek(start)  # see _SEEK_PREROLL
-    input_args = {"ss": repr(input_seek)} if input_seek > 0 else {}
+    input_args: dict = {"ss": repr(input_seek)} if input_seek > 0 else {}
+    if decoder_threads:
+        input_args["threads"] = decoder_threads
     out_args: dict = {"format": "f32le", "ac": 1, "ar": int(sample_rate)}
     if start - input_seek > 0:
         out_args["ss"] = repr(round(start - input_seek, 9))
@@ -283,12 +293,13 @@ def read_av(
     ffmpeg process: (frames (T, H, W, 3) uint8, audio (N,) float32), equal to the two reads.
 
     The file is opened twice inside that process, each opening seeking as its own read does, so both outputs keep
-    their timing rules; frames come through stdout, samples through a file in a temporary folder.
+    their timing rules; frames come through stdout, samples through a file in a temporary folder. Each decoder runs
+    on one thread (the same output as more): callers decode several clips at once instead.
     """
-    req = _frame_request(path, fps, size, start, duration, None)
+    req = _frame_request(path, fps, size, start, duration, None, decoder_threads=1)
     with tempfile.TemporaryDirectory(prefix="vaflow-av-", dir=_SCRATCH) as tmp:
         target = os.path.join(tmp, "audio.f32")
-        sound = _audio_output(path, sample_rate, start, duration, target)
+        sound = _audio_output(path, sample_rate, start, duration, target, decoder_threads=1)
         cmd = ffmpeg.merge_outputs(req.output, sound).compile(cmd=_base_cmd("error"))
         out, err, rc = _run(cmd, path, timeout)
         if rc != 0:
