@@ -170,3 +170,17 @@ def test_a_split_is_streamed_only_above_the_memory_setting(world, monkeypatch):
     mb = len(frame) * n * 4 / 2**20
     assert isinstance(wavevae.open_train_clips(frame, params.clip, 64, 1, mb, progress=False)[0], MemoryClips)
     assert isinstance(wavevae.open_train_clips(frame, params.clip, 64, 1, mb * 0.99, progress=False)[0], StreamedClips)
+
+
+def test_a_streamed_cavp_split_gives_the_batches_of_the_split_in_memory(world):
+    rows, _ = world
+    cfg = cavp.cavp_config(4.0, 8000, 16)
+    memory, kept = cavp.open_train_clips(rows, cfg, 1.0, workers=2, in_memory_mb=1e3)
+    streamed, scanned = cavp.open_train_clips(rows, cfg, 1.0, workers=2, in_memory_mb=0)
+    assert isinstance(memory, MemoryClips) and isinstance(streamed, StreamedClips)
+    assert scanned.ids == kept.ids and scanned.rejected == kept.rejected
+    one, two = (list(ClipBatches(store, 2, seed=1)) for store in (memory, streamed))
+    assert len(one) == len(two) == len(kept.ids) // 2
+    for a, b in zip(one, two, strict=True):
+        assert torch.equal(a["frames"], b["frames"])
+        torch.testing.assert_close(a["mel"], b["mel"], rtol=0, atol=1e-5)  # one clip's log-mel against a chunk's

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from vaflow.config.section import Section
-from vaflow.config.trainer import ClipTrainerConfig, TrainerConfig, needs_steps
+from vaflow.config.trainer import ClipTrainerConfig, needs_steps
 from vaflow.errors import did_you_mean
 
 # --------------------------------------------------------------------------------------------
@@ -307,7 +307,7 @@ class VisualEncoderConfig(Section):
     cavp: CAVPOptions = CAVPOptions()
     pixels: PixelOptions = PixelOptions()
     # 200 steps of 16 clips: longer runs overfit the 256 synthetic training clips (test retrieval peaks, then falls).
-    trainer: TrainerConfig = TrainerConfig(
+    trainer: ClipTrainerConfig = ClipTrainerConfig(
         steps=200, batch_size=16, lr=1e-3, warmup_steps=20, checkpoint_every=50, log_every=25, ema_decay=0.99
     )
 

@@ -13,7 +13,7 @@ Evaluation on held-out clips, the two abilities the two contrastive losses train
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from vaflow.config.section import ConfigError
-from vaflow.data.clips import ClipBatches, decode_clips, read_window
+from vaflow.data.clips import ClipBatches, DecodedClips, MemoryClips, StreamedClips, open_clips, read_window
 from vaflow.data.features import export_encoder
 from vaflow.data.prepare import load_manifest
 from vaflow.models.cavp import CAVP, CAVPConfig, log_mel, retrieval_topk, temporal_discrimination
@@ -40,6 +40,7 @@ __all__ = [
     "cavp_loss",
     "evaluate_cavp",
     "load_clips",
+    "open_train_clips",
 ]
 
 # Mel front end in seconds, so it follows the clip's sample rate: a 10 ms hop resolves onsets well below one
@@ -58,7 +59,7 @@ def cavp_config(fps: float, sample_rate: int, embed_dim: int, **overrides: Any) 
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Data: decoded clips in memory
+# Data: decoded clips, in memory or streamed
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -88,23 +89,50 @@ def load_clips(
     audio samples (its log-mel: (n_mels, N // hop + 1)). A clip that fails to decode or falls short is left out and
     listed in `rejected`; nothing is padded. `workers` ffmpeg decodes run at once.
     """
+    store, clips = open_train_clips(list(rows), config, duration, workers, float("inf"), progress)
+    assert isinstance(store, MemoryClips)
+    return ClipArrays(clips.ids, store.tensors["frames"], store.tensors["mel"], clips.rejected)
+
+
+def open_train_clips(
+    rows: Sequence[Mapping[str, Any]],
+    config: CAVPConfig,
+    duration: float,
+    workers: int,
+    in_memory_mb: float,
+    progress: bool = False,
+) -> tuple[MemoryClips | StreamedClips, DecodedClips]:
+    """The clips of `rows` as {"frames", "mel"} (`clips.open_clips`): in memory when their decoded windows take at
+    most `in_memory_mb` MB (the log-mel then computed in chunks of 64 clips), else streamed (each clip's log-mel
+    computed alone: equal to the chunked one to float rounding)."""
     num_frames = max(1, round(duration * config.fps))
     num_samples = round(duration * config.sample_rate)
     c, size = config, config.image_size
 
-    def decode(row: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    def decode(row: Mapping[str, Any]) -> dict[str, np.ndarray]:
         # The row's own window is read, then cut to the T frames and N samples of `duration`.
-        return read_window(row, c.fps, size, c.sample_rate, row["duration"], num_frames, num_samples)
+        frames, audio = read_window(row, c.fps, size, c.sample_rate, row["duration"], num_frames, num_samples)
+        return {"frames": frames, "audio": audio}
 
-    clips = decode_clips(rows, decode, workers, progress)
-    frames = clips.stack(0, (num_frames, size, size, 3), torch.uint8)
-    if not clips.parts:
-        empty_mel = torch.empty(0, c.n_mels, num_samples // c.hop + 1)
-        return ClipArrays([], frames, empty_mel, clips.rejected)
-    waves = clips.stack(1, (num_samples,), torch.float32)  # (N, samples)
-    # The model's own front end (CAVP.log_mel), computed once here rather than every step.
-    mel = torch.cat([log_mel(chunk, c.sample_rate, c.n_mels, c.hop, c.n_fft) for chunk in waves.split(64)])
-    return ClipArrays(clips.ids, frames, mel, clips.rejected)
+    def mel_of(audio: torch.Tensor) -> torch.Tensor:  # (B, N) -> (B, n_mels, F): the model's own front end
+        return log_mel(audio, c.sample_rate, c.n_mels, c.hop, c.n_fft)
+
+    def streamed(row: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        clip = decode(row)
+        return {"frames": clip["frames"], "mel": mel_of(torch.from_numpy(clip["audio"])[None])[0].numpy()}
+
+    frame_shape, clip_bytes = (num_frames, size, size, 3), num_frames * size * size * 3 + num_samples * 4
+    shapes = {"frames": frame_shape, "audio": (num_samples,)}
+    store, clips = open_clips(rows, decode, shapes, clip_bytes, in_memory_mb, workers, progress)
+    mel_shape = (c.n_mels, num_samples // c.hop + 1)
+    if isinstance(store, StreamedClips):
+        return StreamedClips(store.rows, streamed, {"frames": frame_shape, "mel": mel_shape}, workers), clips
+    waves = store.tensors["audio"]  # (N, samples)
+    # Computed once here rather than every step.
+    mel = (
+        torch.cat([mel_of(chunk) for chunk in waves.split(64)]) if len(waves) else torch.empty(0, *mel_shape)
+    )
+    return MemoryClips({"frames": store.tensors["frames"].to(torch.uint8), "mel": mel}), clips
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -297,19 +325,22 @@ def train_encoder(cfg: Any, clip: Any, manifest: Path, checkpoints: str | Path, 
     """Train the CAVP-style encoder of a `visual_encoder` section `cfg` on the train clips of `manifest`;
     returns (EMA model, final losses) on rank 0, None elsewhere. `code` is the stage's code identity."""
     model_cfg = cavp_config(cfg.frame_rate, clip.sample_rate, cfg.cavp.embed_dim)
-    data = load_clips(load_manifest(manifest, "train").to_dict("records"), model_cfg, clip.duration)
-    print(f"train: {len(data)} clips decoded, {len(data.rejected)} rejected")
-    for clip_id, reason in data.rejected:
+    rows = load_manifest(manifest, "train").to_dict("records")
+    store, kept = open_train_clips(
+        rows, model_cfg, clip.duration, cfg.trainer.num_workers, cfg.trainer.in_memory_mb
+    )
+    how = "in memory" if isinstance(store, MemoryClips) else f"streamed by {cfg.trainer.num_workers} decoders"
+    print(f"train: {len(store)} clips decoded ({how}), {len(kept.rejected)} rejected")
+    for clip_id, reason in kept.rejected:
         print(f"  rejected {clip_id}: {reason}")
-    if len(data) < cfg.trainer.batch_size:
+    if len(store) < cfg.trainer.batch_size:
         raise ConfigError(
-            f"{len(data)} usable training clips, fewer than visual_encoder.trainer.batch_size={cfg.trainer.batch_size}"
+            f"{len(store)} usable training clips, fewer than visual_encoder.trainer.batch_size={cfg.trainer.batch_size}"
         )
 
     def stream(spec):
-        tensors = {"frames": data.frames, "mel": data.mel}
         what = "visual_encoder.trainer.batch_size"
-        return ClipBatches(tensors, spec.batch_size, spec.rank, spec.world_size, spec.seed, what)
+        return ClipBatches(store, spec.batch_size, spec.rank, spec.world_size, spec.seed, what)
 
     sections = {
         "visual_encoder": cfg.model_dump(mode="json"),
