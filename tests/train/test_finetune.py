@@ -126,8 +126,8 @@ def world(tmp_path_factory) -> Path:
         torch.manual_seed(0)
         align = AlignVAE(AlignVAEConfig(48, 2, 4, 200, channels=8, blocks=1), AlignLossWeights())
         artifacts.save_align_vae(align, root / "pre" / "align", features, {"steps": 0})
-        _stage("train_flow", params, features="features", latents="latents", align="pre/align", out="pre/flow",
-               checkpoints="ck", metrics="metrics")  # fmt: skip
+        _stage("train_flow", params, prepared="prepared", features="features", latents="latents", align="pre/align",
+               out="pre/flow", checkpoints="ck", metrics="metrics")  # fmt: skip
         yield root
 
 
@@ -141,8 +141,8 @@ def run_in(world, tmp_path, monkeypatch) -> Path:
 def _run(stage: str, world: Path, params: Path, source: str | Path) -> None:
     """Run train_flow (`source`: its --align) or joint_tune (`source`: its --flow) into ./out."""
     flag = {"train_flow": "align", "joint_tune": "flow"}[stage]
-    _stage(stage, params, features=world / "features", latents=world / "latents", out="out", checkpoints="ck",
-           metrics="metrics", **{flag: source})  # fmt: skip
+    _stage(stage, params, prepared=world / "prepared", features=world / "features", latents=world / "latents",
+           out="out", checkpoints="ck", metrics="metrics", **{flag: source})  # fmt: skip
 
 
 def _first_logged_loss(stage: str) -> float:
