@@ -241,11 +241,13 @@ def verify_decode(path: str | os.PathLike, timeout: float = 120.0) -> Decoded:
     - "corrupt: <the first error>" when a decoder fails on any packet (`-max_error_rate 0` makes ffmpeg exit 69).
     A file cut cleanly between packets decodes without an error but ends early: callers compare `video_end` and
     `audio_end` with the time they need (prepare: the clip's window). Needs ffmpeg >= 6.1 (`-stats_enc_pre`).
+    The decoders run on one thread each, so the first error (and its text, which a multi-threaded decoder words after
+    how it split the frame) is the same on every run; prepare checks several files at once instead.
     """
     _check_readable(path)
     with tempfile.TemporaryDirectory(prefix="vaflow-decode-") as tmp:
         stats = {kind: os.path.join(tmp, f"{kind}.txt") for kind in "va"}
-        cmd = _base_cmd("error") + ["-max_error_rate", "0", "-i", _ff_path(path)]
+        cmd = _base_cmd("error") + ["-max_error_rate", "0", "-threads", "1", "-i", _ff_path(path)]
         cmd += ["-map", "0:V:0?", "-map", "0:a:0?"]  # V: a video stream that is not cover art
         # Frames as decoded, timed on the file's clock (no frame-rate conversion drops or duplicates any).
         cmd += ["-fps_mode:v", "passthrough", "-enc_time_base:v", "demux"]
