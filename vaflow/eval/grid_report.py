@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import tempfile
+import textwrap
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -199,7 +200,9 @@ def plot(grid: Grid, runs: Runs, path: str | Path) -> Path:
         ax.set_ylabel(f"{metric} ({better} is better)")
         ax.grid(alpha=0.3)
     axes[0][0].legend()
-    fig.suptitle(grid.title, fontsize=10)
+    fig.suptitle(
+        textwrap.fill(grid.title, 12 * 5 * len(grid.metrics)), fontsize=10
+    )  # ~12 characters per inch
     fig.tight_layout()
     with atomic.replacing(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
