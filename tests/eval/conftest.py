@@ -40,11 +40,18 @@ def data(world):
 
 
 @pytest.fixture(scope="module")
-def trained(data, tmp_path_factory):
+def train_clips(world, data):
+    """The train split as the evaluators' training reads it, in memory: (store, verdict, log-mel mean and std)."""
+    labels, cfg, _, _ = data
+    return et.open_train_clips(rows(world, "train"), labels, cfg, 1.0, 2, float("inf"), progress=False)
+
+
+@pytest.fixture(scope="module")
+def trained(data, train_clips, tmp_path_factory):
     """The three evaluators after a short training on the train split, by name."""
     torch.set_num_threads(1)
-    labels, cfg, train, _ = data
-    return et.train_evaluators(train, labels, cfg, FAST, tmp_path_factory.mktemp("checkpoints"))[0]
+    store, _, norm = train_clips
+    return et.train_evaluators(store, norm, data[1], FAST, tmp_path_factory.mktemp("checkpoints"))[0]
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import torch
 
 from tests.stage_scripts import load_stage
 from vaflow import config
-from vaflow.data.clips import load_split
+from vaflow.data.clips import ClipBatches, MemoryClips, StreamedClips, load_split
 from vaflow.eval import evaluators as ev
 from vaflow.hashing import weights_hash
 from vaflow.models import artifacts
@@ -66,9 +66,9 @@ def test_calibration_reports_every_figure_on_test_clips(data, trained):
     assert fig == et.calibrate(trained, test, labels, FAST.min_shift)  # seeded shifts and halves
 
 
-def _weights(data, settings, folder):
-    labels, cfg, train, _ = data
-    nets = et.train_evaluators(train, labels, cfg, settings, folder)[0]
+def _weights(data, train_clips, settings, folder):
+    store, _, norm = train_clips
+    nets = et.train_evaluators(store, norm, data[1], settings, folder)[0]
     return {f"{name}.{k}": v for name, net in nets.items() for k, v in net.state_dict().items()}
 
 
@@ -76,25 +76,71 @@ def _same(a, b) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_training_is_deterministic_for_a_seed(data, tmp_path):
-    short = FAST.model_copy(update={"trainer": FAST.trainer.model_copy(update={"steps": 4})})
-    a, b = _weights(data, short, tmp_path / "a"), _weights(data, short, tmp_path / "b")
+def _steps(settings, steps: int, **more):
+    return settings.model_copy(
+        update={"trainer": settings.trainer.model_copy(update={"steps": steps, **more})}
+    )
+
+
+def test_training_is_deterministic_for_a_seed(data, train_clips, tmp_path):
+    short = _steps(FAST, 4)
+    a, b = (
+        _weights(data, train_clips, short, tmp_path / "a"),
+        _weights(data, train_clips, short, tmp_path / "b"),
+    )
     assert _same(a, b)
-    other = short.model_copy(update={"trainer": short.trainer.model_copy(update={"seed": 1})})
-    assert not _same(a, _weights(data, other, tmp_path / "c"))
+    assert not _same(a, _weights(data, train_clips, _steps(FAST, 4, seed=1), tmp_path / "c"))
 
 
-def test_a_lengthened_run_resumes_to_the_weights_of_an_uninterrupted_one(data, tmp_path):
+def test_a_lengthened_run_resumes_to_the_weights_of_an_uninterrupted_one(data, train_clips, tmp_path):
     """The Trainer's exact resume holds for the evaluators: batch order and the sync negatives' draws included."""
-
-    def settings(steps):
-        return FAST.model_copy(update={"trainer": FAST.trainer.model_copy(update={"steps": steps})})
-
-    straight = _weights(data, settings(6), tmp_path / "straight")
-    _weights(data, settings(3), tmp_path / "resumed")
-    resumed = _weights(data, settings(6), tmp_path / "resumed")  # continues from step 3's checkpoint
+    straight = _weights(data, train_clips, _steps(FAST, 6), tmp_path / "straight")
+    _weights(data, train_clips, _steps(FAST, 3), tmp_path / "resumed")
+    resumed = _weights(data, train_clips, _steps(FAST, 6), tmp_path / "resumed")  # continues from step 3
     assert _same(straight, resumed)
-    assert not _same(straight, _weights(data, settings(3), tmp_path / "short"))
+    assert not _same(straight, _weights(data, train_clips, _steps(FAST, 3), tmp_path / "short"))
+
+
+def test_pooled_moments_give_the_mean_and_std_of_the_whole():
+    parts = [np.random.RandomState(i).normal(i, 1 + i, size=(3, 5 + 7 * i)) * 10.0**i for i in range(4)]
+    whole = np.concatenate([p.ravel() for p in parts])
+    mean, std = et.pooled_mean_std([et._moments(p)[0] for p in parts])
+    assert mean == pytest.approx(whole.mean(), rel=1e-12) and std == pytest.approx(
+        whole.std(ddof=1), rel=1e-12
+    )
+
+
+def test_a_streamed_train_split_gives_the_batches_and_statistics_of_the_in_memory_one(
+    world, data, train_clips
+):
+    """Above `in_memory_mb` the split is streamed: the same clips, labels and rejections, the same frames, log-mel
+    to float rounding (each clip's alone vs chunks of 64) and the log-mel mean and std pooled from per-clip moments."""
+    labels, cfg, _, _ = data
+    broken = {**rows(world, "train")[0], "id": "broken", "path": str(world / "no.mp4")}
+    split = [broken, *rows(world, "train")]
+    memory, kept, norm = et.open_train_clips(split, labels, cfg, 1.0, 2, float("inf"), progress=False)
+    streamed, kept_s, norm_s = et.open_train_clips(split, labels, cfg, 1.0, 2, 0, progress=False)
+    assert isinstance(memory, MemoryClips) and isinstance(streamed, StreamedClips)
+    assert kept_s.ids == kept.ids and kept_s.rejected == kept.rejected == [
+        ("broken", "decode failed: no such file")
+    ]
+    assert norm == train_clips[2] and norm_s == pytest.approx(norm, rel=1e-5)
+    for a, b in zip(ClipBatches(memory, 4, seed=3), ClipBatches(streamed, 4, seed=3), strict=True):
+        assert torch.equal(a["frames"], b["frames"]) and torch.equal(a["label"], b["label"])
+        assert a["label"].dtype == b["label"].dtype == torch.int64
+        assert torch.allclose(a["mel"], b["mel"], atol=1e-4, rtol=1e-5)
+
+
+def test_the_evaluators_train_alike_on_a_streamed_split(world, data, tmp_path):
+    """Three steps on the streamed split follow the in-memory run's losses to float rounding."""
+    labels, cfg, _, _ = data
+    split = rows(world, "train")
+    losses = []
+    for mb in (float("inf"), 0):
+        store, _, norm = et.open_train_clips(split, labels, cfg, 1.0, 2, mb, progress=False)
+        losses.append(et.train_evaluators(store, norm, cfg, _steps(FAST, 3), tmp_path / str(mb))[1])
+    assert losses[0].keys() == losses[1].keys() and len(losses[0]) == 4  # the sum and each network's
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
 
 
 def test_the_objective_sums_three_losses_over_disjoint_networks(data):

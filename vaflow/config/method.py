@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from vaflow.config.section import Section
-from vaflow.config.trainer import TrainerConfig, needs_steps
+from vaflow.config.trainer import ClipTrainerConfig, TrainerConfig, needs_steps
 from vaflow.errors import did_you_mean
 
 # The ODE solvers of `vaflow.flow.SOLVERS`, named here so that validating params needs no torch
@@ -288,13 +288,13 @@ class EvaluatorsConfig(Section):
     av_dim: int = Field(64, ge=2)
     # Seconds: smallest circular shift of a "shifted" (misaligned) pair, in training and calibration (DESIGN §6).
     min_shift: float = Field(0.25, gt=0)
+    # The reference evaluators' weight files: each one given adds its metrics to every row (`fd_passt`, ...).
+    reference: ReferenceEvaluatorsConfig = ReferenceEvaluatorsConfig()
     # The three networks train together, one loss each on disjoint weights: 120 steps of 32 clips are 15 passes
     # over the default's train split; the batch is also InfoNCE's in-batch negatives. AdamW at 2e-3 without
     # warm-up, schedule, clipping or averaging (ema_decay 0 ships the trained weights); the seed also draws the
-    # initial weights and the calibration's halves and shifts.
-    # The reference evaluators' weight files: each one given adds its metrics to every row (`fd_passt`, ...).
-    reference: ReferenceEvaluatorsConfig = ReferenceEvaluatorsConfig()
-    trainer: TrainerConfig = TrainerConfig(
+    # initial weights and the calibration's halves and shifts. A train split above `in_memory_mb` is streamed.
+    trainer: ClipTrainerConfig = ClipTrainerConfig(
         steps=120,
         batch_size=32,
         lr=2e-3,

@@ -98,13 +98,15 @@ def scan_clips(
     decode: Callable[[Mapping[str, Any]], tuple[np.ndarray, ...]],
     workers: int = 2,
     progress: bool = False,
+    summary: Callable[[tuple[np.ndarray, ...]], tuple[np.ndarray, ...]] | None = None,
 ) -> DecodedClips:
-    """`decode_clips` keeping nothing but the verdict: the rows that decode (parts empty) and the rejected ones.
-    Memory stays at the clips being decoded, whatever the number of rows."""
+    """`decode_clips` keeping nothing but the verdict: the rows that decode and the rejected ones; `parts` holds
+    `summary(arrays)` of each kept clip when given (a few numbers: statistics a recipe needs of the whole split),
+    else nothing. Memory stays at the clips being decoded, whatever the number of rows."""
 
     def check(row: Mapping[str, Any]) -> tuple[np.ndarray, ...]:
-        decode(row)
-        return ()
+        arrays = decode(row)
+        return summary(arrays) if summary is not None else ()
 
     return decode_clips(rows, check, workers, progress)
 
@@ -169,10 +171,12 @@ def open_clips(
     in_memory_mb: float,
     workers: int = 2,
     progress: bool = True,
+    summary: Callable[[tuple[np.ndarray, ...]], tuple[np.ndarray, ...]] | None = None,
 ) -> tuple[MemoryClips | StreamedClips, DecodedClips]:
     """The usable clips of `rows` as a store: decoded into memory when `len(rows) × clip_bytes` is at most
     `in_memory_mb` MB, else streamed (checked once by `scan_clips`, then decoded batch by batch by `workers`
-    threads). Returns (store, the decode's verdict: kept rows, rejected clips; `parts` filled in memory only)."""
+    threads). Returns (store, the decode's verdict: kept rows, rejected clips; `parts` holds the decoded arrays in
+    memory, `summary` of each clip's arrays when streamed and `summary` is given)."""
 
     def arrays(row: Mapping[str, Any]) -> tuple[np.ndarray, ...]:
         out = decode(row)
@@ -182,7 +186,7 @@ def open_clips(
         clips = decode_clips(rows, arrays, max(1, workers), progress)
         tensors = {name: clips.stack(i, shape, torch.float32) for i, (name, shape) in enumerate(shapes.items())}
         return MemoryClips(tensors), clips
-    checked = scan_clips(rows, arrays, max(1, workers), progress)
+    checked = scan_clips(rows, arrays, max(1, workers), progress, summary)
     return StreamedClips(checked.rows, decode, shapes, workers), checked
 
 

@@ -1,9 +1,11 @@
 """Training and calibrating the proxy evaluators (DESIGN §6) on the pipeline's own clips.
 
-The three networks are trained together by the shared Trainer on the *train* split decoded into memory (the
-synthetic world's 256 clips of 2 s are tens of MB), deterministically for a seed (initial weights, batch order,
-shifts and swaps) and resumably, then calibrated on real test clips through the same functions the `evaluate`
-stage applies (`vaflow.eval.evaluators`).
+The three networks are trained together by the shared Trainer on the *train* split, deterministically for a seed
+(initial weights, batch order, shifts and swaps) and resumably, then calibrated on real test clips through the same
+functions the `evaluate` stage applies (`vaflow.eval.evaluators`). The train split is decoded into memory when it
+fits `evaluators.trainer.in_memory_mb` (the synthetic world's 256 clips of 2 s are tens of MB), else streamed
+(`vaflow.data.clips`): the front end's log-mel mean and std then come from per-clip moments gathered while the
+split is checked, so no pass holds the split.
 
 Sections: the stage's settings, data, training, calibration.
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 import math
 import shutil
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,16 @@ from torch import nn
 
 from vaflow import atomic
 from vaflow.config.section import ConfigError
-from vaflow.data.clips import ClipBatches, ClipSet, load_split
+from vaflow.data.clips import (
+    ClipBatches,
+    ClipSet,
+    DecodedClips,
+    MemoryClips,
+    StreamedClips,
+    load_split,
+    open_clips,
+    read_window,
+)
 from vaflow.data.prepare import load_manifest
 from vaflow.eval import metrics
 from vaflow.eval.evaluators import (
@@ -33,7 +44,6 @@ from vaflow.eval.evaluators import (
     audio_embed_and_logits,
     av_embeddings,
     load_evaluators,
-    log_mel_of,
     save_evaluator,
     sync_probability,
 )
@@ -41,6 +51,7 @@ from vaflow.models.evaluators import (
     AudioClassifier,
     AVEmbedder,
     EvaluatorConfig,
+    MelFrontEnd,
     SyncClassifier,
     mel_settings,
 )
@@ -52,6 +63,8 @@ __all__ = [
     "calibrate",
     "evaluator_config",
     "import_all",
+    "open_train_clips",
+    "pooled_mean_std",
     "sync_negatives",
     "train_all",
     "train_evaluators",
@@ -72,6 +85,82 @@ def evaluator_config(settings: Any, sample_rate: int, num_classes: int) -> Evalu
         av_dim=settings.av_dim,
         num_classes=num_classes,
     )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data: the train split in memory or streamed, and its log-mel mean and std
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _moments(x: np.ndarray) -> tuple[np.ndarray]:
+    """(count, mean, sum of squared deviations from the mean) of `x`, in float64: one clip's share of the split's
+    mean and std."""
+    x = x.astype(np.float64)
+    mean = x.mean()
+    return (np.array([x.size, mean, np.square(x - mean).sum()]),)
+
+
+def pooled_mean_std(moments: Sequence[np.ndarray]) -> tuple[float, float]:
+    """Mean and unbiased std of the union of sets given by their (count, mean, squared deviations) `moments`
+    (Chan et al.'s pairwise combination, exact up to float64 rounding)."""
+    n, mean, m2 = np.stack(moments).T
+    total = n.sum()
+    pooled = float((n * mean).sum() / total)
+    var = (m2.sum() + (n * np.square(mean - pooled)).sum()) / (total - 1)
+    return pooled, float(np.sqrt(var))
+
+
+def open_train_clips(
+    rows: Sequence[Mapping[str, Any]],
+    labels: Sequence[str],
+    config: EvaluatorConfig,
+    duration: float,
+    workers: int,
+    in_memory_mb: float,
+    progress: bool = True,
+) -> tuple[MemoryClips | StreamedClips, DecodedClips, tuple[float, float] | None]:
+    """The train clips of `rows` as {"frames", "mel", "label"} (`clips.open_clips`, `label` the index in `labels`)
+    -> (store, the decode's verdict, (mean, std) of the kept clips' log-mel, None below 2 clips).
+
+    In memory the log-mel is computed once in chunks of 64 clips and its mean and std taken over the whole tensor;
+    streamed, each batch's clips get theirs alone (equal to the chunked one to float rounding) and the mean and std
+    are pooled from each clip's moments, gathered while the split is checked. The std is at least 1e-3.
+    """
+    n_frames = max(1, round(duration * config.fps))
+    n_samples = round(duration * config.sample_rate)
+    side, front = config.side, MelFrontEnd(config)
+    index = {label: i for i, label in enumerate(labels)}
+
+    def decode(row: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        frames, audio = read_window(row, config.fps, side, config.sample_rate, duration, n_frames, n_samples)
+        return {"frames": frames, "audio": audio}
+
+    def mel_of(audio: np.ndarray) -> np.ndarray:  # one clip's (samples,) -> (n_mels, F)
+        return front.mel(torch.from_numpy(audio)[None])[0].numpy()
+
+    shapes = {"frames": (n_frames, side, side, 3), "audio": (n_samples,)}
+    clip_bytes = n_frames * side * side * 3 + n_samples * 4
+    summary = lambda arrays: _moments(mel_of(arrays[1]))  # noqa: E731
+    store, kept = open_clips(rows, decode, shapes, clip_bytes, in_memory_mb, workers, progress, summary)
+    if isinstance(store, StreamedClips):
+
+        def streamed(row: Mapping[str, Any]) -> dict[str, np.ndarray]:
+            clip = decode(row)
+            label = np.int64(index[str(row["label"])])
+            return {"frames": clip["frames"], "mel": mel_of(clip["audio"]), "label": label}
+
+        mel_shape = mel_of(np.zeros(n_samples, np.float32)).shape
+        shapes = {"frames": shapes["frames"], "mel": mel_shape, "label": ()}
+        norm = None
+        if len(kept.parts) >= 2:
+            mean, std = pooled_mean_std([p[0] for p in kept.parts])
+            norm = (mean, max(std, 1e-3))
+        return StreamedClips(store.rows, streamed, shapes, workers), kept, norm
+    audio = store.tensors["audio"]  # (N, samples)
+    mel = torch.cat([front.mel(chunk) for chunk in audio.split(64)]) if len(audio) else audio
+    norm = (float(mel.mean()), float(mel.std().clamp_min(1e-3))) if len(mel) >= 2 else None
+    label = torch.tensor([index[str(r["label"])] for r in kept.rows], dtype=torch.int64)
+    return MemoryClips({"frames": store.tensors["frames"], "mel": mel, "label": label}), kept, norm
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -137,24 +226,25 @@ def sync_negatives(mel: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
 
 
 def train_evaluators(
-    data: ClipSet,
-    labels: list[str],
+    clips: MemoryClips | StreamedClips,
+    norm: tuple[float, float] | None,
     config: EvaluatorConfig,
     settings: Any,
     checkpoints: str | Path,
     tracker: Any = None,
     stage_config: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, nn.Module], dict[str, float]] | None:
-    """Train the three evaluators on the clips `data` with the shared Trainer (`settings.trainer`), checkpointing
-    in the folder `checkpoints` -> ({name: network}, final losses) on rank 0, None on other ranks.
+    """Train the three evaluators on `clips` ({"frames", "mel", "label"}: `open_train_clips`) with the shared
+    Trainer (`settings.trainer`), checkpointing in the folder `checkpoints` -> ({name: network}, final losses) on
+    rank 0, None on other ranks.
 
-    The initial weights come from `settings.trainer.seed`; every network's front end is normalised to the train
-    clips' log-mel mean and std (scalars) before training.
+    The initial weights come from `settings.trainer.seed`; every network's front end normalises by `norm`, the train
+    clips' log-mel (mean, std).
     """
     trainer_cfg = settings.trainer
-    if len(data) < trainer_cfg.batch_size:
+    if len(clips) < trainer_cfg.batch_size or norm is None:  # the config keeps batch_size >= 2
         raise ConfigError(
-            f"{len(data)} usable training clips, fewer than evaluators.trainer.batch_size={trainer_cfg.batch_size}"
+            f"{len(clips)} usable training clips, fewer than evaluators.trainer.batch_size={trainer_cfg.batch_size}"
         )
     torch.manual_seed(trainer_cfg.seed)  # the same initial weights every run
     nets = {
@@ -162,20 +252,14 @@ def train_evaluators(
         "av_embedder": AVEmbedder(config),
         "sync_classifier": SyncClassifier(config),
     }
-    mel = log_mel_of(nets["audio_classifier"], data.audio)  # (N, n_mels, F): one front end, computed once
     for net in nets.values():
-        net.front.mean.fill_(float(mel.mean()))
-        net.front.std.fill_(float(mel.std().clamp_min(1e-3)))
-    lo, hi = _shift_range(mel.shape[2], config.sample_rate / config.hop, settings.min_shift)
-    tensors = {
-        "frames": data.frames,
-        "mel": mel,
-        "label": torch.tensor([labels.index(label) for label in data.labels]),
-    }
+        net.front.mean.fill_(norm[0])
+        net.front.std.fill_(norm[1])
+    lo, hi = _shift_range(clips.shape("mel")[1], config.sample_rate / config.hop, settings.min_shift)
 
     def stream(spec):
         what = "evaluators.trainer.batch_size"
-        return ClipBatches(tensors, spec.batch_size, spec.rank, spec.world_size, spec.seed, what)
+        return ClipBatches(clips, spec.batch_size, spec.rank, spec.world_size, spec.seed, what)
 
     def loss(module, batch):
         total, parts = module(
@@ -272,16 +356,22 @@ def train_all(
 ) -> dict[str, Evaluator] | None:
     """Train the three evaluators on the train split (checkpoints under `checkpoints`, `code` the stage's code
     identity), calibrate them on the test split, save them to `out`; None on ranks other than 0."""
-    labels = sorted(set(load_manifest(prepared / "manifest.csv", "train")["label"]))
+    rows = load_manifest(prepared / "manifest.csv", "train").to_dict("records")
+    labels = sorted({str(row["label"]) for row in rows})
     cfg = evaluator_config(settings, clip.sample_rate, len(labels))
-    data = decoded_split(prepared, "train", cfg, clip.duration)
+    t = settings.trainer
+    data, kept, norm = open_train_clips(rows, labels, cfg, clip.duration, t.num_workers, t.in_memory_mb)
+    how = "in memory" if isinstance(data, MemoryClips) else f"streamed by {t.num_workers} decoders"
+    print(f"train: {len(data)} clips decoded ({how}), {len(kept.rejected)} rejected")
+    for clip_id, reason in kept.rejected:
+        print(f"  rejected {clip_id}: {reason}")
     sections = {
         "evaluators": settings.model_dump(mode="json"),
         "clip": clip.model_dump(mode="json"),
         "code": code,  # changed code never resumes a checkpoint of the old one
     }
     folder = run_dir(checkpoints, "evaluators", sections)
-    trained = train_evaluators(data, labels, cfg, settings, folder, tracker, sections)
+    trained = train_evaluators(data, norm, cfg, settings, folder, tracker, sections)
     if trained is None:
         return None
     models, losses = trained
