@@ -1,9 +1,11 @@
-"""Peak memory of `audio_vae` training against the size of the train split: streamed clips against clips in memory.
+"""Peak memory of a clip-training stage against the size of the train split: streamed clips against clips in memory.
 
-    python benchmarks/bench_stream_memory.py [--train 256] [--scale 4] [--steps 20] [--work DIR]
+    python benchmarks/bench_stream_memory.py [--stage audio_vae|evaluators] [--train 256] [--scale 4] [--steps 20]
+                                             [--work DIR]
 
 Renders the default synthetic world's clips (2 s, 16 kHz audio, 64 px video) with `--train` and `--scale` × `--train`
-train clips, prepares both, then trains the small WaveVAE for `--steps` steps on each, once streamed
+train clips, prepares both, then trains the stage (`audio_vae`: the small WaveVAE; `evaluators`: the three proxy
+evaluators, then their calibration on the 8 test clips) for `--steps` steps on each, once streamed
 (`trainer.in_memory_mb: 0`) and once in memory, each in a fresh process, and prints every run's peak resident set
 size (the child's `ru_maxrss`) and the ratio of the large world's to the small world's.
 """
@@ -22,14 +24,14 @@ from pathlib import Path
 MODES = {"streamed": 0.0, "in memory": 1e9}
 
 
-def _params(train: int, steps: int, in_memory_mb: float):
+def _params(train: int, steps: int, in_memory_mb: float, stage: str = "audio_vae"):
     from vaflow import config
 
     return config.validate(
         {
             "synth": {"clips_per_split": {"train": train, "val": 4, "test": 8}},
             "prepare": {"verify": "probe"},
-            "audio_vae": {"mode": "train", "trainer": {"steps": steps, "in_memory_mb": in_memory_mb}},
+            stage: {"mode": "train", "trainer": {"steps": steps, "in_memory_mb": in_memory_mb}},
         }
     )
 
@@ -50,15 +52,19 @@ class _NoTracker:
     def set_tags(self, tags) -> None: ...
 
 
-def _child(prepared: Path, train: int, steps: int, in_memory_mb: float, ckpt: Path) -> None:
-    """Train in this process and print {"rss_mb", "seconds"} as one JSON line."""
+def _child(stage: str, prepared: Path, train: int, steps: int, in_memory_mb: float, ckpt: Path) -> None:
+    """Train `stage` in this process and print {"rss_mb", "seconds"} as one JSON line."""
     from vaflow.data.prepare import load_manifest
-    from vaflow.train import wavevae
+    from vaflow.train import evaluators, wavevae
 
-    params = _params(train, steps, in_memory_mb)
-    manifest = load_manifest(prepared / "manifest.csv")
+    params = _params(train, steps, in_memory_mb, stage)
     start = time.perf_counter()
-    wavevae.train(params, manifest, ckpt, _NoTracker(), None)
+    if stage == "audio_vae":
+        wavevae.train(params, load_manifest(prepared / "manifest.csv"), ckpt, _NoTracker(), None)
+    else:
+        evaluators.train_all(
+            params.evaluators, params.clip, prepared, ckpt / "out", ckpt, "bench", _NoTracker()
+        )
     seconds = time.perf_counter() - start
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     print(json.dumps({"rss_mb": rss_mb, "seconds": seconds}))
@@ -66,6 +72,7 @@ def _child(prepared: Path, train: int, steps: int, in_memory_mb: float, ckpt: Pa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stage", choices=("audio_vae", "evaluators"), default="audio_vae")
     parser.add_argument(
         "--train", type=int, default=256, help="train clips of the small world (the default's)"
     )
@@ -79,7 +86,7 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_stream_"))
     if args.child:
         prepared, train, mb = Path(args.child[0]), int(args.child[1]), float(args.child[2])
-        _child(prepared, train, args.steps, mb, Path(tempfile.mkdtemp(dir=work)))
+        _child(args.stage, prepared, train, args.steps, mb, Path(tempfile.mkdtemp(dir=work)))
         return
     sizes = [args.train, args.scale * args.train]
     worlds = {}
@@ -92,7 +99,16 @@ def main() -> None:
     peak: dict[tuple[str, int], float] = {}
     for mode, mb in MODES.items():
         for n in sizes:
-            cmd = [sys.executable, __file__, "--steps", str(args.steps), "--work", str(work)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--stage",
+                args.stage,
+                "--steps",
+                str(args.steps),
+                "--work",
+                str(work),
+            ]
             out = subprocess.run(
                 [*cmd, "--child", str(worlds[n]), str(n), str(mb)], capture_output=True, text=True
             )
