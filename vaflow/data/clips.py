@@ -38,6 +38,7 @@ __all__ = [
     "load_split",
     "open_clips",
     "read_window",
+    "report_decoded",
     "scan_clips",
 ]
 
@@ -93,6 +94,13 @@ def decode_clips(
     return out
 
 
+def report_decoded(split: str, count: int, rejected: Sequence[tuple[str, str]], how: str = "") -> None:
+    """Print how many clips of `split` decoded (`how`: the store's `how`, or nothing) and each rejected clip's reason."""
+    print(f"{split}: {count} clips decoded{f' ({how})' if how else ''}, {len(rejected)} rejected")
+    for clip_id, reason in rejected:
+        print(f"  rejected {clip_id}: {reason}")
+
+
 def scan_clips(
     rows: Iterable[Mapping[str, Any]],
     decode: Callable[[Mapping[str, Any]], tuple[np.ndarray, ...]],
@@ -125,6 +133,11 @@ class MemoryClips:
     def __len__(self) -> int:
         return len(next(iter(self.tensors.values())))
 
+    @property
+    def how(self) -> str:
+        """How the clips are read, for a stage's log line."""
+        return "in memory"
+
     def shape(self, name: str) -> tuple[int, ...]:
         """One clip's shape of tensor `name`."""
         return tuple(self.tensors[name].shape[1:])
@@ -147,6 +160,11 @@ class StreamedClips:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    @property
+    def how(self) -> str:
+        """How the clips are read, for a stage's log line."""
+        return f"streamed by {self.workers} decoders"
 
     def shape(self, name: str) -> tuple[int, ...]:
         """One clip's shape of array `name`."""

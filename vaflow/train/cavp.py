@@ -23,7 +23,15 @@ import torch
 from torch import nn
 
 from vaflow.config.section import ConfigError
-from vaflow.data.clips import ClipBatches, DecodedClips, MemoryClips, StreamedClips, open_clips, read_window
+from vaflow.data.clips import (
+    ClipBatches,
+    DecodedClips,
+    MemoryClips,
+    StreamedClips,
+    open_clips,
+    read_window,
+    report_decoded,
+)
 from vaflow.data.features import export_encoder
 from vaflow.data.prepare import load_manifest
 from vaflow.models.cavp import CAVP, CAVPConfig, log_mel, retrieval_topk, temporal_discrimination
@@ -329,10 +337,7 @@ def train_encoder(cfg: Any, clip: Any, manifest: Path, checkpoints: str | Path, 
     store, kept = open_train_clips(
         rows, model_cfg, clip.duration, cfg.trainer.num_workers, cfg.trainer.in_memory_mb
     )
-    how = "in memory" if isinstance(store, MemoryClips) else f"streamed by {cfg.trainer.num_workers} decoders"
-    print(f"train: {len(store)} clips decoded ({how}), {len(kept.rejected)} rejected")
-    for clip_id, reason in kept.rejected:
-        print(f"  rejected {clip_id}: {reason}")
+    report_decoded("train", len(store), kept.rejected, store.how)
     if len(store) < cfg.trainer.batch_size:
         raise ConfigError(
             f"{len(store)} usable training clips, fewer than visual_encoder.trainer.batch_size={cfg.trainer.batch_size}"

@@ -35,6 +35,7 @@ from vaflow.data.clips import (
     load_split,
     open_clips,
     read_window,
+    report_decoded,
 )
 from vaflow.data.prepare import load_manifest
 from vaflow.eval import metrics
@@ -345,9 +346,7 @@ def calibrate(
 def decoded_split(prepared: Path, split: str, cfg: EvaluatorConfig, duration: float) -> ClipSet:
     """One split of prepare's manifest decoded for the evaluators, its rejected clips printed."""
     data = load_split(load_manifest(prepared / "manifest.csv", split).to_dict("records"), cfg, duration)
-    print(f"{split}: {len(data)} clips decoded, {len(data.rejected)} rejected")
-    for clip_id, reason in data.rejected:
-        print(f"  rejected {clip_id}: {reason}")
+    report_decoded(split, len(data), data.rejected)
     return data
 
 
@@ -361,10 +360,7 @@ def train_all(
     cfg = evaluator_config(settings, clip.sample_rate, len(labels))
     t = settings.trainer
     data, kept, norm = open_train_clips(rows, labels, cfg, clip.duration, t.num_workers, t.in_memory_mb)
-    how = "in memory" if isinstance(data, MemoryClips) else f"streamed by {t.num_workers} decoders"
-    print(f"train: {len(data)} clips decoded ({how}), {len(kept.rejected)} rejected")
-    for clip_id, reason in kept.rejected:
-        print(f"  rejected {clip_id}: {reason}")
+    report_decoded("train", len(data), kept.rejected, data.how)
     sections = {
         "evaluators": settings.model_dump(mode="json"),
         "clip": clip.model_dump(mode="json"),

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from vaflow import config
 from vaflow.config import AudioVAEConfig, ClipConfig
-from vaflow.data.clips import DecodedClips, MemoryClips, StreamedClips, open_clips
+from vaflow.data.clips import DecodedClips, MemoryClips, StreamedClips, open_clips, report_decoded
 from vaflow.data.latents import load_clip
 from vaflow.eval import reconstruction
 from vaflow.eval.losses import MelL1Loss, MultiResolutionSTFTLoss, loudness_l1, stft_sizes, waveform_l1
@@ -280,8 +280,7 @@ def train(
     store, kept = open_train_clips(
         rows, clip, vae_config.hop, cfg.trainer.num_workers, cfg.trainer.in_memory_mb
     )
-    how = "in memory" if isinstance(store, MemoryClips) else f"streamed by {cfg.trainer.num_workers} decoders"
-    print(f"train clips: {len(kept.ids)} usable ({how}), {len(kept.rejected)} rejected")
+    report_decoded("train", len(store), kept.rejected, store.how)
     segment = segment_samples(cfg.segment, clip.sample_rate, vae_config.hop, store.shape("audio")[0])
     seed_everything(cfg.trainer.seed)  # the same initial weights on every rank and every rerun
     vae = init if init is not None else narrow_posterior(build(vae_config))
